@@ -1,0 +1,162 @@
+"""EncoderConfig: the hyper-parameters of one HuBERT/WavLM-family encoder (teacher or student)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+MODEL_TYPES = ("hubert", "wavlm")
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of a CNN front-end + transformer speech encoder (hashable, jit-static)."""
+
+    model_type: str = "hubert"
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"  # "group": GroupNorm on conv 0 (Base); "layer": LN per conv
+    feat_proj_layer_norm: bool = True
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    do_stable_layer_norm: bool = False  # False: post-LN (Base); True: pre-LN + final LN (Large)
+    layer_norm_eps: float = 1e-5
+    num_buckets: int = 320  # WavLM relative position bias
+    max_bucket_distance: int = 800
+    dtype: str = "float32"  # compute dtype; params stay float32
+    remat: str = "none"  # jax.checkpoint policy for each scanned layer
+    dropout: float = 0.0  # hidden and activation dropout inside the layers (training only)
+    attention_dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not one of {MODEL_TYPES}")
+        if self.feat_extract_norm not in ("group", "layer"):
+            raise ValueError(f"feat_extract_norm {self.feat_extract_norm!r} is not 'group'/'layer'")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError("conv_dim, conv_kernel and conv_stride must have the same length")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
+
+    def replace(self, **changes: Any) -> EncoderConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one output frame of the CNN front-end (400 for HuBERT)."""
+        field = 1
+        for kernel, stride in reversed(list(zip(self.conv_kernel, self.conv_stride))):
+            field = (field - 1) * stride + kernel
+        return field
+
+    @property
+    def hop(self) -> int:
+        """Samples between two output frames (320 for HuBERT: 20 ms at 16 kHz)."""
+        hop = 1
+        for stride in self.conv_stride:
+            hop *= stride
+        return hop
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the CNN front-end produces for `num_samples` samples (conv arithmetic)."""
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride):
+            num_samples = (num_samples - kernel) // stride + 1
+        return num_samples
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any] | Any, **overrides: Any) -> EncoderConfig:
+        """Reads a transformers HubertConfig/WavLMConfig (object or config.json dict)."""
+        d = hf if isinstance(hf, Mapping) else hf.to_dict()
+        model_type = d.get("model_type")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"unsupported model_type {model_type!r}: stackdistill converts {MODEL_TYPES}"
+            )
+        if d.get("hidden_act", "gelu") != "gelu" or d.get("feat_extract_activation", "gelu") != (
+            "gelu"
+        ):
+            raise ValueError("only hidden_act='gelu' and feat_extract_activation='gelu' supported")
+        if d.get("add_adapter"):
+            raise ValueError("add_adapter=True (a CTC adapter) is not supported")
+        fields = dict(
+            model_type=model_type,
+            hidden_size=d["hidden_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=d["num_attention_heads"],
+            intermediate_size=d["intermediate_size"],
+            conv_dim=tuple(d["conv_dim"]),
+            conv_kernel=tuple(d["conv_kernel"]),
+            conv_stride=tuple(d["conv_stride"]),
+            conv_bias=bool(d.get("conv_bias", False)),
+            feat_extract_norm=d.get("feat_extract_norm", "group"),
+            # WavLM always normalises before the projection; HuBERT makes it optional.
+            feat_proj_layer_norm=bool(d.get("feat_proj_layer_norm", True)),
+            num_conv_pos_embeddings=d["num_conv_pos_embeddings"],
+            num_conv_pos_embedding_groups=d["num_conv_pos_embedding_groups"],
+            do_stable_layer_norm=bool(d.get("do_stable_layer_norm", False)),
+            layer_norm_eps=float(d.get("layer_norm_eps", 1e-5)),
+            num_buckets=int(d.get("num_buckets", 320)),
+            max_bucket_distance=int(d.get("max_bucket_distance", 800)),
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The transformers config.json fields that describe this architecture."""
+        d = dict(
+            model_type=self.model_type,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            conv_dim=list(self.conv_dim),
+            conv_kernel=list(self.conv_kernel),
+            conv_stride=list(self.conv_stride),
+            num_feat_extract_layers=len(self.conv_dim),
+            conv_bias=self.conv_bias,
+            feat_extract_norm=self.feat_extract_norm,
+            num_conv_pos_embeddings=self.num_conv_pos_embeddings,
+            num_conv_pos_embedding_groups=self.num_conv_pos_embedding_groups,
+            do_stable_layer_norm=self.do_stable_layer_norm,
+            layer_norm_eps=self.layer_norm_eps,
+            hidden_act="gelu",
+            feat_extract_activation="gelu",
+        )
+        if self.model_type == "hubert":
+            d["feat_proj_layer_norm"] = self.feat_proj_layer_norm
+        else:
+            d.update(num_buckets=self.num_buckets, max_bucket_distance=self.max_bucket_distance)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-friendly dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.asdict().items()}
+
+    def asdict(self) -> dict[str, Any]:
+        """All fields as a dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
+        """Inverse of `to_dict`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

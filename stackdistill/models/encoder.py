@@ -1,0 +1,314 @@
+"""One Flax encoder for teacher and student: CNN front-end, projection, conv positions, layers.
+
+Covers the HuBERT and WavLM families of transformers (post-LN Base and pre-LN "stable layer
+norm" Large variants; WavLM's gated relative position bias). The transformer layers are one
+`nn.scan` over a leading layer axis: the params under `encoder/layers` have shape (N, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stackdistill.models.config import EncoderConfig
+
+Array = jax.Array
+
+
+def _gelu(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)  # transformers' "gelu" is the exact erf form
+
+
+def _layer_norm(cfg: EncoderConfig, name: str, eps: float | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps if eps is None else eps,
+        dtype=cfg.dtype,
+        use_fast_variance=False,
+        name=name,
+    )
+
+
+def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=cfg.dtype, name=name)
+
+
+class ConvLayer(nn.Module):
+    """One conv of the front-end, with its norm (GroupNorm on conv 0 or LayerNorm) and GELU."""
+
+    cfg: EncoderConfig
+    index: int
+
+    @nn.compact
+    def __call__(self, x_btc: Array) -> Array:
+        cfg, i = self.cfg, self.index
+        x_btc = nn.Conv(
+            cfg.conv_dim[i],
+            kernel_size=(cfg.conv_kernel[i],),
+            strides=(cfg.conv_stride[i],),
+            padding="VALID",
+            use_bias=cfg.conv_bias,
+            dtype=cfg.dtype,
+            name="conv",
+        )(x_btc)
+        if cfg.feat_extract_norm == "layer":
+            x_btc = _layer_norm(cfg, "layer_norm", eps=1e-5)(x_btc)
+        elif i == 0:
+            # One group per channel: normalises each channel over time, padding included,
+            # exactly as transformers does (its GroupNorm never sees the attention mask).
+            x_btc = nn.GroupNorm(
+                num_groups=cfg.conv_dim[0],
+                epsilon=1e-5,
+                dtype=cfg.dtype,
+                use_fast_variance=False,
+                name="layer_norm",
+            )(x_btc)
+        return _gelu(x_btc)
+
+
+class FeatureExtractor(nn.Module):
+    """The CNN front-end: waveform (B, S) -> features (B, T, C)."""
+
+    cfg: EncoderConfig
+
+    @nn.compact
+    def __call__(self, wav_bs: Array) -> Array:
+        x_btc = wav_bs[:, :, None].astype(self.cfg.dtype)
+        for i in range(len(self.cfg.conv_dim)):
+            x_btc = ConvLayer(self.cfg, i, name=f"conv_layers_{i}")(x_btc)
+        return x_btc
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm + Linear from the CNN width to the transformer width."""
+
+    cfg: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x_btc: Array) -> Array:
+        if self.cfg.feat_proj_layer_norm or self.cfg.model_type == "wavlm":
+            x_btc = _layer_norm(self.cfg, "layer_norm")(x_btc)
+        return _dense(self.cfg, self.cfg.hidden_size, "projection")(x_btc)
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Grouped conv over time (weight norm folded into the kernel), same-padded, GELU."""
+
+    cfg: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x_btd: Array) -> Array:
+        k = self.cfg.num_conv_pos_embeddings
+        y_btd = nn.Conv(
+            self.cfg.hidden_size,
+            kernel_size=(k,),
+            padding=[(k // 2, k // 2)],
+            feature_group_count=self.cfg.num_conv_pos_embedding_groups,
+            dtype=self.cfg.dtype,
+            name="conv",
+        )(x_btd)
+        if k % 2 == 0:  # an even kernel yields one frame too many; transformers drops the last
+            y_btd = y_btd[:, :-1]
+        return _gelu(y_btd)
+
+
+def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """WavLM's (T, T) bucket index of key j relative to query i, float32 math as in torch."""
+    pos = np.arange(num_frames)
+    rel = pos[None, :] - pos[:, None]
+    half = num_buckets // 2
+    buckets = (rel > 0).astype(np.int64) * half
+    rel = np.abs(rel)
+    max_exact = half // 2
+    with np.errstate(divide="ignore"):
+        large = np.log(rel.astype(np.float32) / np.float32(max_exact))
+    large = large / np.float32(math.log(max_distance / max_exact))
+    large = large * np.float32(half - max_exact)
+    large = np.where(rel < max_exact, 0, max_exact + large).astype(np.int64)
+    large = np.minimum(large, half - 1)
+    return buckets + np.where(rel < max_exact, rel, large)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; with `position_bias`, WavLM's gated relative bias."""
+
+    cfg: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x_btd, mask_bt, position_bias_ntt, deterministic: bool) -> Array:
+        cfg = self.cfg
+        b, t, d = x_btd.shape
+        n = cfg.num_heads
+        h = d // n
+        q_btnh = _dense(cfg, d, "q_proj")(x_btd).reshape(b, t, n, h)
+        k_btnh = _dense(cfg, d, "k_proj")(x_btd).reshape(b, t, n, h)
+        v_btnh = _dense(cfg, d, "v_proj")(x_btd).reshape(b, t, n, h)
+        bias_bntt = None
+        if position_bias_ntt is not None:
+            # WavLM: a per-head, per-query gate from the layer input rescales the shared bias.
+            gate_x = nn.Dense(8, dtype=cfg.dtype, name="gru_rel_pos_linear")(
+                x_btd.reshape(b, t, n, h)
+            )
+            gate_x = gate_x.astype(jnp.float32).reshape(b, t, n, 2, 4).sum(-1)
+            gate_a, gate_b = jnp.split(jax.nn.sigmoid(gate_x), 2, axis=-1)  # (B, T, N, 1)
+            const = self.param("gru_rel_pos_const", nn.initializers.ones, (1, n, 1, 1))
+            gate_bnt1 = (gate_a * (gate_b * const.reshape(1, 1, n, 1) - 1.0) + 2.0).transpose(
+                0, 2, 1, 3
+            )
+            bias_bntt = (gate_bnt1 * position_bias_ntt[None]).astype(q_btnh.dtype)
+        attn_mask = mask_bt[:, None, None, :]
+        if cfg.attention_dropout > 0.0 and not deterministic:
+            out_btnh = _dropout_attention(
+                self, q_btnh, k_btnh, v_btnh, bias_bntt, attn_mask, cfg.attention_dropout
+            )
+        else:
+            out_btnh = jax.nn.dot_product_attention(
+                q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=attn_mask
+            )
+        return _dense(cfg, d, "out_proj")(out_btnh.reshape(b, t, d))
+
+
+def _dropout_attention(module, q, k, v, bias, mask, rate):
+    """Explicit attention with dropout on the weights (training a student with dropout only)."""
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights = nn.Dropout(rate)(weights, deterministic=False, rng=module.make_rng("dropout"))
+    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
+
+
+class FeedForward(nn.Module):
+    """Linear -> GELU -> Linear."""
+
+    cfg: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x_btd: Array, deterministic: bool) -> Array:
+        y = _gelu(_dense(self.cfg, self.cfg.intermediate_size, "intermediate_dense")(x_btd))
+        y = nn.Dropout(self.cfg.dropout)(y, deterministic=deterministic)
+        return _dense(self.cfg, self.cfg.hidden_size, "output_dense")(y)
+
+
+class EncoderLayer(nn.Module):
+    """One transformer layer, post-LN (Base) or pre-LN (stable layer norm); scan body."""
+
+    cfg: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_btd, mask_bt, position_bias_ntt):
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        attention = Attention(cfg, name="attention")
+        layer_norm = _layer_norm(cfg, "layer_norm")
+        feed_forward = FeedForward(cfg, name="feed_forward")
+        final_layer_norm = _layer_norm(cfg, "final_layer_norm")
+        if cfg.do_stable_layer_norm:
+            h = attention(layer_norm(x_btd), mask_bt, position_bias_ntt, self.deterministic)
+            x_btd = x_btd + drop(h)
+            x_btd = x_btd + drop(feed_forward(final_layer_norm(x_btd), self.deterministic))
+        else:
+            h = attention(x_btd, mask_bt, position_bias_ntt, self.deterministic)
+            x_btd = layer_norm(x_btd + drop(h))
+            x_btd = final_layer_norm(x_btd + drop(feed_forward(x_btd, self.deterministic)))
+        return x_btd, x_btd
+
+
+_REMAT = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+class TransformerEncoder(nn.Module):
+    """Positional conv, norm, and the scanned layer stack; returns every hidden state."""
+
+    cfg: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_btd: Array, mask_bt: Array) -> tuple[Array, Array]:
+        cfg = self.cfg
+        x_btd = jnp.where(mask_bt[..., None], x_btd, 0)  # padded frames enter as zeros
+        x_btd = x_btd + PositionalConvEmbedding(cfg, name="pos_conv_embed")(x_btd)
+        layer_norm = _layer_norm(cfg, "layer_norm")
+        if not cfg.do_stable_layer_norm:
+            x_btd = layer_norm(x_btd)
+        x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=self.deterministic)
+
+        position_bias_ntt = None
+        if cfg.model_type == "wavlm":
+            # Computed once (transformers: by layer 0) and shared by every layer.
+            t = x_btd.shape[1]
+            buckets = relative_position_buckets(t, cfg.num_buckets, cfg.max_bucket_distance)
+            table = nn.Embed(cfg.num_buckets, cfg.num_heads, name="rel_attn_embed")
+            position_bias_ntt = table(jnp.asarray(buckets)).transpose(2, 0, 1)
+
+        layer_cls = EncoderLayer
+        if cfg.remat != "none":
+            layer_cls = nn.remat(layer_cls, policy=_REMAT[cfg.remat], prevent_cse=False)
+        stack = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+        )(cfg, self.deterministic, name="layers")
+        top_btd, layer_outs_lbtd = stack(x_btd, mask_bt, position_bias_ntt)
+        # transformers 5 records the input of the first layer and the raw output of every layer;
+        # for stable-layer-norm models the final LayerNorm only enters last_hidden_state.
+        hidden_lbtd = jnp.concatenate([x_btd[None], layer_outs_lbtd])
+        last_btd = layer_norm(top_btd) if cfg.do_stable_layer_norm else top_btd
+        return hidden_lbtd, last_btd
+
+
+class EncoderOutput(NamedTuple):
+    """Every hidden state (L+1, B, T, D), the final output (B, T, D) and the frame mask (B, T)."""
+
+    hidden_states: Array
+    last_hidden_state: Array
+    mask: Array
+    features: Array  # CNN front-end output (B, T, C), before the projection
+
+
+class Encoder(nn.Module):
+    """The whole encoder: waveform + lengths -> EncoderOutput."""
+
+    cfg: EncoderConfig
+    deterministic: bool = True
+
+    def setup(self):
+        self.feature_extractor = FeatureExtractor(self.cfg)
+        self.feature_projection = FeatureProjection(self.cfg)
+        self.encoder = TransformerEncoder(self.cfg, self.deterministic)
+
+    def __call__(self, wav_bs: Array, lengths_b: Array) -> EncoderOutput:
+        features_btc = self.feature_extractor(wav_bs)
+        return self.from_features(features_btc, lengths_b)
+
+    def from_features(self, features_btc: Array, lengths_b: Array) -> EncoderOutput:
+        """Runs everything after the CNN front-end (for a shared, precomputed front-end)."""
+        mask_bt = frame_mask(self.cfg, lengths_b, features_btc.shape[1])
+        x_btd = self.feature_projection(features_btc)
+        hidden_lbtd, last_btd = self.encoder(x_btd, mask_bt)
+        return EncoderOutput(hidden_lbtd, last_btd, mask_bt, features_btc)
+
+
+def frame_lengths(cfg: EncoderConfig, lengths_b: Array) -> Array:
+    """Valid frames per utterance from valid samples, through the conv arithmetic."""
+    lengths_b = jnp.asarray(lengths_b, jnp.int32)
+    for kernel, stride in zip(cfg.conv_kernel, cfg.conv_stride):
+        lengths_b = (lengths_b - kernel) // stride + 1
+    return jnp.maximum(lengths_b, 0)
+
+
+def frame_mask(cfg: EncoderConfig, lengths_b: Array, num_frames: int) -> Array:
+    """(B, T) bool, True on valid frames."""
+    return jnp.arange(num_frames)[None, :] < frame_lengths(cfg, lengths_b)[:, None]

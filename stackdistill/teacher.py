@@ -1,0 +1,164 @@
+"""Teachers: load a transformers HubertModel/WavLMModel checkpoint as (EncoderConfig, params).
+
+`load` accepts a local directory in the `save_pretrained` layout or a hub id. The converted
+params are cached with orbax under `$STACKDISTILL_CACHE/teachers/` (default
+`~/.cache/stackdistill/teachers/`), keyed by the source files, so a second load reads the
+cache and needs neither torch nor the conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from stackdistill import convert
+from stackdistill.models.config import EncoderConfig
+
+log = logging.getLogger(__name__)
+
+CONVERTER_VERSION = 1  # bump when the params layout changes, to invalidate old caches
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def cache_root() -> pathlib.Path:
+    """Where converted teachers live: $STACKDISTILL_CACHE or ~/.cache/stackdistill."""
+    root = os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdistill")
+    return pathlib.Path(root).expanduser() / "teachers"
+
+
+def _resolve(name_or_path: str, revision: str | None) -> pathlib.Path:
+    """A local directory holding config.json and the weights (downloads a hub id if needed)."""
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a model directory nor a hub id like "
+            "'facebook/hubert-base-ls960'"
+        )
+    # A hub id: huggingface_hub honours HF_HOME/HF_HUB_CACHE and HF_HUB_OFFLINE.
+    from huggingface_hub import hf_hub_download
+
+    config_file = hf_hub_download(name_or_path, "config.json", revision=revision)
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            hf_hub_download(name_or_path, weights, revision=revision)
+            break
+        except Exception as e:  # noqa: BLE001 - try the next format, report if none
+            last_error = e
+    else:
+        raise FileNotFoundError(f"{name_or_path}: no weights on the hub ({last_error})")
+    return pathlib.Path(config_file).parent
+
+
+def _weights_file(model_dir: pathlib.Path) -> pathlib.Path:
+    for name in WEIGHT_FILES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise FileNotFoundError(
+        f"{model_dir} has no weights: expected one of {', '.join(WEIGHT_FILES)} "
+        "(a transformers save_pretrained directory)"
+    )
+
+
+def _read_state_dict(weights: pathlib.Path) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors file, a sharded safetensors index or a pytorch_model.bin."""
+    if weights.name.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return load_file(weights)
+    if weights.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+        state: dict[str, np.ndarray] = {}
+        for shard in shards:
+            state.update(_read_state_dict(weights.parent / shard))
+        return state
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"{weights} is a PyTorch pickle: install torch (pip install 'stackdistill[dev]') "
+            "or save the model with safetensors"
+        ) from e
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def _cache_key(model_dir: pathlib.Path, weights: pathlib.Path) -> str:
+    files = [model_dir / "config.json", weights]
+    if weights.name.endswith(".index.json"):
+        shards = json.loads(weights.read_text())["weight_map"].values()
+        files += [model_dir / s for s in sorted(set(shards))]
+    h = hashlib.sha256(f"v{CONVERTER_VERSION}".encode())
+    for f in files:
+        st = f.resolve().stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(model_dir.resolve()))[-60:]
+    return f"{slug}-{h.hexdigest()[:16]}"
+
+
+def _read_cache(path: pathlib.Path) -> tuple[EncoderConfig, Any] | None:
+    if not (path / "encoder_config.json").is_file():
+        return None
+    import orbax.checkpoint as ocp
+
+    cfg = EncoderConfig.from_dict(json.loads((path / "encoder_config.json").read_text()))
+    params = ocp.StandardCheckpointer().restore((path / "params").resolve())
+    return cfg, params
+
+
+def _write_cache(path: pathlib.Path, cfg: EncoderConfig, params: Any) -> None:
+    import orbax.checkpoint as ocp
+
+    path.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save((path / "params").resolve(), params, force=True)
+    # Written last: its presence marks a complete cache entry.
+    (path / "encoder_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+
+def load(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    use_cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[EncoderConfig, Any]:
+    """Loads a HuBERT/WavLM teacher as (EncoderConfig, float32 params pytree of jax arrays).
+
+    `name_or_path` is a transformers `save_pretrained` directory (config.json and
+    model.safetensors or pytorch_model.bin) or a hub id such as 'facebook/hubert-base-ls960'.
+    """
+    model_dir = _resolve(str(name_or_path), revision)
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json")
+    weights = _weights_file(model_dir)
+    cache = pathlib.Path(cache_dir).expanduser() if cache_dir else cache_root()
+    entry = cache / _cache_key(model_dir, weights)
+    if use_cache and (cached := _read_cache(entry)) is not None:
+        log.info("teacher %s: converted params from cache %s", name_or_path, entry)
+        return cached
+
+    hf_config = json.loads(config_file.read_text())
+    try:
+        cfg = EncoderConfig.from_hf(hf_config)
+    except ValueError as e:
+        raise ValueError(f"{config_file}: {e}") from e
+    try:
+        params = convert.state_dict_to_params(cfg, _read_state_dict(weights))
+    except ValueError as e:
+        raise ValueError(f"{weights}: {e}") from e
+    params = jax.tree_util.tree_map(jax.numpy.asarray, params)
+    if use_cache:
+        _write_cache(entry, cfg, params)
+        log.info("teacher %s: converted and cached at %s", name_or_path, entry)
+    return cfg, params

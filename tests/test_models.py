@@ -1,0 +1,122 @@
+"""The shared encoder: HuBERT Base shapes and size, frame arithmetic, bf16, input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_fixtures import hf_hidden_states, make_hf_model, padded_batch, save_hf_model
+
+from stackdistill import models, teacher
+from stackdistill.models import EncoderConfig
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny converted HuBERT (post-LN) and its transformers original."""
+    model = make_hf_model("hubert", False)
+    path = save_hf_model(model, tmp_path_factory.mktemp("tiny"))
+    cfg, params = teacher.load(str(path), use_cache=False)
+    return model, cfg, params
+
+
+def test_hubert_base_converts_runs_and_has_the_published_size(tmp_path):
+    import transformers
+
+    torch_model = transformers.HubertModel(transformers.HubertConfig()).eval()
+    cfg, params = teacher.load(str(save_hf_model(torch_model, tmp_path / "base")), use_cache=False)
+    n = models.param_count(params)
+    # torch counts masked_spec_embed (768, pre-training only) and weight_g (128, folded here).
+    assert n == sum(p.numel() for p in torch_model.parameters()) - 768 - 128
+    assert abs(n - 94.4e6) <= 0.1e6
+    assert models.param_count(models.init_params(cfg, jax.random.key(0))) == n
+    assert jax.tree_util.tree_leaves(params["encoder"]["layers"])[0].shape[0] == 12
+
+    wav, lengths = padded_batch(16000)
+    out = models.encode(cfg, params, wav, lengths)
+    assert out.hidden_states.shape == (13, 2, 49, 768)
+    assert out.features.shape == (2, 49, 512)
+    ref = hf_hidden_states(torch_model, wav, lengths)
+    mask = np.asarray(out.mask)
+    np.testing.assert_allclose(np.asarray(out.hidden_states[12])[mask], ref[12][mask], atol=1e-4)
+
+
+def test_frame_lengths_follow_transformers(tiny):
+    import torch
+
+    model, cfg, _ = tiny
+    samples = np.array([400, 401, 999, 1000, 4000, 16000, 250_000])
+    ref = model._get_feat_extract_output_lengths(torch.from_numpy(samples)).numpy()
+    np.testing.assert_array_equal(models.frame_lengths(cfg, samples), ref)
+    assert [cfg.num_frames(int(s)) for s in samples] == ref.tolist()
+    base = EncoderConfig()
+    assert (base.receptive_field, base.hop, base.num_frames(16000)) == (400, 320, 49)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny):
+    model, cfg, params = tiny
+    wav, lengths = padded_batch(4000)
+    f32 = models.encode(cfg, params, wav, lengths)
+    bf16 = models.encode(cfg.replace(dtype="bfloat16"), params, wav, lengths)
+    assert bf16.hidden_states.dtype == jnp.bfloat16
+    assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
+    mask = np.asarray(f32.mask)
+    for a, b in zip(np.asarray(bf16.hidden_states, np.float32), np.asarray(f32.hidden_states)):
+        diff = (a - b)[mask]
+        # bf16 keeps 8 mantissa bits (2^-8 = 0.4% per op): documented bound, relative RMS < 2%.
+        assert np.sqrt((diff**2).mean() / (b[mask] ** 2).mean()) < 2e-2
+        assert (np.abs(diff) / np.maximum(1, np.abs(b[mask]))).max() < 0.15
+
+
+def test_encode_under_jit_and_grad(tiny):
+    _, cfg, params = tiny
+    wav, lengths = padded_batch(4000)
+    eager = models.encode(cfg, params, wav, lengths).hidden_states
+    jitted = jax.jit(lambda p, w, n: models.encode(cfg, p, w, n).hidden_states)(
+        params, wav, lengths
+    )
+    np.testing.assert_allclose(jitted, eager, atol=1e-5)
+
+    def loss(p, remat):
+        return jnp.mean(models.encode(cfg.replace(remat=remat), p, wav, lengths).hidden_states ** 2)
+
+    g_plain = jax.grad(loss)(params, "none")
+    g_remat = jax.grad(loss)(params, "dots_saveable")
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g_plain, g_remat
+    )
+
+
+def test_depth_is_read_from_params(tiny):
+    _, cfg, params = tiny
+    two = jax.tree_util.tree_map(lambda x: x[:2], params["encoder"]["layers"])
+    shallow = {**params, "encoder": {**params["encoder"], "layers": two}}
+    wav, lengths = padded_batch(4000)
+    out = models.encode(cfg, shallow, wav, lengths)
+    full = models.encode(cfg, params, wav, lengths)
+    assert out.hidden_states.shape[0] == 3
+    np.testing.assert_allclose(out.hidden_states, full.hidden_states[:3], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "wav,lengths,message",
+    [
+        (np.zeros((4000,), np.float32), np.array([4000]), "must be \\(batch, samples\\)"),
+        (np.zeros((1, 4000), np.int16), np.array([4000]), "must be float"),
+        (np.zeros((2, 4000), np.float32), np.array([4000, 4001]), "exceed the 4000 samples"),
+        (np.zeros((2, 4000), np.float32), np.array([4000]), "lengths must be \\(2,\\)"),
+        (np.zeros((1, 4000), np.float32), np.array([4000.0]), "integer sample counts"),
+        (np.zeros((1, 4000), np.float32), np.array([10]), "at least 40 samples"),
+    ],
+)
+def test_bad_inputs_are_named(tiny, wav, lengths, message):
+    _, cfg, params = tiny
+    with pytest.raises(ValueError, match=message):
+        models.encode(cfg, params, wav, lengths)
+
+
+def test_config_round_trips_through_transformers_fields(tiny):
+    model, cfg, _ = tiny
+    assert EncoderConfig.from_hf(cfg.to_hf()) == cfg
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        cfg.replace(num_heads=5)
