@@ -1,0 +1,110 @@
+"""Students: published sizes, teacher initialisation, shared front-end, heads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_fixtures import make_hf_model, padded_batch, save_hf_model
+
+from stackdistill import models, teacher
+from stackdistill.models import EncoderConfig, student
+
+
+def _abstract_student(student_cfg):
+    teacher_cfg = EncoderConfig()  # HuBERT Base
+    cfg = student.student_encoder_config(student_cfg, teacher_cfg)
+    shapes = jax.eval_shape(
+        lambda r: student.init_params(r, cfg, teacher_cfg, None, (4, 8, 12), False),
+        jax.random.key(0),
+    )
+    return cfg, shapes
+
+
+def test_paper_student_size():
+    _, shapes = _abstract_student(student.default_config())
+    n = student.encoder_param_count(shapes)
+    assert abs(n - 26.9e6) <= 0.3e6, n
+    assert models.param_count(shapes["heads"]) == 3 * (384 * 768 + 768)
+
+
+def test_distilhubert_size():
+    _, shapes = _abstract_student(student.distilhubert_config())
+    assert abs(student.encoder_param_count(shapes) - 23.5e6) <= 0.3e6
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    path = save_hf_model(make_hf_model("wavlm", False), tmp_path_factory.mktemp("t"))
+    return teacher.load(str(path), use_cache=False)
+
+
+def _tiny_student_config(**kw):
+    c = student.default_config()
+    c.update({**dict(num_layers=2, hidden_size=16, intermediate_size=32, num_heads=2), **kw})
+    return c
+
+
+def test_init_from_teacher_copies_what_fits(tiny_teacher):
+    t_cfg, t_params = tiny_teacher
+    # Same width as the teacher: front-end, projection, positions and first layers copied.
+    wide = student.student_encoder_config(
+        _tiny_student_config(hidden_size=32, intermediate_size=64, num_heads=4), t_cfg
+    )
+    p = student.init_params(jax.random.key(1), wide, t_cfg, t_params, (1, 3))
+    enc = p["encoder"]
+    np.testing.assert_array_equal(
+        enc["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
+        t_params["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
+    )
+    np.testing.assert_array_equal(
+        enc["encoder"]["layers"]["attention"]["q_proj"]["kernel"],
+        t_params["encoder"]["layers"]["attention"]["q_proj"]["kernel"][:2],
+    )
+    assert "rel_attn_embed" not in enc["encoder"]  # students are HuBERT-type
+    assert set(p["heads"]) == {"layer_1", "layer_3"}
+    # Thinner than the teacher: front-end copied, transformer random.
+    thin = student.student_encoder_config(_tiny_student_config(), t_cfg)
+    q = student.init_params(jax.random.key(1), thin, t_cfg, t_params, (3,))
+    np.testing.assert_array_equal(
+        q["encoder"]["feature_projection"]["layer_norm"]["scale"],
+        t_params["feature_projection"]["layer_norm"]["scale"],
+    )
+    assert q["encoder"]["feature_projection"]["projection"]["kernel"].shape == (16, 16)
+    r = student.init_params(jax.random.key(1), thin, t_cfg, t_params, (3,), False)
+    assert not np.allclose(
+        r["encoder"]["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
+        t_params["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
+    )
+
+
+def test_shared_frontend_gives_the_same_outputs(tiny_teacher):
+    t_cfg, t_params = tiny_teacher
+    cfg = student.student_encoder_config(_tiny_student_config(), t_cfg)
+    p = student.init_params(jax.random.key(2), cfg, t_cfg, t_params, (3,))
+    wav, lengths = padded_batch(4000)
+    own = student.apply_encoder(cfg, p["encoder"], wav, lengths)
+    t_out = models.encode(t_cfg, t_params, wav, lengths)
+    shared = student.apply_encoder(cfg, p["encoder"], wav, lengths, features=t_out.features)
+    np.testing.assert_allclose(shared.hidden_states, own.hidden_states, atol=1e-5)
+    preds = student.predict(p["heads"], shared.hidden_states, {3: 2})
+    head = p["heads"]["layer_3"]
+    np.testing.assert_allclose(
+        preds[3], shared.hidden_states[2] @ head["kernel"] + head["bias"], atol=1e-5
+    )
+    assert preds[3].shape == (2, t_out.hidden_states.shape[2], 32)
+
+
+def test_dropout_needs_rng_and_changes_outputs(tiny_teacher):
+    t_cfg, t_params = tiny_teacher
+    cfg = student.student_encoder_config(_tiny_student_config(dropout=0.5), t_cfg)
+    p = student.init_params(jax.random.key(2), cfg, t_cfg, t_params, (3,))
+    wav, lengths = padded_batch(4000)
+    a = student.apply_encoder(cfg, p["encoder"], wav, lengths).hidden_states
+    b = student.apply_encoder(cfg, p["encoder"], wav, lengths, dropout_rng=jax.random.key(0))
+    assert not jnp.allclose(a[-1], b.hidden_states[-1])
+
+
+def test_shared_frontend_requires_teacher_init():
+    c = _tiny_student_config(frozen_shared_frontend=True, init_from_teacher=False)
+    with pytest.raises(ValueError, match="frozen_shared_frontend"):
+        student.student_encoder_config(c, EncoderConfig())
