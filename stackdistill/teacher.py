@@ -162,3 +162,48 @@ def load(
         _write_cache(entry, cfg, params)
         log.info("teacher %s: converted and cached at %s", name_or_path, entry)
     return cfg, params
+
+
+def default_config() -> Any:
+    """Which teacher to distil: a hub id or directory, or a random one written for offline runs."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.name = "facebook/hubert-base-ls960"  # hub id or save_pretrained directory
+    # Offline runs: when `random_arch` is set (EncoderConfig fields) and `name` is not an
+    # existing directory, a randomly initialised teacher of that architecture is written there
+    # in transformers format first (relative names go under the workdir).
+    c.random_arch = ml_collections.FieldReference(None, field_type=dict)
+    c.random_seed = 0
+    return c
+
+
+def write_random(path: str | os.PathLike, cfg: EncoderConfig, seed: int = 0) -> pathlib.Path:
+    """Writes a random teacher as a transformers save_pretrained directory (no torch needed)."""
+    from safetensors.numpy import save_file
+
+    from stackdistill import models
+
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    params = models.init_params(cfg, jax.random.key(seed))
+    state = convert.params_to_state_dict(cfg, params)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    architecture = "HubertModel" if cfg.model_type == "hubert" else "WavLMModel"
+    hf = {**cfg.to_hf(), "architectures": [architecture], "torch_dtype": "float32"}
+    (path / "config.json").write_text(json.dumps(hf, indent=1))
+    return path
+
+
+def prepare(c: Any, workdir: str | os.PathLike) -> str:
+    """The teacher to load for config section `c`, writing the random one first if asked."""
+    if not c.random_arch:
+        return c.name
+    path = pathlib.Path(c.name).expanduser()
+    if not path.is_absolute():
+        path = pathlib.Path(workdir) / path
+    if not (path / "config.json").is_file():
+        if jax.process_index() == 0:
+            write_random(path, EncoderConfig(**dict(c.random_arch)), c.random_seed)
+        log.info("wrote a random %s teacher to %s", c.random_arch.get("model_type"), path)
+    return str(path)

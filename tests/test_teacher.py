@@ -116,3 +116,23 @@ def test_unknown_model_type_is_named(tmp_path):
 def test_not_a_directory_or_hub_id(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a model directory nor a hub id"):
         teacher.load(str(tmp_path / "nothing" / "here"))
+
+
+@pytest.mark.parametrize("model_type", ["hubert", "wavlm"])
+def test_written_random_teacher_loads_in_transformers(tmp_path, model_type):
+    import torch
+    import transformers
+    from hf_fixtures import TINY
+
+    cfg = models.EncoderConfig.from_hf({**TINY, "model_type": model_type})
+    path = teacher.write_random(tmp_path / "t", cfg, seed=3)
+    cls = transformers.HubertModel if model_type == "hubert" else transformers.WavLMModel
+    torch_model = cls.from_pretrained(path).eval()
+    cfg2, params = teacher.load(str(path))
+    assert cfg2 == cfg
+    wav, lengths = padded_batch(4000)
+    ref = hf_hidden_states(torch_model, wav, lengths)
+    out = models.encode(cfg, params, wav, lengths)
+    for i in range(cfg.num_layers + 1):
+        assert _max_rel_err(out.hidden_states[i], ref[i], out.mask) < 1e-4
+    assert torch.is_tensor(torch_model.encoder.pos_conv_embed.conv.weight)
