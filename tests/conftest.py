@@ -1,5 +1,15 @@
 import pathlib
 import sys
 
+import pytest
+
 # tests/ helpers (hf_fixtures) import as plain modules.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> str:
+    """Manifest of a small espeak-ng corpus (48 utterances, seed 0), generated once a session."""
+    from stackdistill.data import synth
+
+    return synth.generate(str(tmp_path_factory.mktemp("synth")), 48, seed=0)

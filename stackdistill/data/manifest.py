@@ -1,0 +1,101 @@
+"""Audio manifests: fairseq-style TSV or JSONL, read into records and written for any folder.
+
+TSV: the first line is the root folder, then one `relative_path<TAB>num_samples` line per file.
+JSONL: one object per line with `path` (relative to the manifest's folder, or absolute/URL) and
+any labels. Write one with `python -m stackdistill.data.manifest DIR [--out FILE]`.
+"""
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import soundfile as sf
+from etils import epath
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+
+
+def _join(root: str, relative: str) -> str:
+    """Joins a manifest path to its root unless it is already absolute or a URL."""
+    if relative.startswith("/") or "://" in relative:
+        return relative
+    return str(epath.Path(root) / relative)
+
+
+def read_manifest(path: str) -> list[dict[str, Any]]:
+    """Records (`path`, `name` and labels) listed in a .tsv or .jsonl manifest."""
+    lines = epath.Path(path).read_text().splitlines()
+    if str(path).endswith(".jsonl"):
+        root = str(epath.Path(path).parent)
+        records = []
+        for line in lines:
+            if not line.strip():
+                continue
+            labels = json.loads(line)
+            records.append({"name": labels["path"], **labels, "path": _join(root, labels["path"])})
+        return records
+    if not lines:
+        raise ValueError(f"empty manifest {path}: its first line must be the root folder")
+    root = lines[0].strip()
+    records = []
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        relative, *rest = line.split("\t")
+        record = {"path": _join(root, relative), "name": relative}
+        if rest:
+            record["num_samples"] = int(rest[0])
+        records.append(record)
+    return records
+
+
+def scan_audio(folder: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(readable audio files under folder with their length and rate, unreadable file names)."""
+    root = epath.Path(folder)
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    entries, unreadable = [], []
+    for path in paths:
+        relative = str(path.relative_to(root))
+        try:
+            with path.open("rb") as f:
+                info = sf.info(f)
+        except Exception:  # anything libsndfile cannot open is left out and reported
+            unreadable.append(relative)
+            continue
+        entries.append(
+            {"path": relative, "num_samples": info.frames, "sample_rate": info.samplerate}
+        )
+    return entries, unreadable
+
+
+def write_manifest(folder: str, out: str | None = None) -> tuple[str, list[str]]:
+    """Writes a manifest of the audio under folder (.jsonl if out says so); returns it and the
+    names of unreadable files."""
+    out = out or str(epath.Path(folder) / "manifest.tsv")
+    entries, unreadable = scan_audio(folder)
+    if out.endswith(".jsonl"):
+        text = "".join(json.dumps(e) + "\n" for e in entries)
+    else:
+        root = str(epath.Path(folder).resolve()) if "://" not in folder else folder
+        text = root + "\n" + "".join(f"{e['path']}\t{e['num_samples']}\n" for e in entries)
+    epath.Path(out).write_text(text)
+    return out, unreadable
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: write a manifest for an audio folder."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="folder searched recursively for audio files")
+    parser.add_argument("--out", default=None, help="manifest file (.tsv or .jsonl)")
+    args = parser.parse_args(argv)
+    out, unreadable = write_manifest(args.folder, args.out)
+    for name in unreadable[:10]:
+        print(f"unreadable, left out: {name}", file=sys.stderr)
+    if len(unreadable) > 10:
+        print(f"... and {len(unreadable) - 10} more unreadable files", file=sys.stderr)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
