@@ -6,29 +6,36 @@ read through one grain pipeline into fixed-shape padded batches.
     it = data.make_loader(cfg)            # batches: {"audio": (B, S), "lengths": (B,), ...}
     batch = data.to_global(next(it), sharding)
     state = it.get_state()                # later: it.set_state(state)
+
+Names are imported on first use, so worker processes that need one module (the synthesiser,
+the packer) do not pay for grain or JAX.
 """
 
-from stackdistill.data.audio import SAMPLE_RATE, BadAudio
-from stackdistill.data.config import default_config
-from stackdistill.data.manifest import read_manifest, write_manifest
-from stackdistill.data.pack import PackedSource, pack
-from stackdistill.data.pipeline import audio_seconds, make_dataset, make_loader, to_global
-from stackdistill.data.sources import librispeech_records, open_source
-from stackdistill.data.synth import generate as generate_synthetic
+import importlib
+from typing import Any
 
-__all__ = [
-    "SAMPLE_RATE",
-    "BadAudio",
-    "PackedSource",
-    "audio_seconds",
-    "default_config",
-    "generate_synthetic",
-    "librispeech_records",
-    "make_dataset",
-    "make_loader",
-    "open_source",
-    "pack",
-    "read_manifest",
-    "to_global",
-    "write_manifest",
-]
+_EXPORTS = {
+    "SAMPLE_RATE": "audio",
+    "BadAudio": "audio",
+    "default_config": "config",
+    "read_manifest": "manifest",
+    "write_manifest": "manifest",
+    "PackedSource": "pack",
+    "pack": "pack",
+    "audio_seconds": "pipeline",
+    "make_dataset": "pipeline",
+    "make_loader": "pipeline",
+    "to_global": "pipeline",
+    "librispeech_records": "sources",
+    "open_source": "sources",
+    "generate_synthetic": "synth",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Imports an exported name from its module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+    return getattr(module, "generate" if name == "generate_synthetic" else name)

@@ -117,7 +117,7 @@ class Speaker:
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
     def phonemes(self, text: str, voice: str) -> str:
-        """IPA phonemes of text: "_" between the phonemes of a word, " " between words."""
+        """IPA phonemes of text: "_" between the phonemes of a word, " " between espeak's words."""
         with self._lock:
             self.set_voice(voice)
             encoded = text.encode()  # espeak advances a pointer into these bytes

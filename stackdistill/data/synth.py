@@ -4,7 +4,8 @@
 
 writes DIR/wav/NNNNNN.wav (16 kHz mono int16) and DIR/manifest.jsonl with, per line: path,
 name, num_samples, sample_rate, text, keyword (index into KEYWORDS, -1 for a sentence), speaker
-(index into VOICES), voice, phonemes (espeak's IPA; "_" inside a word, " " between words),
+(index into VOICES), voice, phonemes (espeak's IPA; "_" inside a word, " " between espeak's
+words, which join unstressed words to the next),
 rate, pitch, snr_db. The corpus is a function of (seed, num) alone: utterance i depends only
 on (seed, i) and on the fixed chunk of CHUNK_SIZE utterances it is spoken in.
 """
