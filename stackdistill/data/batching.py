@@ -105,8 +105,8 @@ class _WindowBatchIterator(grain.DatasetIterator):
         self._batches = [pad_batch(g, length, opts["label_keys"]) for g, length in groups]
         if self._batches:
             self._batches[0][SKIPPED_KEY] = skipped
-        elif skipped:  # the data ended: no batch is left to carry the notes
-            logging.warning("%d utterances skipped in the last window: %s", len(skipped), skipped)
+        elif skipped:  # the data ended: a batch without audio carries the last notes
+            self._batches = [{SKIPPED_KEY: skipped}]
         self._emitted = 0
 
     def __next__(self) -> dict[str, Any]:
@@ -160,16 +160,23 @@ class _ReportSkippedIterator(grain.DatasetIterator):
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._parent)
+        while "audio" not in batch:  # only skip notes, at the end of the data
+            self._count(batch.pop(SKIPPED_KEY))
+            batch = next(self._parent)
         # Arrays from worker processes live in shared memory: copy them out so it can be freed.
         batch = {k: np.array(v) if _is_array_view(v) else v for k, v in batch.items()}
-        for note in batch.pop(SKIPPED_KEY, ()):
+        self._count(batch.pop(SKIPPED_KEY, ()))
+        return batch
+
+    def _count(self, notes: Sequence[str]) -> None:
+        """Adds skip notes to the totals; logs the first few, then now and then a count."""
+        for note in notes:
             self.num_skipped += 1
             if len(self.skipped_examples) < self.MAX_EXAMPLES:
                 self.skipped_examples.append(note)
                 logging.warning("skipped utterance %s", note)
             elif self.num_skipped in (10, 100, 1000) or self.num_skipped % 10_000 == 0:
                 logging.warning("%d utterances skipped so far", self.num_skipped)
-        return batch
 
     def get_state(self) -> dict[str, Any]:
         return {

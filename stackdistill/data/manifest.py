@@ -53,7 +53,12 @@ def read_manifest(path: str) -> list[dict[str, Any]]:
 def scan_audio(folder: str) -> tuple[list[dict[str, Any]], list[str]]:
     """(readable audio files under folder with their length and rate, unreadable file names)."""
     root = epath.Path(folder)
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    paths = sorted(
+        folder / name
+        for folder, _, names in root.walk()  # epath has no recursive glob (costly on GCS)
+        for name in names
+        if name.lower().endswith(AUDIO_SUFFIXES)
+    )
     entries, unreadable = [], []
     for path in paths:
         relative = str(path.relative_to(root))
