@@ -213,6 +213,12 @@ def test_two_processes_read_disjoint_shards_that_cover_the_corpus(cfg, wavs):
     assert abs(len(shards[0]) - len(shards[1])) <= 1
 
 
+def test_buckets_are_refused_with_several_processes(cfg):
+    cfg.bucket_boundaries = (16_000,)
+    with pytest.raises(ValueError, match="single process"):
+        _loader(cfg, process_index=0, process_count=2)
+
+
 def test_to_global_splits_the_batch_over_the_mesh():
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -231,3 +237,18 @@ def test_to_global_splits_the_batch_over_the_mesh():
     assert out["lengths"].sharding.spec == PartitionSpec("data")
     assert out["audio"].sharding.spec == PartitionSpec("data", None)
     assert isinstance(out["text"], np.ndarray)
+
+
+def test_grain_checkpoint_handler_saves_and_restores_the_loader(cfg, tmp_path):
+    import grain
+    from etils import epath
+
+    cfg.update(shuffle=True, num_epochs=None, read_threads=0)
+    loader = _loader(cfg)
+    next(loader)
+    handler = grain.checkpoint.CheckpointHandler()
+    handler.save(epath.Path(tmp_path), item=loader)
+    expected = [next(loader)["name"] for _ in range(3)]
+    restored = handler.restore(epath.Path(tmp_path), item=_loader(cfg))
+    for want in expected:
+        np.testing.assert_array_equal(next(restored)["name"], want)

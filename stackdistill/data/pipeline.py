@@ -14,8 +14,10 @@ exactly. With num_workers > 0 grain spawns processes, so scripts need `if __name
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from stackdistill.data import audio, batching, sources
 
@@ -70,11 +72,19 @@ def make_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """The batched grain dataset of one process (index/count default to JAX's)."""
-    if process_index is None or process_count is None:
-        import jax  # deferred: worker processes unpickle this module and never need JAX
+    """The batched grain dataset of one process (index/count default to JAX's).
 
+    Several processes must stack equal shapes into one global batch, so length buckets (chosen
+    per process from its own data) are refused there; with finite epochs their shards may also
+    differ by one batch, so multi-host training should repeat forever (num_epochs None).
+    """
+    if process_index is None or process_count is None:
         process_index, process_count = jax.process_index(), jax.process_count()
+    if data_cfg.bucket_boundaries and process_count > 1:
+        raise ValueError(
+            "data.bucket_boundaries needs a single process: each process would pick its own"
+            " padded length and the global batch could not be assembled; set it to ()"
+        )
     seed = data_cfg.seed if seed is None else seed
     records, description = sources.open_source(data_cfg)
     # Strided shards: disjoint, jointly complete, sizes within one of each other.
@@ -134,8 +144,6 @@ def to_global(batch: dict[str, np.ndarray], sharding: Any) -> dict[str, Any]:
     (other axes replicated), so one sharding serves "audio" (B, S) and "lengths" (B,). String
     labels stay local numpy arrays.
     """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
     def convert(x: np.ndarray) -> Any:
         if x.dtype.kind in "USO":
