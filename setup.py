@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
     "matplotlib>=3.9",
     "tqdm>=4.66",
+    "espeakng-loader>=0.2.4",  # ships libespeak-ng: the offline demo's synthetic speech
 ]
 
 EXTRAS = {
@@ -30,7 +31,6 @@ EXTRAS = {
         "pytest>=8",
         "ruff>=0.6",
         "torch==2.13.0",
-        "espeakng-loader>=0.2.4",
     ],
     # TFDS's audio builders (librispeech, speech_commands) need TensorFlow even to construct.
     "tfds": ["tensorflow-cpu>=2.17"],

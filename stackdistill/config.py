@@ -1,0 +1,64 @@
+"""The run config: every section with its defaults, and the `--config=FILE:ARG` variants."""
+
+from __future__ import annotations
+
+import ast
+
+import ml_collections
+
+from stackdistill import optim, sharding, stacking, step, teacher
+from stackdistill.data import config as data_config
+from stackdistill.models import student
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's run (HuBERT Base teacher, 12 x 384 student, interleaved 3-6-9-12)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 200_000
+    c.batch_size = 24  # global, split over processes and devices
+    c.dtype = "float32"  # compute dtype of teacher and student ("bfloat16" on TPU/GPU)
+    c.remat = "none"  # per-layer rematerialisation policy of the student
+    c.teacher = teacher.default_config()
+    c.student = student.default_config()
+    c.stacking = stacking.default_config()
+    c.distill = step.default_config()
+    c.optim = optim.default_config()
+    c.data = data_config.default_config()
+    c.mesh = sharding.default_config()
+    c.log_every = 100
+    c.checkpoint_every = 2_000
+    c.keep_checkpoints = 3
+    return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+    """Shrinks a real config to a few steps on small crops, to smoke-test it on a laptop."""
+    c.total_steps = 8
+    c.batch_size = 2
+    c.data.max_samples = 32_000
+    c.log_every = 2
+    c.checkpoint_every = 4
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies `--config=FILE:ARG`: comma-separated `stacking=METHOD`, `runlocal`, `a.b=VALUE`."""
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key == "runlocal":
+            runlocal(c)
+        elif key == "stacking":
+            c.stacking.method = value
+        elif value:
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            try:
+                parsed = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                parsed = value
+            node[leaf] = parsed
+        else:
+            raise ValueError(f"config argument {item!r}: expected runlocal, stacking=M or a.b=v")
+    return c
