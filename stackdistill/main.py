@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
@@ -9,26 +10,27 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("distill",)
+# mode -> module whose run(config, workdir) does it (imported on use)
+MODES = {
+    "distill": "stackdistill.train",
+    "eval": "stackdistill.superb.run",
+    "compare": "stackdistill.superb.run",
+    "export": "stackdistill.export",
+    "cache": "stackdistill.cache",
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
-_MODE = flags.DEFINE_enum("mode", "distill", MODES, "What to do with the config.")
+_MODE = flags.DEFINE_enum("mode", "distill", list(MODES), "What to do with the config.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _maybe_start_distributed() -> None:
     """jax.distributed on multi-host jobs (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set)."""
-    multi_host = any(
-        k in os.environ
-        for k in (
-            "JAX_COORDINATOR_ADDRESS",
-            "SLURM_NTASKS",
-            "TPU_WORKER_HOSTNAMES",
-            "MEGASCALE_COORDINATOR_ADDRESS",
-        )
-    )
-    if multi_host:
+    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    if explicit or slurm or tpu_pod:
         jax.distributed.initialize()
 
 
@@ -37,11 +39,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _maybe_start_distributed()
     logging.getLogger("stackdistill").setLevel(logging.INFO)
-    config = _CONFIG.value
-    if _MODE.value == "distill":
-        from stackdistill import train
-
-        train.train_and_evaluate(config, _WORKDIR.value)
+    module = importlib.import_module(MODES[_MODE.value])
+    module.run(_CONFIG.value, _WORKDIR.value, mode=_MODE.value)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return summary
 
 
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") -> None:
+    """--mode=distill."""
+    del mode
+    train_and_evaluate(config, workdir)
+
+
 def _save(ckpt, current, state, data_iter, stage, lineage, config, force=False) -> None:
     meta = {
         "step": current,
