@@ -74,3 +74,25 @@ class Checkpointer:
         """Finishes pending saves and releases the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_student(workdir: str | pathlib.Path, step: int | None = None):
+    """(EncoderConfig, params, meta) of a run's student at `step` (default: the latest).
+
+    `params` is `{"encoder": ..., "heads": ...}`; meta holds the stage, lineage and which
+    student hidden state feeds each teacher layer's head (`target_sources`).
+    """
+    from stackdistill.models.config import EncoderConfig
+
+    directory = epath.Path(workdir) / "checkpoints"
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{directory} holds no checkpoint")
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+    )
+    meta = restored["meta"]
+    cfg = EncoderConfig.from_dict(meta["encoder_config"])
+    return cfg, restored["state"]["params"], meta

@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = optim.default_config()
     c.data = data_config.default_config()
     c.mesh = sharding.default_config()
+    c.peak_flops = 0.0  # FLOP/s of all devices together, for the logged MFU (0: not logged)
     c.log_every = 100
     c.checkpoint_every = 2_000
     c.keep_checkpoints = 3

@@ -226,17 +226,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     pending = []
                     if log_now:
                         dt = window.lap()
-                        last_metrics.update(_speed(last_metrics, window_steps, dt, flops))
+                        last_metrics.update(
+                            _speed(last_metrics, window_steps, dt, flops, config.peak_flops)
+                        )
                         last_metrics["depth"] = stage.depth
                         last_metrics["data_skipped"] = getattr(data_iter, "num_skipped", 0)
                         writer.scalars(current, last_metrics)
                         window_steps = 0
-                    _save(ckpt, current, state, data_iter, stage, lineage, config)
+                    _save(ckpt, current, state, data_iter, stage, lineage, config, s_cfg, sources)
             stage_seconds[stage.index] = stage_seconds.get(stage.index, 0.0) + stage_timer.lap()
             if status == "preempted":
                 break
         _check_finite(pending)
-        _save(ckpt, int(state["step"]), state, data_iter, stage, lineage, config, force=True)
+        _save(
+            ckpt,
+            int(state["step"]),
+            state,
+            data_iter,
+            stage,
+            lineage,
+            config,
+            s_cfg,
+            sources,
+            force=True,
+        )
         ckpt.close()
     skipped = getattr(data_iter, "skipped_examples", [])
     if skipped:
@@ -263,12 +276,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
     train_and_evaluate(config, workdir)
 
 
-def _save(ckpt, current, state, data_iter, stage, lineage, config, force=False) -> None:
+def _save(ckpt, current, state, data_iter, stage, lineage, config, s_cfg, sources, force=False):
+    """Checkpoints the state with the metadata that says how to read it back."""
     meta = {
         "step": current,
         "stage": stage.index,
         "depth": stage.depth,
         "lineage": [int(x) for x in lineage],
+        "encoder_config": s_cfg.replace(num_layers=stage.depth).to_dict(),
+        "target_sources": {str(k): v for k, v in sources.items()},
         "time": time.time(),
     }
     if force and ckpt.latest_step() == current:
@@ -294,11 +310,14 @@ def _check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
     return mean
 
 
-def _speed(metrics, steps, seconds, flops) -> dict[str, float]:
+def _speed(metrics, steps, seconds, flops, peak_flops) -> dict[str, float]:
+    """Throughput of the last window; MFU = XLA's FLOPs per step x steps/s / peak FLOP/s."""
     audio = metrics.get("audio_seconds", 0.0) * steps
     out = {"steps_per_s": steps / seconds, "audio_s_per_s": audio / seconds}
     if flops:
         out["tflops_per_s"] = flops * steps / seconds / 1e12
+        if peak_flops:
+            out["mfu"] = flops * steps / seconds / peak_flops
     return out
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from stackdistill import checkpoint, models, train
 from stackdistill import config as config_lib
-from stackdistill import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.py")
@@ -85,6 +85,11 @@ def test_demo_runs_and_loss_falls(shared, tmp_path):
     assert list((tmp_path / "tensorboard").iterdir())
     for key in ("loss/layer_4", "cos/layer_8", "loss/layer_12", "grad_norm", "audio_s_per_s"):
         assert key in summary["final_metrics"]
+    cfg, params, meta = checkpoint.load_student(tmp_path)
+    assert cfg.num_layers == 12 and meta["target_sources"] == {"4": 4, "8": 8, "12": 12}
+    wav = np.zeros((1, 8000), np.float32)
+    out = models.encode(cfg, params["encoder"], wav, np.array([8000]))
+    assert out.hidden_states.shape[:2] == (13, 1)
 
 
 def test_exact_resume_after_sigkill_across_a_stage_transition(shared, tmp_path):
