@@ -136,3 +136,24 @@ def test_written_random_teacher_loads_in_transformers(tmp_path, model_type):
     for i in range(cfg.num_layers + 1):
         assert _max_rel_err(out.hidden_states[i], ref[i], out.mask) < 1e-4
     assert torch.is_tensor(torch_model.encoder.pos_conv_embed.conv.weight)
+
+
+def test_hub_id_resolves_through_the_hf_cache_offline(tmp_path, monkeypatch):
+    """A hub id is read from the Hugging Face cache layout; HF_HUB_OFFLINE forbids the network."""
+    import huggingface_hub.constants
+
+    model = make_hf_model("hubert", False)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--some-org--tiny-hubert"
+    save_hf_model(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg, params = teacher.load("some-org/tiny-hubert")
+    wav, lengths = padded_batch(2000)
+    out = models.encode(cfg, params, wav, lengths)
+    ref = hf_hidden_states(model, wav, lengths)
+    assert _max_rel_err(out.hidden_states[-1], ref[-2], out.mask) < 1e-4
+    with pytest.raises(Exception, match="(?i)offline|cannot find|not found|connection"):
+        teacher.load("some-org/not-in-the-cache")
