@@ -144,6 +144,9 @@ def load(
     weights = _weights_file(model_dir)
     cache = pathlib.Path(cache_dir).expanduser() if cache_dir else cache_root()
     entry = cache / _cache_key(model_dir, weights)
+    # Orbax refuses to save host-local arrays in a multi-process job, so there every
+    # process converts the checkpoint itself and the cache is left alone.
+    use_cache = use_cache and jax.process_count() == 1
     if use_cache and (cached := _read_cache(entry)) is not None:
         log.info("teacher %s: converted params from cache %s", name_or_path, entry)
         return cached
