@@ -26,12 +26,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _maybe_start_distributed() -> None:
-    """jax.distributed on multi-host jobs (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set)."""
+    """jax.distributed on multi-host jobs (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set).
+
+    JAX reads JAX_COORDINATOR_ADDRESS itself but detects the process count and id only on
+    known clusters, so JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/gpu_multihost.sh) are
+    passed on here.
+    """
     explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
     tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
     if explicit or slurm or tpu_pod:
-        jax.distributed.initialize()
+        count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+        jax.distributed.initialize(
+            num_processes=int(count) if count else None, process_id=int(index) if index else None
+        )
 
 
 def main(argv: list[str]) -> None:
