@@ -181,21 +181,25 @@ def default_config() -> Any:
     return c
 
 
-def write_random(path: str | os.PathLike, cfg: EncoderConfig, seed: int = 0) -> pathlib.Path:
-    """Writes a random teacher as a transformers save_pretrained directory (no torch needed)."""
+def save(path: str | os.PathLike, cfg: EncoderConfig, params: Any) -> pathlib.Path:
+    """Writes encoder params as a transformers save_pretrained directory (no torch needed)."""
     from safetensors.numpy import save_file
-
-    from stackdistill import models
 
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    params = models.init_params(cfg, jax.random.key(seed))
     state = convert.params_to_state_dict(cfg, params)
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})
     architecture = "HubertModel" if cfg.model_type == "hubert" else "WavLMModel"
     hf = {**cfg.to_hf(), "architectures": [architecture], "torch_dtype": "float32"}
     (path / "config.json").write_text(json.dumps(hf, indent=1))
     return path
+
+
+def write_random(path: str | os.PathLike, cfg: EncoderConfig, seed: int = 0) -> pathlib.Path:
+    """Writes a random teacher as a transformers save_pretrained directory (no torch needed)."""
+    from stackdistill import models
+
+    return save(path, cfg, models.init_params(cfg, jax.random.key(seed)))
 
 
 def prepare(c: Any, workdir: str | os.PathLike) -> str:
