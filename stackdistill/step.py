@@ -2,7 +2,9 @@
 
 The step is pure: `(state, teacher_params, batch) -> (state, metrics)`. The state is a plain
 pytree `{params, opt_state, step, stage, rng}`; the teacher params are a frozen argument,
-never differentiated. Which student layer feeds which head is static per stage.
+never differentiated. Which student layer feeds which head is static per stage. With a
+teacher-target cache (`cached=True`) the teacher does not run: the batch carries its
+supervised layers ("targets", (B, K, T, D)) and, for a shared front-end, its CNN "features".
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import optax
 from stackdistill import losses, stacking
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
-from stackdistill.models.encoder import Encoder
+from stackdistill.models.encoder import Encoder, frame_mask
 
 State = dict[str, Any]
 LOSSES = ("mse", "l1_cos")
@@ -93,40 +95,46 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     shared_frontend: bool,
+    cached: bool = False,
 ) -> Callable[[State, Any, dict[str, jax.Array]], tuple[State, dict[str, jax.Array]]]:
-    """The pure step for one stage (the stack depth and `sources` are fixed inside)."""
+    """The pure step for one stage (the stack depth and `sources` are fixed inside).
+
+    `cached`: the teacher's targets (and CNN features) come from the batch, not a forward.
+    """
     output_layer = int(distill.teacher_layers[-1])
     use_dropout = student_cfg.dropout > 0 or student_cfg.attention_dropout > 0
 
+    def teacher_outputs(teacher_params, batch):
+        """(supervised hidden states indexable by teacher layer, frame mask, CNN features)."""
+        if not cached:
+            out = Encoder(teacher_cfg).apply(
+                {"params": teacher_params}, batch["audio"], batch["lengths"]
+            )
+            return out.hidden_states, out.mask, out.features
+        targets_bktd = batch["targets"]
+        hidden = {int(k): targets_bktd[:, j] for j, k in enumerate(distill.teacher_layers)}
+        mask = frame_mask(teacher_cfg, batch["lengths"], targets_bktd.shape[2])
+        features = batch.get("features")
+        return hidden, mask, None if features is None else features.astype(student_cfg.dtype)
+
     def loss_fn(params, teacher_out, batch, rng):
-        features = teacher_out.features if shared_frontend else None
+        hidden, mask, features = teacher_out
         out = student.apply_encoder(
             student_cfg,
             params["encoder"],
             batch["audio"],
             batch["lengths"],
-            features=features,
+            features=features if shared_frontend else None,
             dropout_rng=rng if use_dropout else None,
         )
         preds = student.predict(params["heads"], out.hidden_states, sources)
         if distill.loss == "mse":
-            return losses.paper_loss(
-                preds,
-                teacher_out.hidden_states,
-                teacher_out.mask,
-                output_layer,
-                distill.intermediate_weight,
-            )
-        return losses.distilhubert_loss(
-            preds, teacher_out.hidden_states, teacher_out.mask, distill.cos_weight
-        )
+            return losses.paper_loss(preds, hidden, mask, output_layer, distill.intermediate_weight)
+        return losses.distilhubert_loss(preds, hidden, mask, distill.cos_weight)
 
     def train_step(state: State, teacher_params: Any, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        teacher_out = Encoder(teacher_cfg).apply(
-            {"params": teacher_params}, batch["audio"], batch["lengths"]
-        )
-        teacher_out = jax.lax.stop_gradient(teacher_out)
+        teacher_out = jax.lax.stop_gradient(teacher_outputs(teacher_params, batch))
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], teacher_out, batch, rng
         )

@@ -178,6 +178,14 @@ def default_config() -> Any:
     # in transformers format first (relative names go under the workdir).
     c.random_arch = ml_collections.FieldReference(None, field_type=dict)
     c.random_seed = 0
+    # Teacher-target cache, built by `--mode=cache` (see stackdistill/cache.py). When
+    # `cache_dir` is set, distillation reads the teacher's targets there instead of running it.
+    c.cache_dir = ""  # "" = live teacher; relative paths go under the workdir
+    c.cache_mode = "fixed_crop"  # "fixed_crop": one crop per utterance and epoch | "whole"
+    c.cache_epochs = 1  # fixed_crop: crops stored per utterance (epoch seeds 0..n-1)
+    c.cache_features = True  # also store the CNN features (what a shared front-end reads)
+    c.cache_shards = 8  # ArrayRecord files written per process
+    c.cache_max_samples = 640_000  # whole: longer utterances are cropped to this (40 s)
     return c
 
 

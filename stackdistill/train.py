@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from stackdistill import checkpoint, optim, sharding, stacking, step, teacher
+from stackdistill import cache, checkpoint, optim, sharding, stacking, step, teacher
 from stackdistill.models import student
 from stackdistill.writers import RunWriter, Timer
 
@@ -105,12 +105,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_cfg.batch_size = config.batch_size // jax.process_count()
     if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
         data_cfg.path = str(workdir / data_cfg.path)  # the offline corpus lives in the run
-    data_iter = data_lib.make_loader(
-        data_cfg,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+    use_cache = bool(config.teacher.cache_dir)  # teacher targets read from disk, not computed
+    shard = dict(
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
     )
+    if use_cache:
+        data_iter = cache.make_loader(config, data_cfg, workdir, **shard)
+    else:
+        data_iter = data_lib.make_loader(data_cfg, **shard)
 
     # ------------------------------------------------------------------ teacher
     teacher_path = teacher.prepare(config.teacher, workdir)
@@ -121,6 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
             f"layers beyond the teacher's {t_cfg.num_layers}"
         )
+    if use_cache:
+        cache.check_compatible(cache.read_meta(config, workdir), config, t_params)
     rep = sharding.replicated(mesh)
     t_params = jax.device_put(t_params, sharding.tree_shardings(t_params, mesh, config.mesh.params))
 
@@ -168,6 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "audio": jax.ShapeDtypeStruct((n, config.data.max_samples), np.float32, sharding=batch_sh),
         "lengths": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sh),
     }
+    if use_cache:  # + "targets" (and "features" for a shared front-end)
+        for key, (shape, dtype) in cache.batch_shapes(config, t_cfg, n).items():
+            batch_abstract[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
     stage_seconds: dict[int, float] = {}
     last_metrics: dict[str, float] = {}
     status = "completed"
@@ -181,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 config.distill, lineage, initial_layers, config.stacking.follow
             )
             train_step = step.make_train_step(
-                config.distill, t_cfg, s_cfg, sources, tx, schedule, shared
+                config.distill, t_cfg, s_cfg, sources, tx, schedule, shared, cached=use_cache
             )
             st_sh = state_shardings(state)
             jitted = jax.jit(
@@ -212,9 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     status = "preempted"
                     break
                 local = next(data_iter)
-                batch = data_lib.to_global(
-                    {"audio": local["audio"], "lengths": local["lengths"]}, batch_sh
-                )
+                batch = data_lib.to_global({k: local[k] for k in batch_abstract}, batch_sh)
                 fn = compiled if batch["audio"].shape == batch_abstract["audio"].shape else jitted
                 state, metrics = fn(state, t_params, batch)
                 current += 1

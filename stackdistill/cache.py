@@ -1,0 +1,331 @@
+"""Teacher-target cache: run the teacher once over the corpus, train later from its outputs.
+
+    python -m stackdistill.main --config=configs/X.py --workdir=DIR --mode=cache \\
+        --config.teacher.cache_dir=targets     # then train from it:
+    python -m stackdistill.main --config=configs/X.py --workdir=DIR \\
+        --config.teacher.cache_dir=targets
+
+What is stored, per record: the audio (int16, what the student reads), the supervised teacher
+layers `config.distill.teacher_layers` (bfloat16, valid frames only) and, unless
+`teacher.cache_features` is off, the teacher's CNN features (bfloat16): a student with
+`frozen_shared_frontend` reads those, so a cached step runs neither the teacher nor any CNN.
+Modes (`config.teacher.cache_mode`):
+
+- "fixed_crop": for each epoch seed e < `cache_epochs` and utterance i, one crop of at most
+  `data.max_samples` samples drawn from (config.seed, e, i), zero-padded to max_samples for
+  the teacher exactly as the live step pads it. Cached targets then equal the live teacher's
+  on the same crop up to bfloat16 rounding. One pass over the cache is `cache_epochs` epochs.
+- "whole": each utterance (cut to `cache_max_samples`) is run whole, padded to a multiple of
+  one second (at least max_samples); training takes a random crop at a multiple of the hop
+  (320 samples) and the targets of the matching frames. The teacher saw the whole utterance,
+  so its targets carry context beyond the crop and differ from live targets (attention, and
+  HuBERT Base's GroupNorm over time): benchmarks/RESULTS.md measures what it does to the loss.
+
+The cache is keyed to the teacher by a fingerprint of its params; training refuses a cache
+from another teacher, other layers, another crop length, or without the features it needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from stackdistill import teacher
+from stackdistill.data import audio, cached, sources
+from stackdistill.models.config import EncoderConfig
+from stackdistill.models.encoder import Encoder
+
+log = logging.getLogger("stackdistill")
+MODES = ("fixed_crop", "whole")
+BUCKET_SECONDS = 1  # whole mode pads each utterance to a multiple of this for the teacher
+
+
+def cache_path(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+    """The cache folder: config.teacher.cache_dir, relative paths under the workdir."""
+    if not config.teacher.cache_dir:
+        raise ValueError("config.teacher.cache_dir is empty: name the folder of the cache")
+    path = pathlib.Path(config.teacher.cache_dir).expanduser()
+    return path if path.is_absolute() else pathlib.Path(workdir) / path
+
+
+def fingerprint(params: Any) -> str:
+    """A hash of the teacher's params (paths, shapes and values)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        value = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}{value.shape}{value.dtype}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()[:32]
+
+
+def padded_length(num_samples: int, mode: str, max_samples: int) -> int:
+    """Samples the teacher's input is zero-padded to (fixed crops: the live step's length)."""
+    if mode == "fixed_crop" or num_samples <= max_samples:
+        return max_samples
+    bucket = BUCKET_SECONDS * audio.SAMPLE_RATE
+    return math.ceil(num_samples / bucket) * bucket
+
+
+def _utterances(config, records, process_index, process_count):
+    """(name, float32 samples) of this process's jobs: crops or whole utterances; skips bad."""
+    t = config.teacher
+    mode, epochs = t.cache_mode, (t.cache_epochs if t.cache_mode == "fixed_crop" else 1)
+    limit = config.data.max_samples if mode == "fixed_crop" else t.cache_max_samples
+    for epoch in range(epochs):
+        for index in range(process_index, len(records), process_count):
+            record = records[index]
+            name = str(record.get("name", record.get("path", f"#{index}")))
+            rng = np.random.default_rng([config.seed, epoch, index])
+            try:
+                samples = audio.load(record, rng, limit)
+            except audio.BadAudio as e:
+                yield name, None, str(e)
+                continue
+            if len(samples) < config.data.min_samples:
+                yield name, None, f"too short ({len(samples)} samples)"
+                continue
+            # Stored as int16: the teacher sees exactly what the student will read.
+            pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+            yield (f"{name}@{epoch}" if mode == "fixed_crop" else name), pcm, None
+
+
+def _teacher_fn(t_cfg: EncoderConfig, layer_ids: tuple[int, ...], with_features: bool):
+    """Jitted (params, wav, lengths) -> (targets (B, K, T, D), features (B, T, C)), bfloat16."""
+
+    def forward(params, wav, lengths):
+        out = Encoder(t_cfg).apply({"params": params}, wav, lengths)
+        targets = jnp.stack([out.hidden_states[k] for k in layer_ids], axis=1)
+        features = out.features.astype(jnp.bfloat16) if with_features else None
+        return targets.astype(jnp.bfloat16), features
+
+    return jax.jit(forward)
+
+
+class _ShardWriter:
+    """Spreads records over this process's shards in order (expected count known ahead)."""
+
+    def __init__(self, out: pathlib.Path, process_index: int, num_shards: int, expected: int):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self._writers = [
+            ArrayRecordWriter(
+                str(out / f"targets-p{process_index:03d}-{k:05d}{cached.SUFFIX}"), "group_size:1"
+            )
+            for k in range(num_shards)
+        ]
+        self._expected = max(expected, 1)
+        self.count = 0
+        self.bytes = 0
+
+    def write(self, record: bytes) -> None:
+        shard = min(self.count * len(self._writers) // self._expected, len(self._writers) - 1)
+        self._writers[shard].write(record)
+        self.count += 1
+        self.bytes += len(record)
+
+    def close(self) -> None:
+        for w in self._writers:
+            w.close()
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Runs the teacher over the corpus and writes the cache; returns its cache.json contents."""
+    t = config.teacher
+    if t.cache_mode not in MODES:
+        raise ValueError(f"config.teacher.cache_mode must be one of {MODES}, got {t.cache_mode!r}")
+    if t.cache_epochs < 1:
+        raise ValueError(f"config.teacher.cache_epochs must be >= 1, got {t.cache_epochs}")
+    out = cache_path(config, workdir)
+    if (out / cached.META_FILE).is_file():
+        meta = cached.read_meta(out)
+        log.info("teacher-target cache already built at %s (%d records)", out, meta["records"])
+        return meta
+    out.mkdir(parents=True, exist_ok=True)
+    pi, pc = jax.process_index(), jax.process_count()
+
+    t_cfg, t_params = teacher.load(teacher.prepare(t, workdir))
+    t_cfg = t_cfg.replace(dtype=config.dtype)
+    layer_ids = tuple(int(k) for k in config.distill.teacher_layers)
+    if max(layer_ids) > t_cfg.num_layers:
+        raise ValueError(f"config.distill.teacher_layers={layer_ids} exceed the teacher's depth")
+    data_cfg = copy.deepcopy(config.data)
+    if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
+        data_cfg.path = str(pathlib.Path(workdir) / data_cfg.path)
+    records, description = sources.open_source(data_cfg)
+
+    forward = _teacher_fn(t_cfg, layer_ids, t.cache_features)
+    batch_size = max(config.batch_size // pc, 1)
+    epochs = t.cache_epochs if t.cache_mode == "fixed_crop" else 1
+    expected = epochs * len(range(pi, len(records), pc))
+    writer = _ShardWriter(out, pi, t.cache_shards, expected)
+    pending: dict[int, list[tuple[str, np.ndarray]]] = {}
+    stats = {"audio_seconds": 0.0, "teacher_seconds": 0.0, "skipped": []}
+    started = time.perf_counter()
+
+    def flush(length: int) -> None:
+        rows = pending.pop(length)
+        wav = np.zeros((batch_size, length), np.float32)
+        lengths = np.full(batch_size, length, np.int32)  # unused rows: full-length silence
+        for row, (_, pcm) in enumerate(rows):
+            samples = audio.to_float(pcm)
+            wav[row, : len(samples)] = audio.normalize(samples) if data_cfg.normalize else samples
+            lengths[row] = len(samples)
+        timer = time.perf_counter()
+        targets, features = jax.device_get(forward(t_params, wav, lengths))
+        stats["teacher_seconds"] += time.perf_counter() - timer
+        for row, (name, pcm) in enumerate(rows):
+            frames = t_cfg.num_frames(len(pcm))
+            arrays = {"audio": pcm, "targets": targets[row, :, :frames]}
+            if features is not None:
+                arrays["features"] = features[row, :frames]
+            writer.write(cached.encode_record(name, arrays, frames))
+            stats["audio_seconds"] += len(pcm) / audio.SAMPLE_RATE
+
+    for name, pcm, problem in _utterances(config, records, pi, pc):
+        if pcm is None:
+            stats["skipped"].append(f"{name}: {problem}")
+            continue
+        length = padded_length(len(pcm), t.cache_mode, data_cfg.max_samples)
+        pending.setdefault(length, []).append((name, pcm))
+        if len(pending[length]) == batch_size:
+            flush(length)
+    for length in sorted(pending):
+        flush(length)
+    writer.close()
+    if not writer.count:
+        raise ValueError(f"no usable audio in {description}: {stats['skipped'][:3]}")
+
+    part = {
+        "records": writer.count,
+        "bytes": writer.bytes,
+        "audio_seconds": stats["audio_seconds"],
+        "teacher_seconds": stats["teacher_seconds"],
+        "build_seconds": time.perf_counter() - started,
+        "skipped": stats["skipped"],
+    }
+    (out / f"part-p{pi:03d}.json").write_text(json.dumps(part))
+    if pc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("stackdistill.cache.build")
+    meta = {
+        "mode": t.cache_mode,
+        "epochs": epochs,
+        "teacher": t.name,
+        "teacher_fingerprint": fingerprint(t_params),
+        "teacher_config": t_cfg.to_dict(),
+        "teacher_layers": list(layer_ids),
+        "features": bool(t.cache_features),
+        "max_samples": int(data_cfg.max_samples),
+        "normalize": bool(data_cfg.normalize),
+        "seed": int(config.seed),
+        "source": description,
+        "dtype": "bfloat16",
+    }
+    if pi == 0:
+        parts = [json.loads(p.read_text()) for p in sorted(out.glob("part-p*.json"))]
+        for key in ("records", "bytes", "audio_seconds", "teacher_seconds", "build_seconds"):
+            meta[key] = sum(p[key] for p in parts)
+        meta["skipped"] = [s for p in parts for s in p["skipped"]]
+        # Written last: its presence marks a finished cache.
+        (out / cached.META_FILE).write_text(json.dumps(meta, indent=1))
+        log.info(
+            "teacher-target cache: %d records, %.1f audio-s, %.1f MB in %s (%.1f s)",
+            meta["records"],
+            meta["audio_seconds"],
+            meta["bytes"] / 1e6,
+            out,
+            meta["build_seconds"],
+        )
+    if pc > 1:
+        multihost_utils.sync_global_devices("stackdistill.cache.meta")
+    return cached.read_meta(out)
+
+
+def check_compatible(
+    meta: dict[str, Any], config: ml_collections.ConfigDict, teacher_params: Any
+) -> None:
+    """Refuses a cache that does not hold what this run distils, naming the field."""
+    where = f"the cache in {config.teacher.cache_dir}"
+    if meta["teacher_fingerprint"] != fingerprint(teacher_params):
+        raise ValueError(
+            f"{where} was built by another teacher ({meta['teacher']}) than "
+            f"config.teacher.name={config.teacher.name!r}"
+        )
+    missing = sorted(
+        set(int(k) for k in config.distill.teacher_layers) - set(meta["teacher_layers"])
+    )
+    if missing:
+        raise ValueError(
+            f"config.distill.teacher_layers asks for layers {missing} that {where} does not "
+            f"hold (it has {meta['teacher_layers']})"
+        )
+    if meta["mode"] != config.teacher.cache_mode:
+        raise ValueError(
+            f"config.teacher.cache_mode={config.teacher.cache_mode!r} but {where} holds "
+            f"{meta['mode']!r} targets"
+        )
+    if meta["mode"] == "fixed_crop" and meta["max_samples"] != config.data.max_samples:
+        raise ValueError(
+            f"config.data.max_samples={config.data.max_samples} but {where} holds crops of "
+            f"{meta['max_samples']} samples"
+        )
+    if meta["normalize"] != bool(config.data.normalize):
+        raise ValueError(f"config.data.normalize differs from {where} ({meta['normalize']})")
+    if config.student.frozen_shared_frontend and not meta["features"]:
+        raise ValueError(
+            f"config.student.frozen_shared_frontend needs the teacher's CNN features, which "
+            f"{where} does not hold: rebuild it with config.teacher.cache_features=True"
+        )
+
+
+def read_meta(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """The cache.json of the run's cache (raises if it was not built)."""
+    return cached.read_meta(cache_path(config, workdir))
+
+
+def make_loader(
+    config: ml_collections.ConfigDict,
+    data_cfg: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    **shard: Any,
+) -> Any:
+    """This process's iterator of cached batches (data_cfg: its data section; seed, shard)."""
+    return cached.make_loader(
+        cache_path(config, workdir),
+        data_cfg,
+        config.distill.teacher_layers,
+        config.student.frozen_shared_frontend,
+        **shard,
+    )
+
+
+def batch_shapes(
+    config: ml_collections.ConfigDict, teacher_cfg: EncoderConfig, batch_size: int
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of the batch keys the cache adds to "audio" and "lengths"."""
+    frames = teacher_cfg.num_frames(config.data.max_samples)
+    num_layers = len(config.distill.teacher_layers)
+    shapes = {
+        "targets": ((batch_size, num_layers, frames, teacher_cfg.hidden_size), cached.BFLOAT16)
+    }
+    if config.student.frozen_shared_frontend:
+        shapes["features"] = ((batch_size, frames, teacher_cfg.conv_dim[-1]), cached.BFLOAT16)
+    return shapes
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "cache") -> None:
+    """--mode=cache: builds the teacher-target cache named by config.teacher.cache_dir."""
+    del mode
+    build(config, workdir)

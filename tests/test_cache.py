@@ -1,0 +1,217 @@
+"""Teacher-target cache: cached targets against the live teacher, crops, step, resume, refusals."""
+
+import copy
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import optax
+import pytest
+from test_train import _demo, _final_params
+
+from stackdistill import cache, models, optim, step, teacher, train
+from stackdistill.data import audio, cached, sources
+from stackdistill.models import student
+
+BF16_REL = 2.0**-8  # bfloat16 keeps 8 significant bits: rounding moves a value by <= 2^-9 of it
+LAYER_NORM_FRONTEND = {"feat_extract_norm": "layer", "conv_bias": True}
+
+
+def _config(shared: pathlib.Path, cache_name: str, **overrides):
+    c = _demo(shared, **{"data.synth_num": 12, "teacher.cache_dir": str(shared / cache_name)})
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _live_teacher(c, workdir):
+    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
+    return t_cfg, t_params
+
+
+def _records(c):
+    return sources.open_source(c.data)[0]
+
+
+def _assert_bf16_close(cached_values, live_values):
+    """Cached bf16 values are the live float32 values rounded (up to float32 noise)."""
+    live = np.asarray(live_values, np.float32)
+    got = np.asarray(cached_values, np.float32)
+    assert got.shape == live.shape
+    np.testing.assert_allclose(got, live, rtol=BF16_REL, atol=1e-6)
+    exact = np.mean(got == live.astype(cached.BFLOAT16).astype(np.float32))
+    assert exact > 0.99, f"only {exact:.1%} of the values are the bf16 rounding of the live ones"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="module")
+def fixed_cache(shared):
+    c = _config(shared, "fixed", **{"teacher.cache_epochs": 2})
+    return c, cache.build(c, shared)
+
+
+def test_fixed_crop_targets_equal_the_live_teacher(shared, fixed_cache):
+    c, meta = fixed_cache
+    assert meta["records"] == 2 * 12 and meta["mode"] == "fixed_crop"
+    t_cfg, t_params = _live_teacher(c, shared)
+    records = _records(c)
+    source = cached.CacheSource(cache.cache_path(c, shared))
+    by_name = {r["name"]: r for r in (source[i] for i in range(len(source)))}
+    for epoch, index in [(0, 0), (0, 5), (1, 5), (1, 11)]:
+        # The documented crop of (seed, epoch, utterance), run through the teacher as live.
+        rng = np.random.default_rng([c.seed, epoch, index])
+        crop = audio.load(records[index], rng, c.data.max_samples)
+        record = by_name[f"{records[index]['name']}@{epoch}"]
+        np.testing.assert_array_equal(audio.to_float(record["audio"]), crop)
+        wav = np.zeros((1, c.data.max_samples), np.float32)
+        wav[0, : len(crop)] = crop
+        live = models.encode(t_cfg, t_params, wav, np.array([len(crop)]))
+        frames = int(np.asarray(live.mask).sum())
+        assert record["num_frames"] == frames == record["targets"].shape[1]
+        for row, k in enumerate(meta["teacher_layers"]):
+            _assert_bf16_close(record["targets"][row], live.hidden_states[k][0, :frames])
+        _assert_bf16_close(record["features"], live.features[0, :frames])
+    assert by_name[f"{records[5]['name']}@0"]["audio"].tobytes() != (
+        by_name[f"{records[5]['name']}@1"]["audio"].tobytes()
+    ), "each epoch seed draws its own crop"
+
+
+def test_whole_utterance_crops_are_frame_aligned(shared):
+    # A LayerNorm front-end sees each 400-sample window alone, so the CNN features of a crop
+    # must equal those of the whole utterance at the matching frames, whatever the context.
+    arch = {**dict(_config(shared, "x").teacher.random_arch), **LAYER_NORM_FRONTEND}
+    c = _config(
+        shared,
+        "whole",
+        **{
+            "teacher.cache_mode": "whole",
+            "teacher.random_arch": arch,
+            "teacher.name": str(shared / "teacher_ln"),
+        },
+    )
+    meta = cache.build(c, shared)
+    t_cfg, t_params = _live_teacher(c, shared)
+    assert (t_cfg.hop, t_cfg.receptive_field) == (320, 400)
+    records = _records(c)
+    source = cached.CacheSource(cache.cache_path(c, shared))
+    crop = cached.CropExample(meta, (4, 12), True, c.data.max_samples, False, c.seed, 0)
+    starts, checked = set(), 0
+    for i in range(len(source)):
+        record = source[i]
+        pcm = record["audio"]
+        whole = audio.load(next(r for r in records if r["name"] == record["name"]), None, 10**9)
+        np.testing.assert_array_equal(audio.to_float(pcm), whole)
+        example = crop(i, record)
+        if len(pcm) <= c.data.max_samples or checked == 4:  # a short one is kept whole
+            assert int(example["lengths"]) == min(len(pcm), c.data.max_samples)
+            continue
+        checked += 1
+        wav, n = example["audio"], int(example["lengths"])
+        offsets = [s for s in range(0, len(pcm) - n + 1) if np.array_equal(wav, whole[s : s + n])]
+        assert offsets and offsets[0] % 320 == 0
+        k = offsets[0] // 320
+        starts.add(k)
+        live_crop = models.encode(t_cfg, t_params, wav[None], np.array([n]))
+        frames = t_cfg.num_frames(n)
+        _assert_bf16_close(example["features"][:frames], live_crop.features[0, :frames])
+        assert not example["features"][frames:].any() and not example["targets"][:, frames:].any()
+        # The targets are the whole-utterance run's frames k, k+1, ...
+        padded = np.zeros((1, cache.padded_length(len(whole), "whole", n)), np.float32)
+        padded[0, : len(whole)] = whole
+        live_whole = models.encode(t_cfg, t_params, padded, np.array([len(whole)]))
+        for row, layer in enumerate((4, 12)):
+            _assert_bf16_close(
+                example["targets"][row, :frames], live_whole.hidden_states[layer][0, k : k + frames]
+            )
+    assert checked == 4 and len(starts) > 1, "crop starts are drawn at random"
+
+
+def test_cached_step_equals_live_step(shared, fixed_cache):
+    c, meta = fixed_cache
+    t_cfg, t_params = _live_teacher(c, shared)
+    source = cached.CacheSource(cache.cache_path(c, shared))
+    # The student runs its own CNN here; the resume test below reads the cached features.
+    crop = cached.CropExample(meta, (4, 8, 12), False, c.data.max_samples, False, c.seed, 0)
+    examples = [crop(i, source[i]) for i in range(4)]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    s_cfg = student.student_encoder_config(c.student, t_cfg)
+    params = student.init_params(
+        jax.random.key(0), s_cfg.replace(num_layers=3), t_cfg, t_params, (4, 8, 12)
+    )
+    schedule = optax.constant_schedule(1e-3)
+    tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=False)
+    sources_ = {4: 1, 8: 2, 12: 3}
+    results = {}
+    for use_cache in (False, True):
+        fn = step.make_train_step(
+            c.distill, t_cfg, s_cfg, sources_, tx, schedule, False, cached=use_cache
+        )
+        inputs = batch if use_cache else {"audio": batch["audio"], "lengths": batch["lengths"]}
+        results[use_cache] = jax.jit(fn)(step.init_state(params, tx, 1), t_params, inputs)
+    live, from_cache = results[False][1], results[True][1]
+    for key in ("loss", "loss/layer_4", "loss/layer_12", "cos/layer_8", "grad_norm"):
+        np.testing.assert_allclose(from_cache[key], live[key], rtol=1e-2, err_msg=key)
+
+
+def test_training_from_the_cache_resumes_exactly(shared, fixed_cache, tmp_path):
+    c = copy.deepcopy(fixed_cache[0])
+    c.total_steps, c.student.num_layers = 6, 6  # stages of 3 steps at depths 3 and 6
+    c.student.frozen_shared_frontend = True  # the cached CNN features feed the student
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert summary["status"] == "completed" and summary["final_depth"] == 6
+    _, params_a = _final_params(tmp_path)
+    for ckpt in (tmp_path / "checkpoints").iterdir():
+        if ckpt.name.isdigit() and int(ckpt.name) > 4:
+            shutil.rmtree(ckpt)  # as if killed after step 4, past the growth at step 3
+    train.train_and_evaluate(c, str(tmp_path))
+    step_b, params_b = _final_params(tmp_path)
+    assert step_b == 6
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params_a, params_b)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"distill.teacher_layers": (4, 8, 11)}, "config.distill.teacher_layers"),
+        ({"data.max_samples": 16000}, "config.data.max_samples"),
+        ({"teacher.cache_mode": "whole"}, "config.teacher.cache_mode"),
+        ({"data.normalize": True}, "config.data.normalize"),
+    ],
+)
+def test_incompatible_caches_are_refused(shared, fixed_cache, overrides, message):
+    c, meta = fixed_cache
+    _, t_params = _live_teacher(c, shared)
+    cache.check_compatible(meta, c, t_params)
+    bad = _config(shared, "fixed", **overrides)
+    with pytest.raises(ValueError, match=message):
+        cache.check_compatible(meta, bad, t_params)
+    other = jax.tree_util.tree_map(lambda x: x + 1e-3, t_params)
+    with pytest.raises(ValueError, match="another teacher"):
+        cache.check_compatible(meta, c, other)
+    shared_frontend = _config(shared, "fixed", **{"student.frozen_shared_frontend": True})
+    cache.check_compatible(meta, shared_frontend, t_params)
+    with pytest.raises(ValueError, match="frozen_shared_frontend"):
+        cache.check_compatible({**meta, "features": False}, shared_frontend, t_params)
+
+
+def test_records_round_trip():
+    rng = np.random.default_rng(0)
+    arrays = {
+        "audio": rng.integers(-(2**15), 2**15, 1234).astype(np.int16),
+        "targets": rng.normal(size=(3, 3, 5)).astype(cached.BFLOAT16),
+        "features": rng.normal(size=(3, 7)).astype(cached.BFLOAT16),
+    }
+    back = cached.decode_record(cached.encode_record("utt", arrays, 3))
+    assert back["name"] == "utt" and back["num_frames"] == 3 and back["num_samples"] == 1234
+    for key, value in arrays.items():
+        assert back[key].dtype == value.dtype
+        np.testing.assert_array_equal(back[key], value)
