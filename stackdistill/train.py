@@ -27,19 +27,33 @@ log = logging.getLogger("stackdistill")
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and returns."""
+    """SIGTERM sets a flag; the loop saves at the next step boundary and returns.
+
+    With several processes a SIGTERM reaches them at different steps (or only one of them),
+    so JAX's preemption service (started by jax.distributed) catches it instead and the
+    processes stop at the step it agrees on; stopping alone would hang the others' step.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._multiprocess = jax.process_count() > 1
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._multiprocess and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, *_):
         self.requested = True
+
+    def stop_before(self, step: int) -> bool:
+        """Whether to save and return before `step` (every process asks at every step)."""
+        if self._multiprocess:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def __exit__(self, *_):
         if self._previous is not None:
@@ -215,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             window_steps = 0
             current = int(state["step"])
             while current < stage.end_step:
-                if preemption.requested:
+                if preemption.stop_before(current):
                     status = "preempted"
                     break
                 local = next(data_iter)
