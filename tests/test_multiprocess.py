@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -175,3 +176,44 @@ def test_process_shards_are_disjoint(tmp_path):
         # Process i reads records i, i + 2, ... (short ones are skipped by min_samples).
         assert names[i] and names[i] <= {r["name"] for r in records[i::NUM_PROCESSES]}
     assert not names[0] & names[1]
+
+
+@pytest.mark.slow  # two processes compiling the full-depth step: about 1-2 min on 2 cores
+def test_sigterm_to_one_process_saves_on_both_and_exits_zero(tmp_path):
+    shared = tmp_path / "shared"
+    config = _demo(shared, total_steps=400, checkpoint_every=2, **{"stacking.method": "none"})
+    teacher.prepare(config.teacher, tmp_path)
+    data.open_source(config.data)
+    workdir = tmp_path / "run"
+    args = _cli_args(config, workdir) + ["--config.stacking.method=none"]
+    port = _free_port()
+    procs = []
+    for i in range(NUM_PROCESSES):
+        env = _env(
+            2,
+            tmp_path / "cache",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES=str(NUM_PROCESSES),
+            JAX_PROCESS_ID=str(i),
+        )
+        log = open(tmp_path / f"process_{i}.log", "wb")
+        procs.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=log))
+    try:
+        deadline = time.time() + 400
+        while not (workdir / "checkpoints" / "2").exists():
+            assert all(p.poll() is None for p in procs) and time.time() < deadline
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)  # as when one host of a job is preempted
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    logs = [(tmp_path / f"process_{i}.log").read_bytes().decode()[-3000:] for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(logs)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and 2 <= summary["steps"] < 400
+    last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert last == summary["steps"]
+    for i in range(NUM_PROCESSES):  # both processes saved their data position at that step
+        assert (workdir / "checkpoints" / str(last) / "data" / f"process_{i}-of-2.json").exists()
