@@ -281,6 +281,11 @@ def check_compatible(
             f"config.data.max_samples={config.data.max_samples} but {where} holds crops of "
             f"{meta['max_samples']} samples"
         )
+    if config.data.bucket_boundaries:
+        raise ValueError(
+            "config.data.bucket_boundaries must be () with a teacher-target cache: cached "
+            "batches are always padded to config.data.max_samples"
+        )
     if meta["normalize"] != bool(config.data.normalize):
         raise ValueError(f"config.data.normalize differs from {where} ({meta['normalize']})")
     if config.student.frozen_shared_frontend and not meta["features"]:

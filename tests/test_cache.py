@@ -185,6 +185,7 @@ def test_training_from_the_cache_resumes_exactly(shared, fixed_cache, tmp_path):
         ({"data.max_samples": 16000}, "config.data.max_samples"),
         ({"teacher.cache_mode": "whole"}, "config.teacher.cache_mode"),
         ({"data.normalize": True}, "config.data.normalize"),
+        ({"data.bucket_boundaries": (4000,)}, "config.data.bucket_boundaries"),
     ],
 )
 def test_incompatible_caches_are_refused(shared, fixed_cache, overrides, message):

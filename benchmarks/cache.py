@@ -1,0 +1,343 @@
+"""Teacher-target cache: disk per audio-hour, step time live vs cached, end to end vs the 2x target.
+
+    python benchmarks/cache.py --parts=disk,step,e2e --big --workdir=/tmp/bench_cache
+
+disk: builds the fixed-crop and whole-utterance caches of the offline demo (configs/demo.py:
+  200 espeak-ng utterances, tiny random teacher) and reports bytes per audio-hour, measured
+  and from the formula, plus the formula for HuBERT Base (3 x 768 targets, 512 CNN channels);
+  then how far whole-utterance targets sit from live crop targets (the context effect).
+step: seconds per full-depth (12-layer) step, timed alternately: live teacher vs cached
+  targets, with the student's own CNN or the shared front-end (cached: CNN features read from
+  disk), on the demo sizes and on a bigger CPU-sized pair (--big: teacher 12 x 256, CNN 128).
+e2e: runs of --steps steps on --crop-sample crops: no stacking + live teacher (the baseline)
+  against interleaved stacking with the live teacher, + shared front-end, + fixed-crop cache,
+  + whole-utterance cache. Final loss is measured the same way for all: the student against
+  the live teacher on 32 fixed crops (paper loss), besides the last training losses.
+Results go to stdout as markdown tables and to WORKDIR/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+
+BIG_TEACHER = dict(
+    model_type="hubert",
+    hidden_size=256,
+    num_layers=12,
+    num_heads=4,
+    intermediate_size=1024,
+    conv_dim=(128,) * 7,
+    num_conv_pos_embeddings=32,
+    num_conv_pos_embedding_groups=8,
+)
+BIG_STUDENT = dict(num_layers=12, hidden_size=128, intermediate_size=512, num_heads=2)
+HUBERT_BASE = dict(layers=3, hidden=768, conv=512)
+
+
+def demo_config(workdir: pathlib.Path, big: bool = False, **overrides):
+    """configs/demo.py with teacher and corpus shared under workdir (big: bigger models)."""
+    import demo
+
+    c = demo.get_config()
+    c.teacher.name = str(workdir / ("teacher_big" if big else "teacher"))
+    c.data.path = str(workdir / "synth")
+    if big:
+        c.teacher.random_arch = BIG_TEACHER
+        c.student.update(BIG_STUDENT)
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def bytes_per_second(layers: int, hidden: int, conv: int, features: bool) -> float:
+    """Cache bytes per second of audio: int16 audio + bf16 targets (+ features), 50 frames/s."""
+    return 2 * 16000 + 2 * 50 * (layers * hidden + (conv if features else 0))
+
+
+def disk(workdir: pathlib.Path) -> list[dict]:
+    """Builds the demo's fixed-crop and whole caches; bytes per audio-hour, measured and formula."""
+    from stackdistill import cache
+
+    rows = []
+    for mode in ("fixed_crop", "whole"):
+        c = demo_config(workdir, **{"teacher.cache_mode": mode})
+        c.teacher.cache_dir = str(workdir / f"cache_{mode}_{c.data.max_samples}")
+        meta = cache.build(c, workdir)
+        on_disk = sum(p.stat().st_size for p in pathlib.Path(c.teacher.cache_dir).glob("*.*"))
+        t = c.teacher.random_arch
+        formula = bytes_per_second(3, t["hidden_size"], t["conv_dim"][-1], True)
+        rows.append(
+            {
+                "cache": f"demo, {mode}",
+                "records": meta["records"],
+                "audio_s": round(meta["audio_seconds"], 1),
+                "records MB": round(meta["bytes"] / 1e6, 2),
+                "on disk MB (zstd)": round(on_disk / 1e6, 2),
+                "GB/audio-h": round(on_disk / meta["audio_seconds"] * 3600 / 1e9, 3),
+                "formula GB/audio-h": round(formula * 3600 / 1e9, 3),
+                "build s": round(meta["build_seconds"], 1),
+                "teacher s": round(meta["teacher_seconds"], 1),
+            }
+        )
+    for features in (False, True):
+        formula = bytes_per_second(**HUBERT_BASE, features=features)
+        rows.append(
+            {
+                "cache": "HuBERT Base 4/8/12" + (" + CNN features" if features else ""),
+                "formula GB/audio-h": round(formula * 3600 / 1e9, 3),
+                "of which targets": round(2 * 50 * 3 * 768 * 3600 / 1e9, 3),
+            }
+        )
+    return rows
+
+
+def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> list[dict]:
+    """How far whole-utterance targets sit from live crop targets (utterances > one crop)."""
+    from stackdistill import cache, models, teacher
+    from stackdistill.data import cached
+
+    c = demo_config(workdir, **{"data.max_samples": crop, "teacher.cache_mode": "whole"})
+    c.teacher.cache_dir = str(workdir / f"cache_whole_{crop}")
+    meta = cache.build(c, workdir)
+    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
+    layers = meta["teacher_layers"]
+    source = cached.CacheSource(c.teacher.cache_dir)
+    crop = cached.CropExample(meta, layers, False, c.data.max_samples, False, c.seed, 0)
+    encode = jax.jit(lambda w, n: models.encode(t_cfg, t_params, w, n).hidden_states)
+    long = [i for i in range(len(source)) if source[i]["num_samples"] > c.data.max_samples]
+    sq_diff, sq_live, frames = np.zeros(len(layers)), np.zeros(len(layers)), 0
+    for i in long[:max_crops]:
+        example = crop(i, source[i])
+        n = int(example["lengths"])
+        t = t_cfg.num_frames(n)
+        live = np.asarray(encode(example["audio"][None], np.array([n])))
+        for row, k in enumerate(layers):
+            whole_td = example["targets"][row, :t].astype(np.float32)
+            sq_diff[row] += np.sum(np.mean((whole_td - live[k, 0, :t]) ** 2, axis=-1))
+            sq_live[row] += np.sum(np.mean(live[k, 0, :t] ** 2, axis=-1))
+        frames += t
+    return [
+        {
+            "crop samples": crop,
+            "teacher layer": k,
+            "utterances longer than a crop": f"{len(long)}/{len(source)}",
+            "MSE(whole-utterance target, live crop target)": round(sq_diff[row] / frames, 4),
+            "relative to mean square of target": round(sq_diff[row] / sq_live[row], 4),
+        }
+        for row, k in enumerate(layers)
+    ]
+
+
+def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> list[dict]:
+    """Median seconds per full-depth step for live/cached x own CNN/shared front-end."""
+    import optax
+
+    from stackdistill import cache, optim, step, teacher
+    from stackdistill.models import student
+
+    name = "big" if big else "demo"
+    c = demo_config(workdir, big, **{"teacher.cache_dir": str(workdir / f"cache_step_{name}")})
+    cache.build(c, workdir)
+    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
+    c.student.frozen_shared_frontend = True
+    data_cfg = copy.deepcopy(c.data)
+    data_cfg.batch_size = c.batch_size
+    loader = cache.make_loader(c, data_cfg, workdir, seed=0, process_index=0, process_count=1)
+    batch = jax.device_put(next(loader))
+    s_cfg = student.student_encoder_config(c.student, t_cfg)
+    layers = tuple(c.distill.teacher_layers)
+    params = student.init_params(jax.random.key(0), s_cfg, t_cfg, t_params, layers)
+    schedule = optax.constant_schedule(1e-4)
+    sources = {4: 4, 8: 8, 12: 12}
+    variants = {}
+    for cached in (False, True):
+        for shared in (False, True):
+            tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared)
+            fn = step.make_train_step(
+                c.distill, t_cfg, s_cfg, sources, tx, schedule, shared, cached=cached
+            )
+            keys = ("audio", "lengths") + (("targets",) if cached else ())
+            keys += ("features",) if cached and shared else ()
+            inputs = {k: batch[k] for k in keys}
+            jitted = jax.jit(fn, donate_argnums=0)
+            # Fresh buffers: teacher-initialised leaves may alias t_params, and state is donated.
+            state = step.init_state(jax.tree_util.tree_map(jnp.array, params), tx, 1)
+            for _ in range(2):  # compile and warm up
+                state, metrics = jitted(state, t_params, inputs)
+            jax.block_until_ready(metrics)
+            label = ("cached targets" if cached else "live teacher") + (
+                " + shared front-end" if shared else ", own CNN"
+            )
+            variants[label] = [jitted, state, inputs, []]
+    for _ in range(repeats):  # alternate, so load from other jobs hits all variants alike
+        for entry in variants.values():
+            jitted, state, inputs, times = entry
+            start = time.perf_counter()
+            for _ in range(steps):
+                state, metrics = jitted(state, t_params, inputs)
+            jax.block_until_ready(metrics)
+            times.append((time.perf_counter() - start) / steps)
+            entry[1] = state
+    base = statistics.median(variants["live teacher, own CNN"][3])
+    rows = []
+    for label, (_, _, _, times) in variants.items():
+        median = statistics.median(times)
+        rows.append(
+            {
+                "config": name,
+                "step": label,
+                "s/step": round(median, 4),
+                "speed-up": round(base / median, 2),
+            }
+        )
+    load_rate = _loader_rate(loader, 20)
+    rows.append({"config": name, "step": "cached loader alone", "s/step": round(load_rate, 4)})
+    return rows
+
+
+def _loader_rate(loader, batches: int) -> float:
+    """Seconds per batch of the cached grain loader (host side only)."""
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return (time.perf_counter() - start) / batches
+
+
+def eval_loss(c, run_dir: pathlib.Path, workdir: pathlib.Path, num_crops: int = 32) -> float:
+    """Paper loss of a run's final student against the live teacher on 32 fixed crops."""
+    from stackdistill import checkpoint, losses, models, teacher
+    from stackdistill.data import audio, sources
+    from stackdistill.models import student
+
+    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
+    s_cfg, params, meta = checkpoint.load_student(run_dir)
+    records = sources.open_source(c.data)[0]
+    m = c.data.max_samples
+    rng = np.random.default_rng(12345)  # crops of their own (the corpus has no held-out set)
+    picks = rng.choice(len(records), num_crops, replace=False)
+    wav = np.zeros((num_crops, m), np.float32)
+    lengths = np.zeros(num_crops, np.int32)
+    for row, index in enumerate(picks):
+        samples = audio.load(records[int(index)], rng, m)
+        wav[row, : len(samples)], lengths[row] = samples, len(samples)
+    live = models.encode(t_cfg, t_params, wav, lengths)
+    out = student.apply_encoder(s_cfg, params["encoder"], wav, lengths)
+    src = {int(k): int(v) for k, v in meta["target_sources"].items()}
+    preds = student.predict(params["heads"], out.hidden_states, src)
+    loss, _ = losses.paper_loss(
+        preds, live.hidden_states, live.mask, int(c.distill.teacher_layers[-1]), 0.5
+    )
+    return float(loss)
+
+
+E2E = {
+    "none + live teacher": dict(method="none"),
+    "interleaved + live teacher": dict(method="interleaved"),
+    "interleaved + shared front-end": dict(method="interleaved", shared=True),
+    "interleaved + shared + fixed-crop cache": dict(
+        method="interleaved", shared=True, cache="fixed_crop"
+    ),
+    "interleaved + shared + whole cache": dict(method="interleaved", shared=True, cache="whole"),
+}
+
+
+def end_to_end(workdir: pathlib.Path, steps: int, crop: int, names: list[str]) -> list[dict]:
+    """Whole runs: wall time (with and without compiles), train and eval loss."""
+    from stackdistill import cache, train
+
+    rows = []
+    for label in names:
+        v = E2E[label]
+        c = demo_config(
+            workdir,
+            **{"total_steps": steps, "stacking.method": v["method"], "data.max_samples": crop},
+        )
+        c.student.frozen_shared_frontend = v.get("shared", False)
+        build = 0.0
+        if "cache" in v:
+            c.teacher.cache_dir = str(workdir / f"cache_{v['cache']}_{crop}")
+            c.teacher.cache_mode = v["cache"]
+            build = cache.build(c, workdir)["build_seconds"]
+        run_dir = workdir / "runs" / label.replace(" + ", "+").replace(" ", "_")
+        start = time.perf_counter()
+        summary = train.train_and_evaluate(c, str(run_dir))
+        wall = time.perf_counter() - start
+        train_losses = [loss for _, loss in summary["loss_history"]][-3:]
+        rows.append(
+            {
+                "run": label,
+                "wall s": round(wall, 1),
+                "step s (no compile)": round(sum(summary["stage_seconds"].values()), 1),
+                "cache build s": round(build, 1),
+                "final train loss": round(float(np.mean(train_losses)), 4),
+                "eval loss vs live teacher": round(eval_loss(c, run_dir, workdir), 4),
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        row["speed-up (wall)"] = round(base["wall s"] / row["wall s"], 2)
+        row["speed-up (steps)"] = round(base["step s (no compile)"] / row["step s (no compile)"], 2)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Rows as a markdown table (union of keys, in first-seen order)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", default="/tmp/bench_cache")
+    parser.add_argument("--parts", default="disk,step,e2e")
+    parser.add_argument("--steps", type=int, default=240, help="e2e: steps per run")
+    parser.add_argument("--crop", type=int, default=16000, help="e2e/context: max_samples")
+    parser.add_argument("--e2e", default=",".join(E2E), help="e2e: runs, comma-separated")
+    parser.add_argument("--big", action="store_true", help="step: also the bigger config")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timed-steps", type=int, default=5)
+    args = parser.parse_args()
+    workdir = pathlib.Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {"uptime_before": os.popen("uptime").read().strip()}
+    parts = args.parts.split(",")
+    if "disk" in parts:
+        results["disk"] = disk(workdir)
+        print(table(results["disk"]), flush=True)
+        results["context"] = [r for m in (args.crop, 8000) for r in context_effect(workdir, m)]
+        print(table(results["context"]), flush=True)
+    if "step" in parts:
+        results["step"] = []
+        for big in (False, True) if args.big else (False,):
+            results["step"] += step_times(workdir, big, args.repeats, args.timed_steps)
+        print(table(results["step"]), flush=True)
+    if "e2e" in parts:
+        results["e2e"] = end_to_end(workdir, args.steps, args.crop, args.e2e.split(","))
+        print(table(results["e2e"]), flush=True)
+    results["uptime_after"] = os.popen("uptime").read().strip()
+    print(results["uptime_before"], "|", results["uptime_after"])
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
