@@ -9,6 +9,7 @@ import ml_collections
 from stackdistill import export, optim, sharding, stacking, step, teacher
 from stackdistill.data import config as data_config
 from stackdistill.models import student
+from stackdistill.superb import config as superb_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = data_config.default_config()
     c.mesh = sharding.default_config()
     c.export = export.default_config()
+    c.superb = superb_config.default_config()
     c.peak_flops = 0.0  # FLOP/s of all devices together, for the logged MFU (0: not logged)
     c.log_every = 100
     c.checkpoint_every = 2_000

@@ -1,0 +1,48 @@
+"""SUPERB-style evaluation of frozen upstreams (teacher, students, exported models).
+
+    from stackdistill import superb
+    matrix = superb.cka_matrix(student_layers, teacher_layers)  # lists of (frames, dim)
+    superb.plot_cka(matrix, "cka.png")
+    from stackdistill.superb import run; run.run(config, workdir)  # what --mode=eval does
+
+Modules: `tasks` (data, splits, targets), `upstream` (what is evaluated), `features`
+(extraction), `heads` (weighted layer sum + head, training), `metrics`, `cka`, `report`, `run`.
+"""
+
+import importlib
+from typing import Any
+
+from stackdistill.superb.cka import cka_matrix, linear_cka, plot_cka
+
+_EXPORTS = {
+    "default_config": "config",
+    "evaluate_upstream": "run",
+    "layer_similarity": "run",
+    "accuracy": "metrics",
+    "edit_distance": "metrics",
+    "error_rate": "metrics",
+    "word_error_rate": "metrics",
+    "ctc_greedy_decode": "metrics",
+    "plot_layer_weights": "report",
+}
+__all__ = [
+    "accuracy",
+    "cka_matrix",
+    "ctc_greedy_decode",
+    "default_config",
+    "edit_distance",
+    "error_rate",
+    "evaluate_upstream",
+    "layer_similarity",
+    "linear_cka",
+    "plot_cka",
+    "plot_layer_weights",
+    "word_error_rate",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports an exported name from its module on first use (JAX only when needed)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,0 +1,262 @@
+"""SUPERB downstream heads on frozen features: weighted layer sum, light head, training, scoring.
+
+The featurizer is s3prl's: a softmax over L+1 learnable scalars (initialised to zero, so the
+first step averages the layers) weighs every hidden state. s3prl can also layer-norm each hidden
+state first (`normalize=True`); its default is off, and so is ours (superb.normalize_layers,
+applied at extraction). The heads, as in s3prl's downstream experts:
+- utterance tasks: projection to 256, mean pooling, linear (pooled first: see features.py);
+  one softmax per label group (Fluent Speech Commands: action, object, location), losses added;
+- PR: projection to 256, linear, CTC;  ASR: projection to 1024, 2-layer BiLSTM (1024 per
+  direction, dropout 0.2), linear, CTC.
+Adam with global-norm clipping at 1, as s3prl's runner; the best dev step is kept when a dev
+split exists, otherwise the last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from stackdistill.superb import metrics
+from stackdistill.superb.features import StoredFrames
+from stackdistill.superb.tasks import Task
+
+
+class Downstream(nn.Module):
+    """Softmax-weighted sum of hidden states (L+1, B, [T,] D), then the task's head."""
+
+    out_dim: int
+    head: str = "linear"  # "linear" | "bilstm"
+    proj_dim: int = 256
+    lstm_dim: int = 1024
+    lstm_layers: int = 2
+    dropout: float = 0.2
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, frames: jax.Array | None = None, train: bool = False):
+        layer_logits = self.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
+        x = jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
+        x = nn.Dense(self.proj_dim, name="projector")(x)
+        if self.head == "bilstm":
+            for i in range(self.lstm_layers):
+                x = nn.Bidirectional(
+                    nn.RNN(nn.OptimizedLSTMCell(self.lstm_dim)),
+                    nn.RNN(nn.OptimizedLSTMCell(self.lstm_dim)),
+                    name=f"bilstm_{i}",
+                )(x, seq_lengths=frames)
+                x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        return nn.Dense(self.out_dim, name="output")(x)
+
+
+def layer_weights(params: Any) -> np.ndarray:
+    """The learned softmax weights of the hidden states (L+1,)."""
+    return np.asarray(jax.nn.softmax(params["layer_logits"]))
+
+
+def ctc_labels(targets: Sequence[Sequence[int]], multiple: int = 16) -> tuple[np.ndarray, ...]:
+    """Token lists -> (labels (B, N) zero-padded, paddings (B, N) 1.0 on padding, lengths)."""
+    lengths = np.array([len(t) for t in targets], np.int32)
+    n = int(np.ceil(max(lengths.max(), 1) / multiple) * multiple)
+    labels = np.zeros((len(targets), n), np.int32)
+    for i, t in enumerate(targets):
+        labels[i, : len(t)] = t
+    paddings = (np.arange(n)[None, :] >= lengths[:, None]).astype(np.float32)
+    return labels, paddings, lengths
+
+
+def ctc_min_frames(targets: Sequence[Sequence[int]]) -> np.ndarray:
+    """Frames a CTC alignment needs: one per token, plus a blank between repeated tokens."""
+    return np.array([len(t) + sum(a == b for a, b in zip(t, t[1:])) for t in targets], np.int32)
+
+
+@dataclasses.dataclass
+class Probe:
+    """A task's head bound to its data kind: builds batches, losses and predictions."""
+
+    task: Task
+    model: Downstream
+
+    @property
+    def group_sizes(self) -> list[int]:
+        """Classes per label group (utterance tasks)."""
+        return [len(g) for g in self.task.classes]
+
+    def batch(self, data: Any, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """The arrays of one (train or eval) batch."""
+        if self.task.kind == "utterance":
+            pooled, labels = data
+            return {"hidden": pooled[:, indices], "labels": labels[indices]}
+        hidden, frames, targets = data.batch(indices)
+        labels, paddings, _ = ctc_labels(targets)
+        feasible = (frames >= ctc_min_frames(targets)) & (paddings.min(1) == 0)
+        return {
+            "hidden": hidden,
+            "frames": frames.astype(np.int32),
+            "labels": labels,
+            "label_paddings": paddings,
+            "feasible": feasible.astype(np.float32),
+        }
+
+    def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
+        """Mean cross-entropy (summed over label groups) or mean CTC loss per target token."""
+        logits = self.model.apply(
+            {"params": params},
+            batch["hidden"],
+            batch.get("frames"),
+            train=True,
+            rngs={"dropout": rng},
+        )
+        if self.task.kind == "utterance":
+            total, start = 0.0, 0
+            for g, size in enumerate(self.group_sizes):
+                group = logits[:, start : start + size]
+                ce = optax.softmax_cross_entropy_with_integer_labels(group, batch["labels"][:, g])
+                total, start = total + ce.mean(), start + size
+            return total
+        t = logits.shape[1]
+        logit_paddings = (jnp.arange(t)[None, :] >= batch["frames"][:, None]).astype(jnp.float32)
+        per_seq = optax.ctc_loss(
+            logits, logit_paddings, batch["labels"], batch["label_paddings"], blank_id=0
+        )
+        label_lengths = jnp.maximum((1 - batch["label_paddings"]).sum(1), 1)
+        # torch's CTCLoss(reduction="mean", zero_infinity=True), as s3prl: per-token loss,
+        # impossible alignments (too few frames) contributing zero.
+        return jnp.mean(jnp.where(batch["feasible"] > 0, per_seq / label_lengths, 0.0))
+
+    @functools.cached_property
+    def predict_jit(self) -> Callable:
+        """`predict`, jitted once per probe."""
+        return jax.jit(self.predict)
+
+    def predict(self, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        """Class ids (B, groups) or frame-wise argmax ids (B, T)."""
+        logits = self.model.apply({"params": params}, batch["hidden"], batch.get("frames"))
+        if self.task.kind == "ctc":
+            return logits.argmax(-1)
+        bounds = np.cumsum([0, *self.group_sizes])
+        return jnp.stack(
+            [logits[:, a:b].argmax(-1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1
+        )
+
+
+def make_probe(task: Task, hp: ml_collections.ConfigDict) -> Probe:
+    """The downstream model of a task with its hyper-parameters."""
+    out_dim = (
+        sum(len(g) for g in task.classes) if task.kind == "utterance" else len(task.classes[0])
+    )
+    model = Downstream(
+        out_dim=out_dim,
+        head=task.head,
+        proj_dim=hp.proj_dim,
+        lstm_dim=hp.get("lstm_dim", 1024),
+        lstm_layers=hp.get("lstm_layers", 2),
+        dropout=hp.get("dropout", 0.2),
+    )
+    return Probe(task, model)
+
+
+def _size(data: Any) -> int:
+    return len(data[1]) if isinstance(data, tuple) else len(data)
+
+
+def evaluate(probe: Probe, params: Any, data: Any, batch_size: int) -> float:
+    """The task's metric on a split (accuracy, or PER/WER over the whole split)."""
+    n = _size(data)
+    if probe.task.kind == "ctc" and isinstance(data, StoredFrames):
+        order = np.argsort([s.shape[1] for s in data.sequences])  # less padding per batch
+    else:
+        order = np.arange(n)
+    predictions: list[Any] = [None] * n
+    references: list[Any] = [None] * n
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk))])
+        batch = probe.batch(data, padded)
+        ids = np.asarray(probe.predict_jit(params, batch))[: len(chunk)]
+        if probe.task.kind == "ctc":
+            decoded = metrics.ctc_greedy_decode(ids, batch["frames"][: len(chunk)])
+            labels, paddings = batch["labels"][: len(chunk)], batch["label_paddings"][: len(chunk)]
+            refs = [row[p == 0].tolist() for row, p in zip(labels, paddings)]
+        else:
+            decoded, refs = list(ids), list(batch["labels"][: len(chunk)])
+        for i, d, r in zip(chunk, decoded, refs):
+            predictions[i], references[i] = d, r
+    if probe.task.metric == "accuracy":
+        return metrics.accuracy(np.stack(references), np.stack(predictions))
+    if probe.task.metric == "per":
+        return metrics.error_rate(references, predictions)
+    vocab = probe.task.classes[0]
+    text = lambda ids: "".join(vocab[i] for i in ids).replace("|", " ")
+    return metrics.word_error_rate([text(r) for r in references], [text(p) for p in predictions])
+
+
+def _index_stream(n: int, batch_size: int, rng: np.random.Generator):
+    """Endless batches of indices: shuffled epochs, back to back."""
+    buffer = np.zeros(0, np.int64)
+    while True:
+        while len(buffer) < batch_size:
+            buffer = np.concatenate([buffer, rng.permutation(n)])
+        yield buffer[:batch_size]
+        buffer = buffer[batch_size:]
+
+
+def train(
+    probe: Probe,
+    train_data: Any,
+    dev_data: Any | None,
+    hp: ml_collections.ConfigDict,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, dict[str, Any]]:
+    """Trains the featurizer and head; returns (params kept, history)."""
+    higher_better = probe.task.metric == "accuracy"
+    batches = _index_stream(_size(train_data), hp.batch_size, np.random.default_rng(seed))
+    first = probe.batch(train_data, next(batches))
+    key = jax.random.key(seed)
+    params = probe.model.init(key, first["hidden"], first.get("frames"))["params"]
+    tx = optax.chain(optax.clip_by_global_norm(hp.clip_norm), optax.adam(hp.lr))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch, rng):
+        loss, grads = jax.value_and_grad(probe.loss)(params, batch, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    history: dict[str, Any] = {"loss": [], "dev": []}
+    best_score, best_step, best_params = None, hp.steps, params
+    start_time, losses = time.perf_counter(), []
+    for i in range(1, hp.steps + 1):
+        batch = first if i == 1 else probe.batch(train_data, next(batches))
+        params, opt_state, loss = step(params, opt_state, batch, jax.random.fold_in(key, i))
+        losses.append(loss)
+        if i % hp.log_every == 0 or i == hp.steps:
+            mean_loss = float(np.mean(jax.device_get(losses)))
+            if not np.isfinite(mean_loss):
+                raise FloatingPointError(f"{probe.task.name}: loss {mean_loss} at step {i}")
+            history["loss"].append((i, mean_loss))
+            log(f"{probe.task.name} step {i}/{hp.steps} loss {mean_loss:.4f}")
+            losses = []
+        if dev_data is not None and (i % hp.eval_every == 0 or i == hp.steps):
+            score = evaluate(probe, params, dev_data, hp.batch_size)
+            history["dev"].append((i, score))
+            log(f"{probe.task.name} step {i} dev {probe.task.metric} {score:.4f}")
+            if best_score is None or (score > best_score if higher_better else score < best_score):
+                best_score, best_step = score, i
+                best_params = jax.tree_util.tree_map(np.array, jax.device_get(params))
+    if dev_data is None:
+        best_params = params
+    history.update(
+        best_step=best_step, dev_score=best_score, seconds=time.perf_counter() - start_time
+    )
+    return best_params, history

@@ -1,0 +1,213 @@
+"""--mode=eval and --mode=compare: SUPERB-style evaluation of frozen upstreams.
+
+    python -m stackdistill.main --config=configs/superb_demo.py --workdir=/tmp/sd_demo --mode=eval
+
+For every upstream of `config.superb.upstreams` and every task of `config.superb.tasks`: features
+once, a weighted-layer-sum head trained on the train split, its metric on the test split.
+Writes `<workdir>/superb/<upstream>/results.{md,json}` and `layer_weights.png`; for students,
+`cka.png`/`cka.json` (linear CKA of every layer against every teacher layer); with several
+upstreams (or --mode=compare) `<workdir>/superb/compare.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from stackdistill.superb import cka, features, heads, report, tasks, upstream
+
+log = logging.getLogger(__name__)
+
+
+def _read_options(config: ml_collections.ConfigDict, max_samples: int) -> features.ReadOptions:
+    c = config.superb
+    return features.ReadOptions(
+        max_samples=max_samples,
+        normalize_audio=bool(config.data.normalize),
+        batch_size=c.extract_batch_size,
+        pad_ratio=c.pad_ratio,
+        seed=c.seed,
+    )
+
+
+def majority_baseline(train_targets: np.ndarray, test_targets: np.ndarray) -> float:
+    """Accuracy on test of always answering the most frequent training label (per group)."""
+    guess = [
+        collections.Counter(train_targets[:, g].tolist()).most_common(1)[0][0]
+        for g in range(train_targets.shape[1])
+    ]
+    return float((test_targets == np.array(guess)[None, :]).all(axis=1).mean())
+
+
+def evaluate_task(
+    task: tasks.Task,
+    store: features.FeatureStore,
+    config: ml_collections.ConfigDict,
+) -> dict[str, Any]:
+    """Trains the task's head on one upstream's features; its test metric and diagnostics."""
+    hp = config.superb[task.name]
+    train_options = _read_options(config, hp.max_samples)
+    eval_options = _read_options(config, max(hp.max_samples, 480_000))
+    data: dict[str, Any] = {}
+    for split, records in task.splits.items():
+        if not len(records):
+            continue
+        options = train_options if split == "train" else eval_options
+        if task.kind == "utterance":
+            data[split] = store.pooled(records, task.target_fn, options)
+        else:
+            data[split] = store.frames(records, task.target_fn, options)
+    if hp.standardize:
+        splits = list(data)
+        data = dict(zip(splits, features.standardize(*(data[k] for k in splits))))
+    probe = heads.make_probe(task, hp)
+    params, history = heads.train(
+        probe, data["train"], data.get("dev"), hp, config.superb.seed, log.info
+    )
+    test = heads.evaluate(probe, params, data["test"], hp.batch_size)
+    if task.kind == "utterance":
+        baseline = majority_baseline(data["train"][1], data["test"][1])
+    else:
+        baseline = 1.0  # an empty hypothesis: every reference token deleted
+    return {
+        "metric": task.metric,
+        "test": test,
+        "baseline": baseline,
+        "dev": history["dev_score"],
+        "num_train": len(task.splits["train"]),
+        "num_test": len(task.splits["test"]),
+        "steps": hp.steps,
+        "best_step": history["best_step"],
+        "lr": hp.lr,
+        "batch_size": hp.batch_size,
+        "seconds": history["seconds"],
+        "final_loss": history["loss"][-1][1],
+        "layer_weights": heads.layer_weights(params).tolist(),
+        "notes": task.notes,
+    }
+
+
+def evaluate_upstream(
+    up: upstream.Upstream, task_list: list[tasks.Task], config: ml_collections.ConfigDict
+) -> tuple[dict[str, Any], features.FeatureStore]:
+    """Every task on one upstream: the results dict written to results.json."""
+    c = config.superb
+    start = time.perf_counter()
+    store = features.FeatureStore(up, c.normalize_layers, c.max_feature_gb * 2**30)
+    results = {}
+    for task in task_list:
+        log.info("superb %s: %s", up.name, task.name)
+        results[task.name] = evaluate_task(task, store, config)
+        r = results[task.name]
+        log.info(
+            "superb %s %s: test %s %.4f (baseline %.4f)",
+            up.name,
+            task.name,
+            r["metric"],
+            r["test"],
+            r["baseline"],
+        )
+    return {
+        "upstream": {"name": up.name, "kind": up.kind, "source": up.source, "info": up.info},
+        "tasks": results,
+        "extract_seconds": store.seconds,
+        "total_seconds": time.perf_counter() - start,
+        "normalize_layers": bool(c.normalize_layers),
+    }, store
+
+
+def cka_records(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Held-out utterances for CKA: `cka_manifest`, else the synthetic corpus's test split."""
+    from stackdistill.data import manifest
+
+    c = config.superb
+    if c.cka_manifest:
+        records = manifest.read_manifest(c.cka_manifest)
+    else:
+        records = tasks.split_by_hash(tasks.synthetic_records(c, workdir), c.synth.test_fraction)
+        records = records["test"]
+    return records[: c.cka_utterances]
+
+
+def layer_similarity(
+    student: upstream.Upstream,
+    teacher: upstream.Upstream,
+    records: list[dict[str, Any]],
+    config: ml_collections.ConfigDict,
+) -> np.ndarray:
+    """(student layers + 1, teacher layers + 1) linear CKA on frames of held-out utterances."""
+    options = _read_options(config, 480_000)
+    per_model = []
+    for up in (student, teacher):
+        sequences = [None] * len(records)
+        for i, x in features.extract(up, records, options, pool=False):
+            sequences[i] = x
+        per_model.append(sequences)
+    s_frames = [s.shape[1] for s in per_model[0]]
+    t_frames = [t.shape[1] for t in per_model[1]]
+    if s_frames != t_frames:
+        raise ValueError(f"{student.name} and {teacher.name} have different frame rates")
+    s_all = np.concatenate(per_model[0], axis=1)  # (Ls+1, frames, D)
+    t_all = np.concatenate(per_model[1], axis=1)
+    rng = np.random.default_rng(config.superb.seed)
+    count = min(config.superb.cka_frames, s_all.shape[1])
+    chosen = np.sort(rng.choice(s_all.shape[1], count, replace=False))
+    return cka.cka_matrix(list(s_all[:, chosen]), list(t_all[:, chosen]))
+
+
+def _reusable(path: pathlib.Path, task_names: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return results if list(results["tasks"]) == task_names else None
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> list[dict]:
+    """Evaluates every upstream on every task; writes results, plots and the comparison."""
+    logging.getLogger("stackdistill").setLevel(logging.INFO)
+    c = config.superb
+    out_root = pathlib.Path(workdir) / "superb"
+    task_names = list(c.tasks)
+    task_list = [tasks.build(name, c, workdir) for name in task_names]
+    teacher_up = None
+    all_results = []
+    for spec in c.upstreams:
+        name = upstream.parse_spec(spec, workdir)[0]
+        out_dir = out_root / name
+        if mode == "compare" and c.reuse_results:
+            if (reused := _reusable(out_dir / "results.json", task_names)) is not None:
+                log.info("superb %s: reusing %s", name, out_dir / "results.json")
+                all_results.append(reused)
+                continue
+        up = upstream.load(spec, config, workdir)
+        results, _ = evaluate_upstream(up, task_list, config)
+        if up.kind == "teacher":
+            teacher_up = up
+        elif c.cka:
+            teacher_up = teacher_up or upstream.load("teacher", config, workdir)
+            matrix = layer_similarity(up, teacher_up, cka_records(config, workdir), config)
+            cka.plot_cka(matrix, out_dir / "cka.png", up.name, teacher_up.name)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "cka.json").write_text(json.dumps({"cka": matrix.tolist()}))
+            results["cka_diagonal"] = _diagonal_summary(matrix)
+        report.write_results(results, out_dir)
+        log.info("superb %s: wrote %s", up.name, out_dir / "results.md")
+        all_results.append(results)
+    if mode == "compare" or len(all_results) > 1:
+        (out_root / "compare.md").write_text(report.compare_markdown(all_results))
+        (out_root / "compare.json").write_text(json.dumps(all_results, indent=1))
+        log.info("superb: wrote %s", out_root / "compare.md")
+    return all_results
+
+
+def _diagonal_summary(matrix: np.ndarray) -> dict[str, Any]:
+    """For each student layer, the teacher layer it is most similar to (CKA) and how much."""
+    best = matrix.argmax(axis=1)
+    return {"best_teacher_layer": best.tolist(), "best_cka": matrix.max(axis=1).tolist()}

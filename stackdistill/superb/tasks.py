@@ -1,0 +1,315 @@
+"""SUPERB tasks: their data, targets, held-out splits and heads, real and synthetic.
+
+Mini-SUPERB on the espeak-ng corpus (offline):
+- `ks_synth`: which of the 10 keywords was said; the test voices are never heard in training,
+  as Speech Commands keeps its test speakers apart.
+- `sid_synth`: which of the 8 voices spoke; the split is by utterance within each voice, so
+  every voice is in both halves (SID classifies known speakers).
+- `pr_synth`: espeak's phonemes (stress marks dropped, no word boundaries), CTC, PER; the
+  split is by a hash of the file name.
+
+Real tasks (their data are not shipped; see `default_config` in superb/config.py):
+- `pr`, `asr`: LibriSpeech folders (train-clean-100 / dev-clean / test-clean). PR targets are
+  espeak-ng's en-us phonemes of the transcript — a deviation from SUPERB, which reads the
+  phones from a lexicon (CMUdict + g2p), so PER is not comparable with published numbers.
+- `ks`: Speech Commands from TFDS (`speech_commands`, which is v0.02, 12 classes); SUPERB
+  uses v0.01, so accuracies are close to but not the published protocol.
+- `sid`, `ic`, `er`: a labelled manifest (VoxCeleb1 with its iden_split, Fluent Speech
+  Commands with action/object/location, IEMOCAP with one fold as test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+from stackdistill.data import manifest, synth
+
+BLANK = "<blank>"
+STRESS_MARKS = "ˈˌ"
+SPLIT_ALIASES = {
+    "train": "train",
+    "1": "train",
+    "dev": "dev",
+    "valid": "dev",
+    "validation": "dev",
+    "2": "dev",
+    "test": "test",
+    "3": "test",
+}
+
+
+@dataclasses.dataclass
+class Task:
+    """One downstream task: records per split, how to read each target, and its head."""
+
+    name: str
+    kind: str  # "utterance": mean-pool + linear, accuracy | "ctc": frame-level CTC
+    metric: str  # "accuracy" | "per" | "wer"
+    splits: dict[str, Sequence[dict[str, Any]]]  # "train", "test" and optionally "dev"
+    target_fn: Callable[[dict[str, Any]], Any]  # record -> class ids (one per group) or token ids
+    classes: tuple[tuple[str, ...], ...]  # class names per label group; ctc: one vocabulary
+    head: str = "linear"  # "linear" (projection + linear) | "bilstm" (ASR)
+    notes: str = ""
+
+
+def hash_unit(text: str) -> float:
+    """A stable number in [0, 1) for a string (deterministic held-out splits)."""
+    return int(hashlib.sha1(text.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def split_by_hash(records: Sequence[dict], test_fraction: float) -> dict[str, list[dict]]:
+    """Train/test by a hash of each record's name."""
+    test = [r for r in records if hash_unit(r["name"]) < test_fraction]
+    train = [r for r in records if hash_unit(r["name"]) >= test_fraction]
+    return {"train": train, "test": test}
+
+
+def split_by_group(records: Sequence[dict], key: str, test_fraction: float) -> dict[str, list]:
+    """Train/test with whole groups (e.g. speakers) held out: the first groups by hash."""
+    groups = sorted({str(r[key]) for r in records}, key=hash_unit)
+    if len(groups) < 2:
+        raise ValueError(f"a split by {key!r} needs two groups or more, got {groups}")
+    num_test = min(max(1, round(test_fraction * len(groups))), len(groups) - 1)
+    held_out = set(groups[:num_test])
+    return {
+        "train": [r for r in records if str(r[key]) not in held_out],
+        "test": [r for r in records if str(r[key]) in held_out],
+    }
+
+
+def split_within_groups(records: Sequence[dict], key: str, test_fraction: float) -> dict:
+    """Train/test by utterance inside each group: every group has utterances in both."""
+    by_group: dict[str, list[dict]] = {}
+    for r in records:
+        by_group.setdefault(str(r[key]), []).append(r)
+    train, test = [], []
+    for members in by_group.values():
+        members = sorted(members, key=lambda r: hash_unit(r["name"]))
+        num_test = min(max(1, round(test_fraction * len(members))), len(members) - 1)
+        test += members[:num_test]
+        train += members[num_test:]
+    return {"train": train, "test": test}
+
+
+def split_by_field(records: Sequence[dict], key: str) -> dict[str, list[dict]]:
+    """Splits named by a record field (train/dev/test, or VoxCeleb's 1/2/3)."""
+    splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
+    for r in records:
+        value = str(r.get(key, "")).lower()
+        if value not in SPLIT_ALIASES:
+            raise ValueError(
+                f"record {r.get('name')}: field {key!r} is {value!r}, expected one of "
+                f"{sorted(SPLIT_ALIASES)}"
+            )
+        splits[SPLIT_ALIASES[value]].append(r)
+    return splits
+
+
+def phoneme_tokens(phonemes: str) -> list[str]:
+    """espeak IPA ("_" inside words, " " between words) -> phones without stress marks."""
+    stripped = phonemes.translate({ord(m): None for m in STRESS_MARKS})
+    return [p for word in stripped.split() for p in word.split("_") if p]
+
+
+def _vocabulary(token_lists: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """CTC vocabulary: the blank first, then every token seen, sorted."""
+    return (BLANK, *sorted({t for tokens in token_lists for t in tokens}))
+
+
+def _encoder(vocab: Sequence[str], tokenize: Callable[[dict], list[str]]) -> Callable:
+    index = {t: i for i, t in enumerate(vocab)}
+    return lambda record: [index[t] for t in tokenize(record)]
+
+
+# ---------------------------------------------------------------- synthetic (mini-SUPERB)
+
+
+def synthetic_records(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
+    """The mini-SUPERB corpus (generated once under the workdir, then reused)."""
+    path = pathlib.Path(c.synth.path or f"superb/synth_{c.synth.num}_seed{c.synth.seed}")
+    path = path if path.is_absolute() else pathlib.Path(workdir) / path
+    return manifest.read_manifest(synth.ensure_corpus(str(path), c.synth.num, c.synth.seed))
+
+
+def ks_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """Keyword spotting on the synthetic keywords; test voices unseen in training."""
+    records = [r for r in synthetic_records(c, workdir) if r["keyword"] >= 0]
+    return Task(
+        "ks_synth",
+        "utterance",
+        "accuracy",
+        split_by_group(records, "voice", c.synth.test_fraction),
+        lambda r: [r["keyword"]],
+        (synth.KEYWORDS,),
+        notes="10 espeak-ng keywords; test voices held out",
+    )
+
+
+def sid_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """Speaker (voice) identification; split by utterance within each voice."""
+    records = synthetic_records(c, workdir)
+    return Task(
+        "sid_synth",
+        "utterance",
+        "accuracy",
+        split_within_groups(records, "voice", c.synth.test_fraction),
+        lambda r: [r["speaker"]],
+        (synth.VOICES,),
+        notes="8 espeak-ng voices; split by utterance within each voice",
+    )
+
+
+def pr_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """Phoneme recognition on espeak's own phonemes; split by file-name hash."""
+    records = synthetic_records(c, workdir)
+    vocab = _vocabulary([phoneme_tokens(r["phonemes"]) for r in records])
+    return Task(
+        "pr_synth",
+        "ctc",
+        "per",
+        split_by_hash(records, c.synth.test_fraction),
+        _encoder(vocab, lambda r: phoneme_tokens(r["phonemes"])),
+        (vocab,),
+        notes="espeak IPA phones, stress dropped; split by file-name hash",
+    )
+
+
+# ---------------------------------------------------------------- real data
+
+
+def _librispeech_splits(t: ml_collections.ConfigDict) -> dict[str, list[dict]]:
+    from stackdistill.data.sources import librispeech_records
+
+    if not t.path:
+        raise ValueError("set the LibriSpeech root folder (config.superb.<task>.path)")
+    return {split: librispeech_records(t.path, t[split]) for split in ("train", "dev", "test")}
+
+
+def _phonemize(records: list[dict], voice: str, cache_file: pathlib.Path) -> None:
+    """Adds espeak phonemes of each transcript to its record, cached in a JSON file."""
+    from stackdistill.data.espeak import Speaker
+
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    missing = [r for r in records if r["name"] not in cache]
+    if missing:
+        speaker = Speaker.get()
+        for r in missing:
+            cache[r["name"]] = speaker.phonemes(r["text"].lower(), voice)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache))
+    for r in records:
+        r["phonemes"] = cache[r["name"]]
+
+
+def pr(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """SUPERB PR on LibriSpeech, with espeak-ng phonemes in place of the lexicon's."""
+    t = c.pr
+    splits = _librispeech_splits(t)
+    for split, records in splits.items():
+        _phonemize(records, t.voice, pathlib.Path(workdir) / "superb" / f"phonemes_{split}.json")
+    all_records = [r for records in splits.values() for r in records]
+    vocab = _vocabulary([phoneme_tokens(r["phonemes"]) for r in all_records])
+    return Task(
+        "pr",
+        "ctc",
+        "per",
+        splits,
+        _encoder(vocab, lambda r: phoneme_tokens(r["phonemes"])),
+        (vocab,),
+        notes=f"LibriSpeech; phones from espeak-ng {t.voice} (SUPERB: lexicon phones)",
+    )
+
+
+def characters(text: str) -> list[str]:
+    """ASR targets: upper-case characters, '|' between words (s3prl's char.dict)."""
+    return list("|".join(text.upper().split()))
+
+
+def asr(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """SUPERB ASR: LibriSpeech characters, 2-layer BiLSTM + CTC, WER (greedy, no LM)."""
+    vocab = (BLANK, "|", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    return Task(
+        "asr",
+        "ctc",
+        "wer",
+        _librispeech_splits(c.asr),
+        _encoder(vocab, lambda r: characters(r["text"])),
+        (vocab,),
+        head="bilstm",
+        notes="LibriSpeech characters, greedy CTC decoding without a language model",
+    )
+
+
+def ks(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """SUPERB KS from TFDS speech_commands (v0.02; SUPERB uses v0.01)."""
+    from stackdistill.data.sources import TfdsSource
+
+    t = c.ks
+    splits = {
+        name: TfdsSource(t.tfds_name, t[name], t.path or None) for name in ("train", "dev", "test")
+    }
+    import tensorflow_datasets as tfds  # importable: TfdsSource has opened the splits
+
+    info = tfds.builder(t.tfds_name, data_dir=t.path or None).info
+    names = tuple(info.features["label"].names)
+    return Task(
+        "ks",
+        "utterance",
+        "accuracy",
+        splits,
+        lambda r: [int(r["label"])],
+        (names,),
+        notes=f"TFDS {t.tfds_name} (v0.02; SUPERB's KS uses Speech Commands v0.01)",
+    )
+
+
+def manifest_task(name: str, t: ml_collections.ConfigDict) -> Task:
+    """Utterance classification from a labelled JSONL manifest (SID, IC, ER)."""
+    if not t.manifest:
+        raise ValueError(f"set config.superb.{name}.manifest (a JSONL file with labels)")
+    records = manifest.read_manifest(t.manifest)
+    label_keys = tuple(t.label_keys)
+    missing = [k for k in label_keys if any(k not in r for r in records)]
+    if missing:
+        raise ValueError(f"{t.manifest}: records without the label fields {missing}")
+    classes = tuple(tuple(sorted({str(r[k]) for r in records})) for k in label_keys)
+    index = [{label: i for i, label in enumerate(names)} for names in classes]
+    if t.split_key and all(t.split_key in r for r in records):
+        splits = split_by_field(records, t.split_key)
+    else:
+        splits = split_by_hash(records, t.test_fraction)
+    if not splits["test"] or not splits["train"]:
+        raise ValueError(f"{t.manifest}: the train or the test split is empty")
+    return Task(
+        name,
+        "utterance",
+        "accuracy",
+        splits,
+        lambda r: [idx[str(r[k])] for idx, k in zip(index, label_keys)],
+        classes,
+        notes=f"{t.manifest}: labels {', '.join(label_keys)}",
+    )
+
+
+def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """The task called `name`, from the superb config section `c`."""
+    builders = {
+        "ks_synth": ks_synth,
+        "sid_synth": sid_synth,
+        "pr_synth": pr_synth,
+        "pr": pr,
+        "asr": asr,
+        "ks": ks,
+    }
+    if name in builders:
+        return builders[name](c, workdir)
+    if name in ("sid", "ic", "er"):
+        return manifest_task(name, c[name])
+    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*builders, 'sid', 'ic', 'er'])}")
