@@ -195,7 +195,10 @@ def save(path: str | os.PathLike, cfg: EncoderConfig, params: Any) -> pathlib.Pa
 
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = convert.params_to_state_dict(cfg, params)
+    # safetensors writes raw buffers whatever the strides: transposed views must be copied.
+    state = {
+        k: np.ascontiguousarray(v) for k, v in convert.params_to_state_dict(cfg, params).items()
+    }
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})
     architecture = "HubertModel" if cfg.model_type == "hubert" else "WavLMModel"
     hf = {**cfg.to_hf(), "architectures": [architecture], "torch_dtype": "float32"}
