@@ -22,9 +22,8 @@ def head_config(lr: float, steps: int, batch_size: int = 32, **extra) -> ml_coll
     c.proj_dim = 256  # SUPERB's projection before the utterance/PR heads
     c.eval_every = 1_000  # dev evaluations (the best dev step is tested) when there is a dev split
     c.log_every = 100
-    c.max_samples = (
-        480_000  # utterances are cropped to this (deterministically) before the upstream
-    )
+    c.max_samples = 480_000  # training utterances are cropped to this (deterministically)
+    c.standardize = False  # z-score each layer's features with train statistics (not SUPERB)
     c.update(extra)
     return c
 

@@ -220,12 +220,13 @@ def estimate_frame_bytes(upstream: Upstream, records: Sequence[dict[str, Any]]) 
     return total / upstream.cfg.hop * per_frame
 
 
-def pad_frames(
-    sequences: Sequence[np.ndarray], multiple: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """N x (L+1, T_i, D) -> ((L+1, N, T, D) zero-padded, T rounded up to `multiple`; (N,))."""
+def pad_frames(sequences: Sequence[np.ndarray], minimum: int = 32) -> tuple[np.ndarray, ...]:
+    """N x (L+1, T_i, D) -> ((L+1, N, T, D) zero-padded, (N,) lengths); T is a power of two.
+
+    Powers of two (from `minimum`) bound the shapes, hence the compiles, of the head's step.
+    """
     lengths = np.array([s.shape[1] for s in sequences], np.int32)
-    t = int(math.ceil(max(lengths.max(), 1) / multiple) * multiple)
+    t = max(minimum, 1 << int(math.ceil(math.log2(max(lengths.max(), 1)))))
     first = sequences[0]
     out = np.zeros((first.shape[0], len(sequences), t, first.shape[2]), np.float32)
     for i, s in enumerate(sequences):
@@ -241,6 +242,10 @@ class StoredFrames:
 
     def __len__(self) -> int:
         return len(self.sequences)
+
+    def lengths(self) -> np.ndarray:
+        """Frames of every utterance."""
+        return np.array([s.shape[1] for s in self.sequences])
 
     def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
         """((L+1, B, T, D), frames (B,), targets) of the utterances at `indices`."""

@@ -200,12 +200,23 @@ def evaluate(probe: Probe, params: Any, data: Any, batch_size: int) -> float:
     return metrics.word_error_rate([text(r) for r in references], [text(p) for p in predictions])
 
 
-def _index_stream(n: int, batch_size: int, rng: np.random.Generator):
-    """Endless batches of indices: shuffled epochs, back to back."""
+def _index_stream(n: int, batch_size: int, rng: np.random.Generator, lengths=None):
+    """Endless batches of indices: shuffled epochs, back to back.
+
+    With `lengths`, each window of 16 batches is sorted by length before it is cut, so a batch
+    holds utterances of similar length (less padding), and the batches are shuffled again.
+    """
     buffer = np.zeros(0, np.int64)
     while True:
         while len(buffer) < batch_size:
-            buffer = np.concatenate([buffer, rng.permutation(n)])
+            epoch = rng.permutation(n)
+            if lengths is not None:
+                window = 16 * batch_size
+                chunks = [epoch[i : i + window] for i in range(0, n, window)]
+                epoch = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+                batches = [epoch[i : i + batch_size] for i in range(0, n, batch_size)]
+                epoch = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+            buffer = np.concatenate([buffer, epoch])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
 
@@ -220,7 +231,9 @@ def train(
 ) -> tuple[Any, dict[str, Any]]:
     """Trains the featurizer and head; returns (params kept, history)."""
     higher_better = probe.task.metric == "accuracy"
-    batches = _index_stream(_size(train_data), hp.batch_size, np.random.default_rng(seed))
+    lengths = train_data.lengths() if isinstance(train_data, StoredFrames) else None
+    rng = np.random.default_rng(seed)
+    batches = _index_stream(_size(train_data), hp.batch_size, rng, lengths)
     first = probe.batch(train_data, next(batches))
     key = jax.random.key(seed)
     params = probe.model.init(key, first["hidden"], first.get("frames"))["params"]
