@@ -32,6 +32,19 @@ from stackdistill.superb.features import StoredFrames
 from stackdistill.superb.tasks import Task
 
 
+class BiLSTM(nn.Module):
+    """One bidirectional LSTM layer over (B, T, D), reading each utterance's valid frames."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array, frames_b: jax.Array) -> jax.Array:
+        # parent=None: each cell belongs to its RNN (params forward/cell, backward/cell).
+        forward = nn.RNN(nn.OptimizedLSTMCell(self.features, parent=None), name="forward")
+        backward = nn.RNN(nn.OptimizedLSTMCell(self.features, parent=None), name="backward")
+        return nn.Bidirectional(forward, backward)(x_btd, seq_lengths=frames_b)
+
+
 class Downstream(nn.Module):
     """Softmax-weighted sum of hidden states (L+1, B, [T,] D), then the task's head."""
 
@@ -49,11 +62,7 @@ class Downstream(nn.Module):
         x = nn.Dense(self.proj_dim, name="projector")(x)
         if self.head == "bilstm":
             for i in range(self.lstm_layers):
-                x = nn.Bidirectional(
-                    nn.RNN(nn.OptimizedLSTMCell(self.lstm_dim)),
-                    nn.RNN(nn.OptimizedLSTMCell(self.lstm_dim)),
-                    name=f"bilstm_{i}",
-                )(x, seq_lengths=frames)
+                x = BiLSTM(self.lstm_dim, name=f"bilstm_{i}")(x, frames)
                 x = nn.Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(self.out_dim, name="output")(x)
 
