@@ -4,8 +4,8 @@
       --config.data.path=/data/LibriSpeech
 
 No stacking; every head reads the last layer; L1 + cosine loss; the student starts from the
-teacher's front-end and first two layers. s3prl's recipe: 200k steps, batch 24, AdamW 2e-4,
-~55 h on one GPU in PyTorch. Variants: `:runlocal`.
+teacher's front-end and first two layers. s3prl's recipe: 200k steps, batch 24, AdamW 2e-4;
+0.13 s per batch on one H200 in bfloat16 (benchmarks/RESULTS.md). Variants: `:runlocal`.
 """
 
 from stackdistill.config import apply_arg, base_config
