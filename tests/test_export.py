@@ -24,10 +24,10 @@ def _max_rel_err(ours, ref, mask):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A demo run of 4 steps (depths 3, 6, 9, 12), checkpoints at steps 2 (depth 6) and 4."""
+    """A demo run of 3 steps (depths 3, 6, 12), checkpoints at steps 2 (depth 6) and 3."""
     shared = tmp_path_factory.mktemp("shared")
     workdir = tmp_path_factory.mktemp("run")
-    config = _demo(shared, total_steps=4, checkpoint_every=2)
+    config = _demo(shared, total_steps=3, checkpoint_every=2, **{"stacking.num_new": (3, 6)})
     train.train_and_evaluate(config, str(workdir))
     return config, workdir
 
@@ -52,7 +52,7 @@ def test_latest_student_loads_in_transformers(run):
     out = export.run(config, str(workdir))
     assert out == workdir / "export"
     cfg, params, meta = checkpoint.load_student(workdir)
-    assert meta["step"] == 4 and cfg.num_layers == 12
+    assert meta["step"] == 3 and cfg.num_layers == 12
     hf = json.loads((out / "config.json").read_text())
     assert hf["architectures"] == ["HubertModel"] and hf["num_hidden_layers"] == 12
     assert hf["hidden_size"] == config.student.hidden_size
