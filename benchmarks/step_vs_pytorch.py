@@ -220,6 +220,9 @@ def main() -> None:
         args.repeats,
     )
     results["jax_teacher_forward_s"] = jax_teacher
+    results["jax_teacher_audio_s_per_s"] = audio_s / jax_teacher
+    results["jax_teacher_mfu"] = flops.mfu(results["teacher_flops"], jax_teacher, args.peak_flops)
+    print(json.dumps(results), flush=True)
     if t_model is not None:
         x = torch.from_numpy(wav)
         with torch.inference_mode():
@@ -271,6 +274,8 @@ def main() -> None:
                        ratio=torch_s / jax_s)  # fmt: skip
         results[name] = row
         print(json.dumps(row), flush=True)
+        if args.json:  # after each student, so that a run cut short keeps what it measured
+            pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
     results["load_1min_end"] = os.getloadavg()[0]
     _print_table(results, args.students.split(","), audio_s)
     if args.json:
@@ -279,7 +284,9 @@ def main() -> None:
 
 def _print_table(results: dict[str, Any], names: list[str], audio_s: float) -> None:
     """Markdown rows for RESULTS.md."""
-    print(f"\nteacher forward: JAX {results['jax_teacher_forward_s']:.2f} s", end="")
+    print(f"\nteacher forward: JAX {results['jax_teacher_forward_s']:.3f} s "
+          f"({results['jax_teacher_audio_s_per_s']:.1f} audio-s/s, "
+          f"MFU {results['jax_teacher_mfu']:.1%})", end="")  # fmt: skip
     if "torch_teacher_forward_s" in results:
         print(f", PyTorch {results['torch_teacher_forward_s']:.2f} s", end="")
     print(f" (load {results['load_1min']:.2f} -> {results['load_1min_end']:.2f})\n")
@@ -290,7 +297,7 @@ def _print_table(results: dict[str, Any], names: list[str], audio_s: float) -> N
     for name in names:
         r = results[name]
         torch_cells = (
-            f"{r['torch_step_s']:.2f} | {r['torch_audio_s_per_s']:.2f} | {r['ratio']:.2f}x | "
+            f"{r['torch_step_s']:.3f} | {r['torch_audio_s_per_s']:.2f} | {r['ratio']:.2f}x | "
             f"{r['jax_student_s']:.2f} | {r['torch_student_s']:.2f}"
             if "ratio" in r
             else f"- | - | - | {r['jax_student_s']:.2f} | -"
@@ -299,7 +306,7 @@ def _print_table(results: dict[str, Any], names: list[str], audio_s: float) -> N
         loss = f"{r['jax_first_loss']:.4f}" + (
             f", {r['torch_first_loss']:.4f}" if "torch_first_loss" in r else ""
         )
-        print(f"| {name} | {r['jax_step_s']:.2f} | {r['jax_audio_s_per_s']:.2f} | {torch_cells} "
+        print(f"| {name} | {r['jax_step_s']:.3f} | {r['jax_audio_s_per_s']:.2f} | {torch_cells} "
               f"| {r['analytic_flops'] / 1e9:.0f} G, {r['xla_flops'] / 1e9:.0f} G | {mfu} "
               f"| {loss} |")  # fmt: skip
 
