@@ -24,6 +24,7 @@ import numpy as np
 from stackdistill.superb import cka, features, heads, report, tasks, upstream
 
 log = logging.getLogger(__name__)
+EVAL_MAX_SAMPLES = 480_000  # dev/test utterances (and CKA's) are cropped to 30 s at most
 
 
 def _read_options(config: ml_collections.ConfigDict, max_samples: int) -> features.ReadOptions:
@@ -54,7 +55,7 @@ def evaluate_task(
     """Trains the task's head on one upstream's features; its test metric and diagnostics."""
     hp = config.superb[task.name]
     train_options = _read_options(config, hp.max_samples)
-    eval_options = _read_options(config, max(hp.max_samples, 480_000))
+    eval_options = _read_options(config, max(hp.max_samples, EVAL_MAX_SAMPLES))
     data: dict[str, Any] = {}
     for split, records in task.splits.items():
         if not len(records):
@@ -143,7 +144,7 @@ def layer_similarity(
     config: ml_collections.ConfigDict,
 ) -> np.ndarray:
     """(student layers + 1, teacher layers + 1) linear CKA on frames of held-out utterances."""
-    options = _read_options(config, 480_000)
+    options = _read_options(config, EVAL_MAX_SAMPLES)
     per_model = []
     for up in (student, teacher):
         sequences = [None] * len(records)
