@@ -31,6 +31,9 @@ EXTRAS = {
         "pytest>=8",
         "ruff>=0.6",
         "torch==2.13.0",
+        "nbclient>=0.10",  # executes the notebooks in tests
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
     ],
     # TFDS's audio builders (librispeech, speech_commands) need TensorFlow even to construct.
     "tfds": ["tensorflow-cpu>=2.17"],

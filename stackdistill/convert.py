@@ -133,7 +133,7 @@ def params_to_state_dict(cfg: EncoderConfig, params: Params) -> dict[str, np.nda
         path = tuple(k.key for k in key_path)
         x = np.asarray(leaf, dtype=np.float32)
         if path == _POS_CONV_KERNEL:
-            v = x.transpose(2, 1, 0)
+            v = np.ascontiguousarray(x.transpose(2, 1, 0))
             # Store v = w and g = ||w|| so that weight_norm reproduces w exactly.
             g = np.sqrt((v.astype(np.float64) ** 2).sum(axis=(0, 1), keepdims=True))
             out[_PARAMETRIZED["weight_g"]] = g.astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from stackdistill import cache, checkpoint, optim, sharding, stacking, step, teacher
 from stackdistill.models import student
@@ -106,7 +107,7 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs distillation to config.total_steps (resuming from workdir); returns the summary."""
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)  # local paths and gs:// alike
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh)
     stages = validate_config(config, mesh.size)

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 log = logging.getLogger("stackdistill")
 
@@ -24,7 +25,7 @@ class RunWriter:
 
     def __init__(self, workdir: str | pathlib.Path, total_steps: int, first_step: int = 0):
         self.active = jax.process_index() == 0
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = epath.Path(workdir)  # local or gs://
         self.history: list[tuple[int, float]] = []  # (step, loss) for the plot
         self.last: dict[str, float] = {}
         self._tb = None
@@ -73,7 +74,7 @@ class RunWriter:
             _plot_loss(self.workdir / "loss.png", self.history, stage_bounds)
 
 
-def _plot_loss(path: pathlib.Path, history, stage_bounds) -> None:
+def _plot_loss(path: epath.Path, history, stage_bounds) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +90,8 @@ def _plot_loss(path: pathlib.Path, history, stage_bounds) -> None:
     ax.set_yscale("log")
     ax.set_title("loss (dashed: stage boundaries)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with path.open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
