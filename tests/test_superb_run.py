@@ -86,6 +86,19 @@ def test_parse_upstream_specs(tmp_path):
     for bad in ("student:/x@last", "hf:", "teacher:/x", "wav2vec"):
         with pytest.raises(ValueError):
             upstream.parse_spec(bad, tmp_path)
+    c = config_lib.base_config()
+    c.superb.upstreams = ("teacher", "student")  # the workdir holds no distillation run
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run.run(c, str(tmp_path))
+    assert not (tmp_path / "superb").exists()  # refused before any work
+
+
+def test_load_an_exported_transformers_directory(synthetic_corpus, shared):
+    c = _config(shared, str(pathlib.Path(synthetic_corpus).parent), 48)
+    path = teacher.prepare(c.teacher, shared)
+    up = upstream.load(f"hf:{path}", c, shared)
+    assert (up.name, up.kind, up.num_layers) == ("hf-teacher", "hf", 4)
+    assert up.info["hidden_size"] == 48 and up.info["encoder_params"] > 0
 
 
 def test_eval_teacher_and_student_checkpoint(synthetic_corpus, shared, tmp_path):

@@ -175,6 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
     logging.getLogger("stackdistill").setLevel(logging.INFO)
     c = config.superb
     out_root = pathlib.Path(workdir) / "superb"
+    _check_upstreams(c.upstreams, workdir)
     task_names = list(c.tasks)
     task_list = [tasks.build(name, c, workdir) for name in task_names]
     teacher_up = None
@@ -206,6 +207,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
         (out_root / "compare.json").write_text(json.dumps(all_results, indent=1))
         log.info("superb: wrote %s", out_root / "compare.md")
     return all_results
+
+
+def _check_upstreams(specs: Any, workdir: str) -> None:
+    """Refuses bad specs and student runs without checkpoints before any work is done."""
+    if isinstance(specs, str) or not specs:
+        raise ValueError(f"config.superb.upstreams must be a list of specs, got {specs!r}")
+    for spec in specs:
+        _, kind, source, step = upstream.parse_spec(spec, workdir)
+        directory = pathlib.Path(source) / "checkpoints"
+        if kind == "student" and not any(p.name.isdigit() for p in directory.glob("*")):
+            raise FileNotFoundError(
+                f"upstream {spec!r}: no checkpoint in {directory} (run --mode=distill there first)"
+            )
+        if kind == "student" and step is not None and not (directory / str(step)).is_dir():
+            raise FileNotFoundError(f"upstream {spec!r}: no checkpoint of step {step}")
 
 
 def _diagonal_summary(matrix: np.ndarray) -> dict[str, Any]:
