@@ -1,0 +1,431 @@
+"""A tiny HuBERT-architecture teacher that knows something, trained offline in minutes.
+
+    python -m stackdistill.tiny_teacher --config=configs/tiny_teacher.py --workdir=DIR
+
+Our encoder is trained on the synthetic espeak-ng corpus with phoneme CTC on its top layer
+and speaker (voice) classification, mean-pooled, on a middle layer. It is written in
+transformers format to DIR/teacher (`teacher.load` and `HubertModel.from_pretrained` read
+it), with DIR/vocab.json, DIR/train.json (loss history) and DIR/probe.md: linear probes on
+every layer of a held-out corpus -- ridge speaker accuracy on mean-pooled frames and the
+phoneme error rate of a linear CTC probe -- beside the same probes on a random init.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from stackdistill import teacher
+from stackdistill.models import Encoder, EncoderConfig
+from stackdistill.models import init_params as init_encoder
+
+log = logging.getLogger("stackdistill")
+Params = dict[str, Any]
+STRESS_MARKS = "ˈˌ"
+BLANK = "<blank>"  # CTC blank, id 0
+
+
+# ---------------------------------------------------------------- phoneme labels
+
+
+def phoneme_tokens(phonemes: str) -> list[str]:
+    """espeak IPA of the corpus ("_" inside words, " " between) -> symbols, stress dropped."""
+    words = phonemes.split()
+    return [t for w in words for t in (p.strip(STRESS_MARKS) for p in w.split("_")) if t]
+
+
+def build_vocab(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The blank, then every phoneme symbol of the corpus rows, sorted."""
+    symbols = {t for row in rows for t in phoneme_tokens(row["phonemes"])}
+    return [BLANK, *sorted(symbols)]
+
+
+def label_ids(
+    phoneme_strings: Sequence[str], vocab: Sequence[str], max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Phoneme strings -> (ids (B, max_length) int32, paddings (B, max_length) float32)."""
+    index = {s: i for i, s in enumerate(vocab)}
+    ids = np.zeros((len(phoneme_strings), max_length), np.int32)
+    paddings = np.ones((len(phoneme_strings), max_length), np.float32)
+    for row, text in enumerate(phoneme_strings):
+        tokens = [index[t] for t in phoneme_tokens(str(text)) if t in index]
+        if len(tokens) > max_length:
+            raise ValueError(f"{len(tokens)} phonemes in {text!r} exceed max_label_length")
+        ids[row, : len(tokens)] = tokens
+        paddings[row, : len(tokens)] = 0.0
+    return ids, paddings
+
+
+# ---------------------------------------------------------------- model and step
+
+
+def _linear(rng: jax.Array, fan_in: int, fan_out: int) -> Params:
+    bound = 1.0 / np.sqrt(fan_in)
+    kernel = jax.random.uniform(rng, (fan_in, fan_out), jnp.float32, -bound, bound)
+    return {"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def ctc_head(rng: jax.Array, fan_in: int, num_labels: int) -> Params:
+    """A linear CTC head whose blank (id 0) starts at probability 0.9 on zero input."""
+    head = _linear(rng, fan_in, num_labels)
+    # CTC's best paths are mostly blanks; from a zero bias Adam needs hundreds of steps to
+    # get there (the plateau of a fresh CTC model).
+    head["bias"] = head["bias"].at[0].set(np.log(9.0 * (num_labels - 1)))
+    return head
+
+
+def init_model(cfg: EncoderConfig, num_phonemes: int, num_speakers: int, seed: int) -> Params:
+    """Encoder params plus a CTC head (phonemes + blank) and a speaker head."""
+    enc_rng, ctc_rng, spk_rng = jax.random.split(jax.random.key(seed), 3)
+    return {
+        "encoder": init_encoder(cfg, enc_rng),
+        "ctc": ctc_head(ctc_rng, cfg.hidden_size, num_phonemes),
+        "speaker": _linear(spk_rng, cfg.hidden_size, num_speakers),
+    }
+
+
+def mean_pool(x_btd: jax.Array, mask_bt: jax.Array) -> jax.Array:
+    """Mean over the valid frames of each utterance: (B, D)."""
+    weights = mask_bt.astype(x_btd.dtype)[..., None]
+    return jnp.sum(x_btd * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
+def forward(
+    cfg: EncoderConfig, params: Params, audio: jax.Array, lengths: jax.Array, c: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(CTC logits (B, T, V) of the top layer, speaker logits (B, S), frame mask (B, T))."""
+    out = Encoder(cfg).apply({"params": params["encoder"]}, audio, lengths)
+    ctc, spk = params["ctc"], params["speaker"]
+    ctc_logits = out.hidden_states[c.ctc_layer] @ ctc["kernel"] + ctc["bias"]
+    pooled_bd = mean_pool(out.hidden_states[c.speaker_layer], out.mask)
+    return ctc_logits, pooled_bd @ spk["kernel"] + spk["bias"], out.mask
+
+
+def ctc_loss(
+    logits_btv: jax.Array, mask_bt: jax.Array, ids: jax.Array, paddings: jax.Array
+) -> jax.Array:
+    """optax CTC (blank 0) per utterance, divided by its phoneme count, averaged."""
+    per_seq = optax.ctc_loss(logits_btv, 1.0 - mask_bt.astype(jnp.float32), ids, paddings)
+    return jnp.mean(per_seq / jnp.maximum(jnp.sum(1.0 - paddings, axis=1), 1.0))
+
+
+def make_step(cfg: EncoderConfig, c: Any, tx: optax.GradientTransformation):
+    """The jitted step: (params, opt_state, batch) -> (params, opt_state, metrics)."""
+
+    def loss_fn(params, batch):
+        ctc_logits, spk_logits, mask = forward(cfg, params, batch["audio"], batch["lengths"], c)
+        ctc = ctc_loss(ctc_logits, mask, batch["ids"], batch["paddings"])
+        spk = optax.softmax_cross_entropy_with_integer_labels(spk_logits, batch["speaker"]).mean()
+        accuracy = jnp.mean(jnp.argmax(spk_logits, -1) == batch["speaker"])
+        return ctc + c.speaker_weight * spk, {"ctc": ctc, "speaker": spk, "speaker_acc": accuracy}
+
+    def step(params, opt_state, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **metrics}
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+# ---------------------------------------------------------------- training
+
+
+def _corpus_rows(data_cfg: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    from stackdistill.data import manifest, synth
+
+    path = synth.ensure_corpus(data_cfg.path, data_cfg.synth_num, data_cfg.synth_seed)
+    return manifest.read_manifest(path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains the tiny teacher, writes workdir/teacher (+ vocab.json, train.json); a summary."""
+    from stackdistill import data as data_lib
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = EncoderConfig(**dict(config.arch))
+    if not 0 < config.speaker_layer <= cfg.num_layers or config.ctc_layer != cfg.num_layers:
+        raise ValueError("config.ctc_layer must be the top layer, speaker_layer one below it")
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    if not pathlib.Path(data_cfg.path).is_absolute():
+        data_cfg.path = str(workdir / data_cfg.path)
+    rows = _corpus_rows(data_cfg)
+    longest = max(int(r["num_samples"]) for r in rows)
+    if longest > data_cfg.max_samples:  # a crop would cut phonemes its CTC labels still hold
+        raise ValueError(f"data.max_samples={data_cfg.max_samples} < longest utterance {longest}")
+    vocab = build_vocab(rows)
+    (workdir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    num_speakers = max(int(r["speaker"]) for r in rows) + 1
+    params = init_model(cfg, len(vocab), num_speakers, config.seed)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        config.learning_rate,
+        max(int(config.warmup_fraction * config.total_steps), 1),
+        config.total_steps,
+        end_value=0.05 * config.learning_rate,
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+    )
+    opt_state = tx.init(params)
+    step_fn = make_step(cfg, config, tx)
+    loader = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
+
+    history, window, started = [], [], time.perf_counter()
+    status = "completed"
+    for step in range(1, config.total_steps + 1):
+        batch = next(loader)
+        ids, paddings = label_ids(batch["phonemes"], vocab, config.max_label_length)
+        inputs = {k: batch[k] for k in ("audio", "lengths", "speaker")}
+        params, opt_state, metrics = step_fn(
+            params, opt_state, {**inputs, "ids": ids, "paddings": paddings}
+        )
+        window.append(metrics)
+        if step % config.log_every == 0 or step == config.total_steps:
+            mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+            if not np.isfinite(mean["loss"]):
+                raise FloatingPointError(f"non-finite tiny-teacher loss at step {step}: {mean}")
+            elapsed = time.perf_counter() - started
+            history.append({"step": step, "seconds": elapsed, **mean})
+            log.info(
+                "tiny teacher step %d (%.0f s): %s",
+                step,
+                elapsed,
+                ", ".join(f"{k}={v:.4g}" for k, v in mean.items()),
+            )
+            window = []
+            if elapsed > config.max_train_seconds and step < config.total_steps:
+                status = f"stopped by max_train_seconds at step {step}"
+                log.warning("tiny teacher: %s", status)
+                break
+    seconds = time.perf_counter() - started
+    teacher.save(workdir / "teacher", cfg, params["encoder"])
+    np.savez(
+        workdir / "heads.npz",
+        **{f"{h}_{k}": np.asarray(v) for h in ("ctc", "speaker") for k, v in params[h].items()},
+    )
+    summary = {
+        "status": status,
+        "steps": history[-1]["step"],
+        "train_seconds": seconds,
+        "history": history,
+        "num_phonemes": len(vocab) - 1,
+        "num_speakers": num_speakers,
+    }
+    (workdir / "train.json").write_text(json.dumps(summary, indent=1))
+    return {**summary, "params": params, "cfg": cfg, "vocab": vocab}
+
+
+# ---------------------------------------------------------------- probes
+
+
+def layer_features(
+    cfg: EncoderConfig, encoder_params: Params, rows: Sequence[dict[str, Any]], max_samples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every hidden state of the rows' audio: (L+1, N, T, D) float16 and the mask (N, T)."""
+    from stackdistill.data import audio, batching
+
+    @jax.jit
+    def fn(params, wav, lengths):
+        out = Encoder(cfg).apply({"params": params}, wav, lengths)
+        return out.hidden_states, out.mask
+
+    hidden, masks = [], []
+    for start in range(0, len(rows), 16):
+        examples = [
+            {"audio": audio.load(r, np.random.default_rng(0), max_samples), "labels": {}}
+            for r in rows[start : start + 16]
+        ]
+        batch = batching.pad_batch(examples, max_samples, ())
+        hidden_lbtd, mask_bt = fn(encoder_params, batch["audio"], batch["lengths"])
+        hidden.append(np.asarray(hidden_lbtd, np.float16))
+        masks.append(np.asarray(mask_bt))
+    return np.concatenate(hidden, axis=1), np.concatenate(masks)
+
+
+def ridge_accuracy(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, alpha: float
+) -> float:
+    """Closed-form ridge regression onto one-hot classes (standardised features): accuracy."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+
+    def design(x):
+        return np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1).astype(np.float64)
+
+    a, targets = design(x_train), np.eye(int(y_train.max()) + 1)[y_train]
+    weights = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ targets)
+    return float(np.mean(np.argmax(design(x_test) @ weights, axis=1) == y_test))
+
+
+def greedy_decode(logits_ntv: np.ndarray, mask_nt: np.ndarray) -> list[list[int]]:
+    """Best path per utterance: argmax, repeats merged, blanks (0) dropped."""
+    out = []
+    for best_t, mask_t in zip(np.argmax(logits_ntv, -1), mask_nt):
+        best_t = best_t[mask_t]
+        merged = best_t[np.concatenate([[True], best_t[1:] != best_t[:-1]])] if len(best_t) else []
+        out.append([int(i) for i in merged if i != 0])
+    return out
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def error_rate(hyps: Sequence[Sequence[int]], ids: np.ndarray, paddings: np.ndarray) -> float:
+    """Total edit distance over total reference length."""
+    refs = [list(r[p == 0]) for r, p in zip(ids, paddings)]
+    return sum(edit_distance(h, r) for h, r in zip(hyps, refs)) / max(sum(map(len, refs)), 1)
+
+
+def ctc_probe_error(
+    x_ntd: np.ndarray,
+    mask_nt: np.ndarray,
+    ids: np.ndarray,
+    paddings: np.ndarray,
+    num_train: int,
+    num_labels: int,
+    c: Any,
+) -> float:
+    """Phoneme error rate on rows num_train: of a linear CTC probe trained on the rows before."""
+    valid = x_ntd[:num_train][mask_nt[:num_train]].astype(np.float32)
+    mean, std = valid.mean(0), valid.std(0) + 1e-6
+    x_ntd = jnp.asarray((x_ntd.astype(np.float32) - mean) / std)
+    mask_j, ids_j, paddings_j = jnp.asarray(mask_nt), jnp.asarray(ids), jnp.asarray(paddings)
+    params = ctc_head(jax.random.key(c.seed), x_ntd.shape[-1], num_labels)
+    tx = optax.adam(c.ctc_learning_rate)
+
+    @jax.jit
+    def step(params, opt_state, idx):
+        def loss_fn(p):
+            logits = x_ntd[idx] @ p["kernel"] + p["bias"]
+            return ctc_loss(logits, mask_j[idx], ids_j[idx], paddings_j[idx])
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state, rng = tx.init(params), np.random.default_rng(c.seed)
+    for _ in range(c.ctc_steps):
+        params, opt_state = step(params, opt_state, rng.integers(0, num_train, c.ctc_batch))
+    logits = np.asarray(x_ntd[num_train:] @ params["kernel"] + params["bias"])
+    hyps = greedy_decode(logits, mask_nt[num_train:])
+    return error_rate(hyps, ids[num_train:], paddings[num_train:])
+
+
+def probe_layers(
+    hidden: np.ndarray,
+    mask: np.ndarray,
+    rows: Sequence[dict[str, Any]],
+    vocab: Sequence[str],
+    config: ml_collections.ConfigDict,
+    heads: Params | None = None,
+) -> list[dict[str, float]]:
+    """Per layer: ridge speaker accuracy and linear-CTC phoneme error rate on held-out rows;
+    with `heads`, also the trained heads' own scores on the same held-out rows (last entry)."""
+    c = config.probe
+    ids, paddings = label_ids([r["phonemes"] for r in rows], vocab, config.max_label_length)
+    speakers = np.array([int(r["speaker"]) for r in rows])
+    n = int(round(c.train_fraction * len(rows)))
+    table = []
+    for layer, x_ntd in enumerate(hidden):
+        pooled = np.asarray(mean_pool(jnp.asarray(x_ntd, jnp.float32), mask))
+        acc = ridge_accuracy(pooled[:n], speakers[:n], pooled[n:], speakers[n:], c.ridge_alpha)
+        per = ctc_probe_error(x_ntd, mask, ids, paddings, n, len(vocab), c)
+        table.append({"layer": layer, "speaker_acc": acc, "phoneme_error": per})
+        log.info("probe layer %d: speaker acc %.3f, PER %.3f", layer, acc, per)
+    if heads is not None:
+        x_spk = mean_pool(jnp.asarray(hidden[config.speaker_layer][n:], jnp.float32), mask[n:])
+        spk_logits = x_spk @ heads["speaker"]["kernel"] + heads["speaker"]["bias"]
+        x_ctc = jnp.asarray(hidden[config.ctc_layer][n:], jnp.float32)
+        logits = np.asarray(x_ctc @ heads["ctc"]["kernel"] + heads["ctc"]["bias"])
+        per = error_rate(greedy_decode(logits, mask[n:]), ids[n:], paddings[n:])
+        acc = float(np.mean(np.argmax(np.asarray(spk_logits), -1) == speakers[n:]))
+        table.append({"layer": "heads", "speaker_acc": acc, "phoneme_error": per})
+    return table
+
+
+def probe_markdown(tables: dict[str, list[dict[str, float]]], num_train: int, num_test: int) -> str:
+    """The probe tables side by side, one row per layer."""
+    names = list(tables)
+    head = " | ".join(f"{n}: speaker acc | {n}: phoneme error" for n in names)
+    lines = [
+        f"Linear probes, trained on {num_train} and scored on {num_test} held-out utterances "
+        "(speaker: ridge on mean-pooled frames, chance 1/8; phonemes: linear CTC, greedy PER).",
+        "",
+        f"| layer | {head} |",
+        "|---|" + "---|" * (2 * len(names)),
+    ]
+    by_layer = {n: {row["layer"]: row for row in tables[n]} for n in names}
+    for layer in by_layer[names[0]]:
+        cells = [
+            f"{r['speaker_acc']:.2f} | {r['phoneme_error']:.2f}" if r else "- | -"
+            for r in (by_layer[n].get(layer) for n in names)
+        ]
+        label = "trained heads" if layer == "heads" else layer
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains, writes the teacher and, if config.probe.num, the layer-wise probe tables."""
+    workdir = pathlib.Path(workdir)
+    result = train(config, workdir)
+    summary = {k: v for k, v in result.items() if k not in ("params", "cfg", "vocab")}
+    if config.probe.num:
+        probe_data = ml_collections.ConfigDict(config.data.to_dict())
+        probe_data.update(
+            path=str(workdir / "probe_corpus"),
+            synth_num=config.probe.num,
+            synth_seed=config.probe.seed,
+        )
+        rows = _corpus_rows(probe_data)
+        cfg, vocab, max_samples = result["cfg"], result["vocab"], config.data.max_samples
+        initial = init_model(cfg, len(vocab), 1, config.seed)["encoder"]
+        started = time.perf_counter()
+        trained = layer_features(cfg, result["params"]["encoder"], rows, max_samples)
+        tables = {"trained": probe_layers(*trained, rows, vocab, config, result["params"])}
+        random_init = layer_features(cfg, initial, rows, max_samples)
+        tables["random init"] = probe_layers(*random_init, rows, vocab, config)
+        num_train = int(round(config.probe.train_fraction * len(rows)))
+        markdown = probe_markdown(tables, num_train, len(rows) - num_train)
+        (workdir / "probe.md").write_text(markdown)
+        summary.update(probe=tables, probe_seconds=time.perf_counter() - started)
+        print(markdown)
+    (workdir / "train.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("stackdistill").setLevel(logging.INFO)
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "configs/tiny_teacher.py")
+    flags.DEFINE_string("workdir", None, "output folder (teacher/, probe.md, train.json)")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_main)

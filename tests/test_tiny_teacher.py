@@ -1,0 +1,113 @@
+"""The tiny teacher: labels, probe helpers, and a short training whose export transformers reads."""
+
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+from hf_fixtures import hf_hidden_states, padded_batch
+
+from stackdistill import models, teacher, tiny_teacher
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _max_rel_err(ours, ref, mask):
+    err = np.abs(np.asarray(ours, np.float64) - ref) / np.maximum(1.0, np.abs(ref))
+    return float(err[np.asarray(mask)].max())
+
+
+def test_phoneme_tokens_split_words_and_drop_stress():
+    text = "p_ˌʊ_t ɪ_t d_ˌaʊ_n ˌəʊ_v_ɐ ð_ˈeə"
+    assert tiny_teacher.phoneme_tokens(text) == [
+        *("p", "ʊ", "t", "ɪ", "t", "d", "aʊ", "n", "əʊ", "v", "ɐ", "ð", "eə")
+    ]
+
+
+def test_vocab_and_label_ids():
+    rows = [{"phonemes": "j_ˈɛ_s"}, {"phonemes": "n_ˈəʊ"}]
+    vocab = tiny_teacher.build_vocab(rows)
+    assert vocab == ["<blank>", "j", "n", "s", "əʊ", "ɛ"]
+    ids, paddings = tiny_teacher.label_ids(["j_ˈɛ_s", "n_ˈəʊ"], vocab, 4)
+    np.testing.assert_array_equal(ids, [[1, 5, 3, 0], [2, 4, 0, 0]])
+    np.testing.assert_array_equal(paddings, [[0, 0, 0, 1], [0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="max_label_length"):
+        tiny_teacher.label_ids(["j_ˈɛ_s"], vocab, 2)
+
+
+def test_edit_distance_and_greedy_decode():
+    assert tiny_teacher.edit_distance([1, 2, 3, 4], [1, 3, 4, 5]) == 2
+    assert tiny_teacher.edit_distance([], [7, 7]) == 2
+    assert tiny_teacher.edit_distance(list("kitten"), list("sitting")) == 3
+    best = np.array([[0, 2, 2, 0, 2, 3, 3, 1]])  # the last frame is padding
+    logits = np.eye(4)[best]
+    mask = np.array([[True] * 7 + [False]])
+    assert tiny_teacher.greedy_decode(logits, mask) == [[2, 2, 3]]
+
+
+def test_ridge_probe_separates_clusters_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    centres = 3.0 * rng.standard_normal((4, 16))
+    x = centres[labels] + rng.standard_normal((400, 16))
+    assert tiny_teacher.ridge_accuracy(x[:300], labels[:300], x[300:], labels[300:], 1.0) > 0.95
+    noise = rng.standard_normal((400, 16))
+    acc = tiny_teacher.ridge_accuracy(noise[:300], labels[:300], noise[300:], labels[300:], 1.0)
+    assert acc < 0.5
+
+
+def _quick_config(corpus_dir: str):
+    sys.path.insert(0, str(ROOT / "configs"))
+    import tiny_teacher as tiny_config
+
+    c = tiny_config.get_config("quick")
+    c.arch = dict(
+        model_type="hubert",
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        conv_bias=True,
+    )
+    c.ctc_layer, c.speaker_layer = 2, 1
+    c.total_steps, c.log_every, c.learning_rate = 24, 4, 3e-3
+    c.data.path = corpus_dir
+    c.data.bucket_boundaries = ()  # one shape, one compile
+    c.data.batch_size = 8
+    c.probe.num = 0
+    return c
+
+
+def test_short_training_lowers_the_loss_and_exports_for_transformers(synthetic_corpus, tmp_path):
+    import transformers
+
+    c = _quick_config(str(pathlib.Path(synthetic_corpus).parent))
+    result = tiny_teacher.train(c, tmp_path)
+    history = result["history"]
+    assert result["steps"] == 24 and len(history) == 6
+    first, last = (
+        np.mean([h["loss"] for h in history[:2]]),
+        np.mean([h["loss"] for h in history[-2:]]),
+    )
+    assert last < 0.9 * first, history
+    assert np.isfinite([h["loss"] for h in history]).all()
+
+    cfg, params = teacher.load(str(tmp_path / "teacher"), use_cache=False)
+    assert cfg == result["cfg"]
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        params,
+        result["params"]["encoder"],
+    )
+    torch_model = transformers.HubertModel.from_pretrained(tmp_path / "teacher").eval()
+    wav, lengths = padded_batch(8000)
+    ref = hf_hidden_states(torch_model, wav, lengths)
+    out = models.encode(cfg, result["params"]["encoder"], wav, lengths)
+    for i in range(cfg.num_layers + 1):
+        assert _max_rel_err(out.hidden_states[i], ref[i], out.mask) < 1e-4, f"hidden state {i}"
