@@ -72,6 +72,30 @@ def bytes_per_second(layers: int, hidden: int, conv: int, features: bool) -> flo
     return 2 * 16000 + 2 * 50 * (layers * hidden + (conv if features else 0))
 
 
+def paper_record_rate(num: int = 48) -> dict:
+    """Host cost of one HuBERT Base-sized record (15.6 s): decode + crop/pad, ms per example."""
+    from stackdistill.data import cached
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "audio": rng.integers(-3000, 3000, 250_000).astype(np.int16),
+        "targets": rng.normal(size=(3, 780, 768)).astype(cached.BFLOAT16),
+        "features": rng.normal(size=(780, 512)).astype(cached.BFLOAT16),
+    }
+    record = cached.encode_record("u", arrays, 780)
+    meta = {"teacher_config": {}, "teacher_layers": [4, 8, 12], "mode": "fixed_crop"}
+    crop = cached.CropExample(meta, (4, 8, 12), True, 250_000, False, 0, 0)
+    start = time.perf_counter()
+    for i in range(num):
+        crop(i, cached.decode_record(record))
+    ms = 1e3 * (time.perf_counter() - start) / num
+    return {
+        "cache": "HuBERT Base record, host decode + pad",
+        "ms/example": round(ms, 2),
+        "MB/record": round(len(record) / 1e6, 2),
+    }
+
+
 def disk(workdir: pathlib.Path) -> list[dict]:
     """Builds the demo's fixed-crop and whole caches; bytes per audio-hour, measured and formula."""
     from stackdistill import cache
@@ -106,7 +130,7 @@ def disk(workdir: pathlib.Path) -> list[dict]:
                 "of which targets": round(2 * 50 * 3 * 768 * 3600 / 1e9, 3),
             }
         )
-    return rows
+    return rows + [paper_record_rate()]
 
 
 def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> list[dict]:
@@ -120,12 +144,12 @@ def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> lis
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
     layers = meta["teacher_layers"]
     source = cached.CacheSource(c.teacher.cache_dir)
-    crop = cached.CropExample(meta, layers, False, c.data.max_samples, False, c.seed, 0)
+    cropper = cached.CropExample(meta, layers, False, c.data.max_samples, False, c.seed, 0)
     encode = jax.jit(lambda w, n: models.encode(t_cfg, t_params, w, n).hidden_states)
     long = [i for i in range(len(source)) if source[i]["num_samples"] > c.data.max_samples]
     sq_diff, sq_live, frames = np.zeros(len(layers)), np.zeros(len(layers)), 0
     for i in long[:max_crops]:
-        example = crop(i, source[i])
+        example = cropper(i, source[i])
         n = int(example["lengths"])
         t = t_cfg.num_frames(n)
         live = np.asarray(encode(example["audio"][None], np.array([n])))
@@ -146,49 +170,44 @@ def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> lis
     ]
 
 
-def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> list[dict]:
-    """Median seconds per full-depth step for live/cached x own CNN/shared front-end."""
+def _label(cached: bool, shared: bool) -> str:
+    return ("cached targets" if cached else "live teacher") + (
+        " + shared front-end" if shared else ", own CNN"
+    )
+
+
+def time_steps(c, t_cfg, t_params, batch, cases, repeats: int, steps: int) -> dict:
+    """Median seconds per step of each (cached, shared, depth) case, timed alternately."""
     import optax
 
-    from stackdistill import cache, optim, step, teacher
+    from stackdistill import optim, step
     from stackdistill.models import student
 
-    name = "big" if big else "demo"
-    c = demo_config(workdir, big, **{"teacher.cache_dir": str(workdir / f"cache_step_{name}")})
-    cache.build(c, workdir)
-    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
-    c.student.frozen_shared_frontend = True
-    data_cfg = copy.deepcopy(c.data)
-    data_cfg.batch_size = c.batch_size
-    loader = cache.make_loader(c, data_cfg, workdir, seed=0, process_index=0, process_count=1)
-    batch = jax.device_put(next(loader))
     s_cfg = student.student_encoder_config(c.student, t_cfg)
     layers = tuple(c.distill.teacher_layers)
-    params = student.init_params(jax.random.key(0), s_cfg, t_cfg, t_params, layers)
     schedule = optax.constant_schedule(1e-4)
-    sources = {4: 4, 8: 8, 12: 12}
-    variants = {}
-    for cached in (False, True):
-        for shared in (False, True):
-            tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared)
-            fn = step.make_train_step(
-                c.distill, t_cfg, s_cfg, sources, tx, schedule, shared, cached=cached
-            )
-            keys = ("audio", "lengths") + (("targets",) if cached else ())
-            keys += ("features",) if cached and shared else ()
-            inputs = {k: batch[k] for k in keys}
-            jitted = jax.jit(fn, donate_argnums=0)
-            # Fresh buffers: teacher-initialised leaves may alias t_params, and state is donated.
-            state = step.init_state(jax.tree_util.tree_map(jnp.array, params), tx, 1)
-            for _ in range(2):  # compile and warm up
-                state, metrics = jitted(state, t_params, inputs)
-            jax.block_until_ready(metrics)
-            label = ("cached targets" if cached else "live teacher") + (
-                " + shared front-end" if shared else ", own CNN"
-            )
-            variants[label] = [jitted, state, inputs, []]
-    for _ in range(repeats):  # alternate, so load from other jobs hits all variants alike
-        for entry in variants.values():
+    runs = {}
+    for cached, shared, depth in cases:
+        params = student.init_params(
+            jax.random.key(0), s_cfg.replace(num_layers=depth), t_cfg, t_params, layers
+        )
+        sources = {4: max(depth // 3, 1), 8: max(2 * depth // 3, 1), 12: depth}
+        tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared)
+        fn = step.make_train_step(
+            c.distill, t_cfg, s_cfg, sources, tx, schedule, shared, cached=cached
+        )
+        keys = ("audio", "lengths") + (("targets",) if cached else ())
+        keys += ("features",) if cached and shared else ()
+        inputs = {k: batch[k] for k in keys}
+        jitted = jax.jit(fn, donate_argnums=0)
+        # Fresh buffers: teacher-initialised leaves may alias t_params, and state is donated.
+        state = step.init_state(jax.tree_util.tree_map(jnp.array, params), tx, 1)
+        for _ in range(2):  # compile and warm up
+            state, metrics = jitted(state, t_params, inputs)
+        jax.block_until_ready(metrics)
+        runs[(cached, shared, depth)] = [jitted, state, inputs, []]
+    for _ in range(repeats):  # alternate, so load from other jobs hits all cases alike
+        for entry in runs.values():
             jitted, state, inputs, times = entry
             start = time.perf_counter()
             for _ in range(steps):
@@ -196,20 +215,80 @@ def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> li
             jax.block_until_ready(metrics)
             times.append((time.perf_counter() - start) / steps)
             entry[1] = state
-    base = statistics.median(variants["live teacher, own CNN"][3])
-    rows = []
-    for label, (_, _, _, times) in variants.items():
-        median = statistics.median(times)
-        rows.append(
-            {
-                "config": name,
-                "step": label,
-                "s/step": round(median, 4),
-                "speed-up": round(base / median, 2),
-            }
-        )
+    return {case: statistics.median(entry[3]) for case, entry in runs.items()}
+
+
+def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> list[dict]:
+    """Seconds per full-depth step, live/cached x own CNN/shared, batches from a real cache."""
+    from stackdistill import cache, teacher
+
+    name = "big" if big else "demo"
+    c = demo_config(workdir, big, **{"teacher.cache_dir": str(workdir / f"cache_step_{name}")})
+    cache.build(c, workdir)
+    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
+    c.student.frozen_shared_frontend = True  # the loader then yields the features too
+    data_cfg = copy.deepcopy(c.data)
+    data_cfg.batch_size = c.batch_size
+    loader = cache.make_loader(c, data_cfg, workdir, seed=0, process_index=0, process_count=1)
+    batch = jax.device_put(next(loader))
+    cases = [(cached, shared, 12) for cached in (False, True) for shared in (False, True)]
+    times = time_steps(c, t_cfg, t_params, batch, cases, repeats, steps)
+    base = times[(False, False, 12)]
+    rows = [
+        {
+            "config": name,
+            "step": _label(cached, shared),
+            "s/step": round(t, 4),
+            "speed-up": round(base / t, 2),
+        }
+        for (cached, shared, _), t in times.items()
+    ]
     load_rate = _loader_rate(loader, 20)
     rows.append({"config": name, "step": "cached loader alone", "s/step": round(load_rate, 4)})
+    return rows
+
+
+def paper_steps(repeats: int, steps: int, batch_size: int, max_samples: int) -> list[dict]:
+    """HuBERT Base teacher (random weights) + the paper's 12 x 384 student, bfloat16, batches
+    made in memory: ms/step per depth, and the projected 4-stage run time (steps only)."""
+    from stackdistill import config as config_lib
+    from stackdistill import models
+    from stackdistill.models.config import EncoderConfig
+
+    c = config_lib.base_config()
+    c.dtype = "bfloat16"
+    t_cfg = EncoderConfig(dtype="bfloat16")
+    t_params = models.init_params(t_cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(max_samples // 2, max_samples + 1, batch_size).astype(np.int32)
+    wav = (0.1 * rng.standard_normal((batch_size, max_samples))).astype(np.float32)
+    wav[np.arange(max_samples)[None] >= lengths[:, None]] = 0.0
+    out = jax.jit(lambda w, n: models.encode(t_cfg, t_params, w, n))(wav, lengths)
+    ids = list(c.distill.teacher_layers)
+    batch = {
+        "audio": jnp.asarray(wav),
+        "lengths": jnp.asarray(lengths),
+        "targets": jnp.stack([out.hidden_states[k] for k in ids], 1).astype(jnp.bfloat16),
+        "features": out.features.astype(jnp.bfloat16),
+    }
+    depths = (3, 6, 9, 12)
+    cases = [(False, False, d) for d in depths] + [(True, True, d) for d in depths]
+    cases += [(False, True, d) for d in depths] + [(True, False, 12)]
+    times = time_steps(c, t_cfg, t_params, batch, cases, repeats, steps)
+    rows = [
+        {"config": "paper", "step": _label(ca, sh), "depth": d, "ms/step": round(1e3 * t, 2)}
+        for (ca, sh, d), t in times.items()
+    ]
+    base = 4 * times[(False, False, 12)]  # no stacking: 4 stage-lengths at full depth
+    for cached, shared in ((False, False), (False, True), (True, True)):
+        staged = sum(times[(cached, shared, d)] for d in depths)
+        rows.append(
+            {
+                "config": "paper",
+                "step": "projected run: interleaved 3-6-9-12, " + _label(cached, shared),
+                "speed-up vs none + live": round(base / staged, 2),
+            }
+        )
     return rows
 
 
@@ -276,7 +355,7 @@ def end_to_end(workdir: pathlib.Path, steps: int, crop: int, names: list[str]) -
             c.teacher.cache_dir = str(workdir / f"cache_{v['cache']}_{crop}")
             c.teacher.cache_mode = v["cache"]
             build = cache.build(c, workdir)["build_seconds"]
-        run_dir = workdir / "runs" / label.replace(" + ", "+").replace(" ", "_")
+        run_dir = workdir / "runs" / f"{label.replace(' + ', '+').replace(' ', '_')}_{steps}_{crop}"
         start = time.perf_counter()
         summary = train.train_and_evaluate(c, str(run_dir))
         wall = time.perf_counter() - start
@@ -331,6 +410,9 @@ def main() -> None:
         for big in (False, True) if args.big else (False,):
             results["step"] += step_times(workdir, big, args.repeats, args.timed_steps)
         print(table(results["step"]), flush=True)
+    if "paper" in parts:
+        results["paper"] = paper_steps(args.repeats, args.timed_steps, 24, 250_000)
+        print(table(results["paper"]), flush=True)
     if "e2e" in parts:
         results["e2e"] = end_to_end(workdir, args.steps, args.crop, args.e2e.split(","))
         print(table(results["e2e"]), flush=True)
