@@ -43,7 +43,8 @@ def _assert_bf16_close(cached_values, live_values):
     live = np.asarray(live_values, np.float32)
     got = np.asarray(cached_values, np.float32)
     assert got.shape == live.shape
-    np.testing.assert_allclose(got, live, rtol=BF16_REL, atol=1e-6)
+    # atol: float32 noise between the cache's batched forward and this one (values are O(1)).
+    np.testing.assert_allclose(got, live, rtol=BF16_REL, atol=1e-5)
     exact = np.mean(got == live.astype(cached.BFLOAT16).astype(np.float32))
     assert exact > 0.99, f"only {exact:.1%} of the values are the bf16 rounding of the live ones"
 
