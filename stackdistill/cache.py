@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from stackdistill import teacher
 from stackdistill.data import audio, cached, sources
@@ -51,12 +53,14 @@ MODES = ("fixed_crop", "whole")
 BUCKET_SECONDS = 1  # whole mode pads each utterance to a multiple of this for the teacher
 
 
-def cache_path(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
-    """The cache folder: config.teacher.cache_dir, relative paths under the workdir."""
-    if not config.teacher.cache_dir:
+def cache_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
+    """The cache folder: config.teacher.cache_dir, relative paths under the workdir (or gs://)."""
+    name = config.teacher.cache_dir
+    if not name:
         raise ValueError("config.teacher.cache_dir is empty: name the folder of the cache")
-    path = pathlib.Path(config.teacher.cache_dir).expanduser()
-    return path if path.is_absolute() else pathlib.Path(workdir) / path
+    if "://" in name or pathlib.Path(name).expanduser().is_absolute():
+        return epath.Path(name).expanduser()
+    return epath.Path(workdir) / name
 
 
 def fingerprint(params: Any) -> str:
@@ -139,7 +143,7 @@ class _ShardWriter:
             w.close()
 
 
-def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs the teacher over the corpus and writes the cache; returns its cache.json contents."""
     t = config.teacher
     if t.cache_mode not in MODES:
@@ -147,6 +151,12 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     if t.cache_epochs < 1:
         raise ValueError(f"config.teacher.cache_epochs must be >= 1, got {t.cache_epochs}")
     out = cache_path(config, workdir)
+    if "://" in str(out):
+        raise ValueError(
+            f"config.teacher.cache_dir={str(out)!r}: the cache is written on a local disk; build "
+            "it there and copy the folder to the bucket (gcloud storage cp -r), then train from it"
+        )
+    out = pathlib.Path(out)
     if (out / cached.META_FILE).is_file():
         meta = cached.read_meta(out)
         log.info("teacher-target cache already built at %s (%d records)", out, meta["records"])
@@ -161,7 +171,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         raise ValueError(f"config.distill.teacher_layers={layer_ids} exceed the teacher's depth")
     data_cfg = copy.deepcopy(config.data)
     if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
-        data_cfg.path = str(pathlib.Path(workdir) / data_cfg.path)
+        data_cfg.path = str(epath.Path(workdir) / data_cfg.path)
     records, description = sources.open_source(data_cfg)
 
     forward = _teacher_fn(t_cfg, layer_ids, t.cache_features)
@@ -295,7 +305,7 @@ def check_compatible(
         )
 
 
-def read_meta(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def read_meta(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """The cache.json of the run's cache (raises if it was not built)."""
     return cached.read_meta(cache_path(config, workdir))
 
@@ -303,7 +313,7 @@ def read_meta(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
 def make_loader(
     config: ml_collections.ConfigDict,
     data_cfg: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     **shard: Any,
 ) -> Any:
     """This process's iterator of cached batches (data_cfg: its data section; seed, shard)."""

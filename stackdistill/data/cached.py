@@ -15,13 +15,14 @@ Batches have fixed shapes: "audio" float32 (B, S), "lengths" int32 (B,), "target
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 from stackdistill.data import audio
 
@@ -69,10 +70,10 @@ def decode_record(data: bytes) -> dict[str, Any]:
     return out
 
 
-def read_meta(cache_dir: str | pathlib.Path) -> dict[str, Any]:
+def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """The cache.json of a finished cache; raises if the folder holds none."""
-    path = pathlib.Path(cache_dir) / META_FILE
-    if not path.is_file():
+    path = epath.Path(cache_dir) / META_FILE
+    if not path.exists():
         raise FileNotFoundError(
             f"{cache_dir} holds no finished teacher-target cache ({META_FILE} is missing): "
             "build it with --mode=cache"
@@ -83,8 +84,8 @@ def read_meta(cache_dir: str | pathlib.Path) -> dict[str, Any]:
 class CacheSource:
     """Random access to the decoded records of every shard of a cache folder."""
 
-    def __init__(self, cache_dir: str | pathlib.Path):
-        shards = sorted(str(p) for p in pathlib.Path(cache_dir).glob("*" + SUFFIX))
+    def __init__(self, cache_dir: str | os.PathLike):
+        shards = sorted(str(p) for p in epath.Path(cache_dir).glob("*" + SUFFIX))
         if not shards:
             raise FileNotFoundError(f"no {SUFFIX} shards in {cache_dir}")
         import grain
@@ -162,7 +163,7 @@ def _padded(x_ktd: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 def make_loader(
-    cache_dir: str | pathlib.Path,
+    cache_dir: str | os.PathLike,
     data_cfg: Any,
     layer_ids: Sequence[int],
     with_features: bool,
