@@ -6,7 +6,8 @@
 `stacking` (default): the tiny trained teacher (configs/tiny_teacher.py, 6 x 192; trained
 once into --teacher-dir, default $STACKDISTILL_CACHE/tiny_teacher, when missing) is
 distilled on its synthetic corpus into a 12 x 96 student with none / top / middle /
-interleaved stacking (3-6-9-12), the same steps, batch and seed for each. Reports wall-clock
+interleaved stacking (3-6-9-12), the same steps, batch, seed and learning rate for each, plus
+no stacking at a lower learning rate (--none-learning-rates). Reports wall-clock
 (compiles included, and the step time without them), the final loss and per-target losses
 (means of the last logging window), the wall-clock at which each run first logs a loss at
 or below the no-stacking run's final loss, and benchmarks/stacking.png (loss vs wall-clock).
@@ -140,17 +141,20 @@ def stacking_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """The four methods; a markdown table and the PNG."""
     teacher_dir = ensure_tiny_teacher(pathlib.Path(args.teacher_dir).expanduser())
     runs = {}
-    for method in METHODS:
-        runs[method] = timed_run(stacking_config(method, teacher_dir, args.steps),
-                                 args.workdir / method)  # fmt: skip
-        print(method, json.dumps({k: v for k, v in runs[method].items() if k != "curve"}))
+    variants = [(m, None) for m in METHODS] + [("none", lr) for lr in args.none_learning_rates]
+    for method, lr in variants:
+        config = stacking_config(method, teacher_dir, args.steps)
+        name = method if lr is None else f"none, lr {lr:g}"
+        config.optim.learning_rate = lr or config.optim.learning_rate
+        runs[name] = timed_run(config, args.workdir / name.replace(", lr ", "_lr"))
+        print(name, json.dumps({k: v for k, v in runs[name].items() if k != "curve"}))
     target = runs["none"]["final"]["loss"]
     print(
         f"\n| method | wall-clock s | step s (no compile) | final loss | loss/layer_2 | "
         f"loss/layer_4 | loss/layer_6 | reaches none's final loss {target:.4g} at |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for method, run in runs.items():
+    for method, run in runs.items():  # method: a run's name
         f = run["final"]
         reach = time_to_reach(run["curve"], target)
         reached = f"{reach[0]:.0f} s (step {reach[1]})" if reach else "never"
@@ -195,6 +199,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="240 (stacking), 160 (frontend)")
     cache = pathlib.Path(os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdistill"))
     parser.add_argument("--teacher-dir", default=str(cache / "tiny_teacher"))
+    parser.add_argument(
+        "--none-learning-rates",
+        type=float,
+        nargs="*",
+        default=[5e-4],
+        help="extra no-stacking runs at these peak learning rates (a check that 'none' is "
+        "not just mistuned at the shared 2e-3)",
+    )
     parser.add_argument("--workdir", default="/tmp/stackdistill_bench_stacking")
     args = parser.parse_args()
     args.workdir = pathlib.Path(args.workdir) / args.experiment
