@@ -167,6 +167,15 @@ def stacking_experiment(args: argparse.Namespace) -> dict[str, Any]:
     return runs
 
 
+def _prepare_inputs(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Speaks the corpus and writes the random teacher, if missing."""
+    from stackdistill import teacher
+    from stackdistill.data import synth
+
+    synth.ensure_corpus(c.data.path, c.data.synth_num, c.data.synth_seed)
+    teacher.prepare(c.teacher, workdir)
+
+
 def frontend_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """configs/demo.py with and without the shared frozen front-end."""
     import demo
@@ -179,6 +188,7 @@ def frontend_experiment(args: argparse.Namespace) -> dict[str, Any]:
         c.total_steps = args.steps
         c.checkpoint_every = 10 * args.steps
         c.student.frozen_shared_frontend = shared
+        _prepare_inputs(c, args.workdir)  # corpus and teacher outside the timed runs
         name = "shared frozen front-end" if shared else "own front-end"
         runs[name] = timed_run(c, args.workdir / ("shared" if shared else "own"))
         print(name, json.dumps({k: v for k, v in runs[name].items() if k != "curve"}))
