@@ -99,8 +99,7 @@ def test_short_training_lowers_the_loss_and_exports_for_transformers(tmp_path):
         np.mean([h["loss"] for h in history[:2]]),
         np.mean([h["loss"] for h in history[-2:]]),
     )
-    # 24 steps from random init: in the full suite we saw 46.1 -> 44.4, alone 0.9x or less.
-    assert last < 0.97 * first, history
+    assert last < 0.9 * first, history  # 24 steps: ~7.3 -> 5.8 with the blank-biased CTC head
     assert np.isfinite([h["loss"] for h in history]).all()
 
     cfg, params = teacher.load(str(tmp_path / "teacher"), use_cache=False)
