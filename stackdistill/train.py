@@ -21,6 +21,7 @@ import numpy as np
 from etils import epath
 
 from stackdistill import cache, checkpoint, optim, sharding, stacking, step, teacher
+from stackdistill import flops as flops_lib
 from stackdistill.models import student
 from stackdistill.writers import RunWriter, Timer
 
@@ -218,7 +219,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             timer = Timer()
             compiled = jitted.lower(_abstract(state, st_sh), t_params, batch_abstract).compile()
-            flops = _flops(compiled)
+            # Analytic: XLA's cost analysis counts a scanned layer stack only once.
+            flops = flops_lib.step_flops(
+                t_cfg,
+                s_cfg.replace(num_layers=stage.depth),
+                config.batch_size,
+                config.data.max_samples,
+                len(config.distill.teacher_layers),
+                shared_frontend=shared,
+                with_teacher=not use_cache,
+            )
             writer.text(
                 f"stage {stage.index}: depth {stage.depth}, steps {stage.start_step}-"
                 f"{stage.end_step}, targets {sources} (teacher layer -> student hidden state), "
@@ -339,15 +349,6 @@ def _speed(metrics, steps, seconds, flops, peak_flops) -> dict[str, float]:
         if peak_flops:
             out["mfu"] = flops * steps / seconds / peak_flops
     return out
-
-
-def _flops(compiled) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list | tuple) else cost
-        return float(cost.get("flops", 0.0)) or None
-    except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
-        return None
 
 
 def _memory(compiled) -> str:
