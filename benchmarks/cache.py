@@ -1,6 +1,6 @@
-"""Teacher-target cache: disk per audio-hour, step time live vs cached, end to end vs the 2x target.
+"""Teacher-target cache: disk per audio-hour and step time, live vs cached.
 
-    python benchmarks/cache.py --parts=disk,step,e2e --big --workdir=/tmp/bench_cache
+    python benchmarks/cache.py --parts=disk,step --big --workdir=/tmp/bench_cache
 
 disk: builds the fixed-crop and whole-utterance caches of the offline demo (configs/demo.py:
   200 espeak-ng utterances, tiny random teacher) and reports bytes per audio-hour, measured
@@ -9,10 +9,8 @@ disk: builds the fixed-crop and whole-utterance caches of the offline demo (conf
 step: seconds per full-depth (12-layer) step, timed alternately: live teacher vs cached
   targets, with the student's own CNN or the shared front-end (cached: CNN features read from
   disk), on the demo sizes and on a bigger CPU-sized pair (--big: teacher 12 x 256, CNN 128).
-e2e: runs of --steps steps on --crop-sample crops: no stacking + live teacher (the baseline)
-  against interleaved stacking with the live teacher, + shared front-end, + fixed-crop cache,
-  + whole-utterance cache. Final loss is measured the same way for all: the student against
-  the live teacher on 32 fixed crops (paper loss), besides the last training losses.
+paper: the same step times at paper size (HuBERT Base + 12 x 384, 24 x 15.6 s; for a GPU).
+Whole runs against the 2x target: benchmarks/end_to_end.py.
 Results go to stdout as markdown tables and to WORKDIR/results.json.
 """
 
@@ -300,83 +298,6 @@ def _loader_rate(loader, batches: int) -> float:
     return (time.perf_counter() - start) / batches
 
 
-def eval_loss(c, run_dir: pathlib.Path, workdir: pathlib.Path, num_crops: int = 32) -> float:
-    """Paper loss of a run's final student against the live teacher on 32 fixed crops."""
-    from stackdistill import checkpoint, losses, models, teacher
-    from stackdistill.data import audio, sources
-    from stackdistill.models import student
-
-    t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
-    s_cfg, params, meta = checkpoint.load_student(run_dir)
-    records = sources.open_source(c.data)[0]
-    m = c.data.max_samples
-    rng = np.random.default_rng(12345)  # crops of their own (the corpus has no held-out set)
-    picks = rng.choice(len(records), num_crops, replace=False)
-    wav = np.zeros((num_crops, m), np.float32)
-    lengths = np.zeros(num_crops, np.int32)
-    for row, index in enumerate(picks):
-        samples = audio.load(records[int(index)], rng, m)
-        wav[row, : len(samples)], lengths[row] = samples, len(samples)
-    live = models.encode(t_cfg, t_params, wav, lengths)
-    out = student.apply_encoder(s_cfg, params["encoder"], wav, lengths)
-    src = {int(k): int(v) for k, v in meta["target_sources"].items()}
-    preds = student.predict(params["heads"], out.hidden_states, src)
-    loss, _ = losses.paper_loss(
-        preds, live.hidden_states, live.mask, int(c.distill.teacher_layers[-1]), 0.5
-    )
-    return float(loss)
-
-
-E2E = {
-    "none + live teacher": dict(method="none"),
-    "interleaved + live teacher": dict(method="interleaved"),
-    "interleaved + shared front-end": dict(method="interleaved", shared=True),
-    "interleaved + shared + fixed-crop cache": dict(
-        method="interleaved", shared=True, cache="fixed_crop"
-    ),
-    "interleaved + shared + whole cache": dict(method="interleaved", shared=True, cache="whole"),
-}
-
-
-def end_to_end(workdir: pathlib.Path, steps: int, crop: int, names: list[str]) -> list[dict]:
-    """Whole runs: wall time (with and without compiles), train and eval loss."""
-    from stackdistill import cache, train
-
-    rows = []
-    for label in names:
-        v = E2E[label]
-        c = demo_config(
-            workdir,
-            **{"total_steps": steps, "stacking.method": v["method"], "data.max_samples": crop},
-        )
-        c.student.frozen_shared_frontend = v.get("shared", False)
-        build = 0.0
-        if "cache" in v:
-            c.teacher.cache_dir = str(workdir / f"cache_{v['cache']}_{crop}")
-            c.teacher.cache_mode = v["cache"]
-            build = cache.build(c, workdir)["build_seconds"]
-        run_dir = workdir / "runs" / f"{label.replace(' + ', '+').replace(' ', '_')}_{steps}_{crop}"
-        start = time.perf_counter()
-        summary = train.train_and_evaluate(c, str(run_dir))
-        wall = time.perf_counter() - start
-        train_losses = [loss for _, loss in summary["loss_history"]][-3:]
-        rows.append(
-            {
-                "run": label,
-                "wall s": round(wall, 1),
-                "step s (no compile)": round(sum(summary["stage_seconds"].values()), 1),
-                "cache build s": round(build, 1),
-                "final train loss": round(float(np.mean(train_losses)), 4),
-                "eval loss vs live teacher": round(eval_loss(c, run_dir, workdir), 4),
-            }
-        )
-    base = rows[0]
-    for row in rows:
-        row["speed-up (wall)"] = round(base["wall s"] / row["wall s"], 2)
-        row["speed-up (steps)"] = round(base["step s (no compile)"] / row["step s (no compile)"], 2)
-    return rows
-
-
 def table(rows: list[dict]) -> str:
     """Rows as a markdown table (union of keys, in first-seen order)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -388,10 +309,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="/tmp/bench_cache")
-    parser.add_argument("--parts", default="disk,step,e2e")
-    parser.add_argument("--steps", type=int, default=240, help="e2e: steps per run")
-    parser.add_argument("--crop", type=int, default=16000, help="e2e/context: max_samples")
-    parser.add_argument("--e2e", default=",".join(E2E), help="e2e: runs, comma-separated")
+    parser.add_argument("--parts", default="disk,step")
+    parser.add_argument("--crop", type=int, default=16000, help="context: max_samples")
     parser.add_argument("--big", action="store_true", help="step: also the bigger config")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timed-steps", type=int, default=5)
@@ -413,9 +332,6 @@ def main() -> None:
     if "paper" in parts:
         results["paper"] = paper_steps(args.repeats, args.timed_steps, 24, 250_000)
         print(table(results["paper"]), flush=True)
-    if "e2e" in parts:
-        results["e2e"] = end_to_end(workdir, args.steps, args.crop, args.e2e.split(","))
-        print(table(results["e2e"]), flush=True)
     results["uptime_after"] = os.popen("uptime").read().strip()
     print(results["uptime_before"], "|", results["uptime_after"])
     (workdir / "results.json").write_text(json.dumps(results, indent=1))

@@ -12,6 +12,10 @@ no stacking at a lower learning rate (--none-learning-rates). Reports wall-clock
 (means of the last logging window), the wall-clock at which each run first logs a loss at
 or below the no-stacking run's final loss, and benchmarks/stacking.png (loss vs wall-clock).
 
+`seeds` (--seeds 0 1 2): the four methods for each seed; mean ± std of the final per-target
+losses, each seed's order of the methods and when each reaches no stacking's final loss;
+benchmarks/stacking.png for the first seed.
+
 `frontend`: configs/demo.py with and without `student.frozen_shared_frontend`: step time
 and the loss after the same number of steps.
 """
@@ -29,6 +33,7 @@ import time
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
@@ -167,6 +172,47 @@ def stacking_experiment(args: argparse.Namespace) -> dict[str, Any]:
     return runs
 
 
+def seeds_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    """The four methods over several seeds (init of the new heads, batch order): mean and
+    spread of the final per-target losses, so that method differences can be set against
+    seed noise."""
+    teacher_dir = ensure_tiny_teacher(pathlib.Path(args.teacher_dir).expanduser())
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in args.seeds:
+        for method in METHODS:
+            config = stacking_config(method, teacher_dir, args.steps)
+            config.seed = seed
+            run = timed_run(config, args.workdir / f"{method}_seed{seed}")
+            runs[f"{method}, seed {seed}"] = run
+            print(method, seed, json.dumps({k: v for k, v in run.items() if k != "curve"}))
+    keys = ("loss", "loss/layer_2", "loss/layer_4", "loss/layer_6")
+    print(f"\n{len(args.seeds)} seeds {tuple(args.seeds)}, {args.steps} steps: mean ± std "
+          "(sample) of the final losses, then each seed's order")  # fmt: skip
+    print("| method | " + " | ".join(keys) + " | wall-clock s |")
+    print("|---|" + "---|" * (len(keys) + 1))
+    for method in METHODS:
+        rows = [runs[f"{method}, seed {s}"] for s in args.seeds]
+        cells = []
+        for k in keys:
+            v = np.array([r["final"][k] for r in rows])
+            cells.append(f"{v.mean():.4g} ± {v.std(ddof=1) if len(v) > 1 else 0:.2g}")
+        wall = np.mean([r["wall_s"] for r in rows])
+        print(f"| {method} | " + " | ".join(cells) + f" | {wall:.0f} |")
+    for seed in args.seeds:
+        totals = {m: runs[f"{m}, seed {seed}"]["final"]["loss"] for m in METHODS}
+        order = sorted(totals, key=totals.get)
+        print(f"seed {seed}: " + " < ".join(f"{m} {totals[m]:.4g}" for m in order))
+        target = totals["none"]
+        reach = {m: time_to_reach(runs[f"{m}, seed {seed}"]["curve"], target) for m in METHODS}
+        print(f"seed {seed}, reaches none's final loss {target:.4g} at: " + ", ".join(
+            f"{m} {r[0]:.0f} s (step {r[1]})" if r else f"{m} never" for m, r in reach.items()
+        ))  # fmt: skip
+    first = {m: runs[f"{m}, seed {args.seeds[0]}"] for m in METHODS}
+    title = f"tiny teacher 6x192 -> 12x96 student, {args.steps} steps, seed {args.seeds[0]}"
+    plot(first, ROOT / "benchmarks" / "stacking.png", title)
+    return runs
+
+
 def _prepare_inputs(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Speaks the corpus and writes the random teacher, if missing."""
     from stackdistill import teacher
@@ -205,7 +251,10 @@ def frontend_experiment(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="stacking", choices=["stacking", "frontend"])
+    parser.add_argument(
+        "--experiment", default="stacking", choices=["stacking", "frontend", "seeds"]
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds: seeds")
     parser.add_argument("--steps", type=int, default=None, help="240 (stacking), 160 (frontend)")
     cache = pathlib.Path(os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdistill"))
     parser.add_argument("--teacher-dir", default=str(cache / "tiny_teacher"))
@@ -226,6 +275,9 @@ def main() -> None:
     if args.experiment == "stacking":
         args.steps = args.steps or 240
         runs = stacking_experiment(args)
+    elif args.experiment == "seeds":
+        args.steps = args.steps or 240
+        runs = seeds_experiment(args)
     else:
         args.steps = args.steps or 160
         runs = frontend_experiment(args)
