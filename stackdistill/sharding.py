@@ -7,6 +7,7 @@ key), so stacking growth never reshards the layer axis. Small leaves stay replic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -76,3 +77,21 @@ def tree_shardings(tree: Any, mesh: Mesh, mode: str) -> Any:
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: NamedSharding(mesh, _leaf_spec(path, np.shape(leaf), fsdp)), tree
     )
+
+
+def make_once(exists: Callable[[], bool], make: Callable[[], Any], tag: str) -> None:
+    """Makes a deterministic on-disk artefact (random teacher, synthetic corpus) exactly once.
+
+    Process 0 makes it while the others wait at a barrier; a process that still does not see
+    it afterwards (its host does not share the folder) makes its own, identical copy.
+    """
+    if exists():
+        return
+    if jax.process_index() == 0:
+        make()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"stackdistill:{tag}")
+        if not exists():
+            make()

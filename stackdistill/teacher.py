@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stackdistill import convert
+from stackdistill import convert, sharding
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,10 @@ def prepare(c: Any, workdir: str | os.PathLike) -> str:
     path = pathlib.Path(c.name).expanduser()
     if not path.is_absolute():
         path = pathlib.Path(workdir) / path
-    if not (path / "config.json").is_file():
-        if jax.process_index() == 0:
-            write_random(path, EncoderConfig(**dict(c.random_arch)), c.random_seed)
+
+    def make():
+        write_random(path, EncoderConfig(**dict(c.random_arch)), c.random_seed)
         log.info("wrote a random %s teacher to %s", c.random_arch.get("model_type"), path)
+
+    sharding.make_once(lambda: (path / "config.json").is_file(), make, f"random teacher {path}")
     return str(path)

@@ -182,8 +182,7 @@ def test_process_shards_are_disjoint(tmp_path):
 def test_sigterm_to_one_process_saves_on_both_and_exits_zero(tmp_path):
     shared = tmp_path / "shared"
     config = _demo(shared, total_steps=400, checkpoint_every=2, **{"stacking.method": "none"})
-    teacher.prepare(config.teacher, tmp_path)
-    data.open_source(config.data)
+    # No teacher and no corpus yet: process 0 writes both while process 1 waits at a barrier.
     workdir = tmp_path / "run"
     args = _cli_args(config, workdir) + ["--config.stacking.method=none"]
     port = _free_port()
@@ -209,7 +208,8 @@ def test_sigterm_to_one_process_saves_on_both_and_exits_zero(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    logs = [(tmp_path / f"process_{i}.log").read_bytes().decode()[-3000:] for i in range(2)]
+    full = [(tmp_path / f"process_{i}.log").read_bytes().decode() for i in range(2)]
+    logs = [text[-3000:] for text in full]
     assert codes == [0, 0], "\n\n".join(logs)
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["status"] == "preempted" and 2 <= summary["steps"] < 400
@@ -217,3 +217,5 @@ def test_sigterm_to_one_process_saves_on_both_and_exits_zero(tmp_path):
     assert last == summary["steps"]
     for i in range(NUM_PROCESSES):  # both processes saved their data position at that step
         assert (workdir / "checkpoints" / str(last) / "data" / f"process_{i}-of-2.json").exists()
+    assert "wrote a random hubert teacher" in full[0] and "wrote a random" not in full[1]
+    assert len(data.open_source(config.data)[0]) == config.data.synth_num

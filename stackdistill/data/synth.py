@@ -163,8 +163,11 @@ def generate(
 
 def ensure_corpus(out_dir: str, num: int, seed: int = 0) -> str:
     """The manifest of the corpus in out_dir, generating it first if there is none."""
+    from stackdistill import sharding
+
     manifest = epath.Path(out_dir) / MANIFEST_NAME
-    return str(manifest) if manifest.exists() else generate(out_dir, num, seed)
+    sharding.make_once(manifest.exists, lambda: generate(out_dir, num, seed), f"corpus {out_dir}")
+    return str(manifest)
 
 
 def main(argv: list[str] | None = None) -> None:
