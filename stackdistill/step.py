@@ -122,7 +122,7 @@ def make_train_step(
         out = student.apply_encoder(
             student_cfg,
             params["encoder"],
-            batch["audio"],
+            batch.get("audio"),  # absent when the cache holds the CNN features
             batch["lengths"],
             features=features if shared_frontend else None,
             dropout_rng=rng if use_dropout else None,

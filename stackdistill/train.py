@@ -179,6 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         state = jax.jit(fresh_state, out_shardings=state_shardings(abstract))()
     first_step = int(state["step"])
+    if use_cache:  # the targets come from disk: the step needs no teacher params on device
+        t_params = {}
 
     # ------------------------------------------------------------------ loop
     writer = RunWriter(workdir, config.total_steps, first_step)
@@ -191,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if use_cache:  # + "targets" (and "features" for a shared front-end)
         for key, (shape, dtype) in cache.batch_shapes(config, t_cfg, n).items():
             batch_abstract[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+        if "features" in batch_abstract:  # no CNN runs at all: the waveform stays on the host
+            del batch_abstract["audio"]
     stage_seconds: dict[int, float] = {}
     last_metrics: dict[str, float] = {}
     status = "completed"
@@ -245,7 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     break
                 local = next(data_iter)
                 batch = data_lib.to_global({k: local[k] for k in batch_abstract}, batch_sh)
-                fn = compiled if batch["audio"].shape == batch_abstract["audio"].shape else jitted
+                same = all(batch[k].shape == v.shape for k, v in batch_abstract.items())
+                fn = compiled if same else jitted
                 state, metrics = fn(state, t_params, batch)
                 current += 1
                 window_steps += 1

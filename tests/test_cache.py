@@ -163,6 +163,32 @@ def test_cached_step_equals_live_step(shared, fixed_cache):
         np.testing.assert_allclose(from_cache[key], live[key], rtol=1e-2, err_msg=key)
 
 
+def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache):
+    """With the CNN features cached, training ships neither the waveform nor teacher params."""
+    c, meta = fixed_cache
+    t_cfg, t_params = _live_teacher(c, shared)
+    source = cached.CacheSource(cache.cache_path(c, shared))
+    crop = cached.CropExample(meta, (4, 8, 12), True, c.data.max_samples, False, c.seed, 0)
+    examples = [crop(i, source[i]) for i in range(4)]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    s_cfg = student.student_encoder_config(c.student, t_cfg)
+    params = student.init_params(
+        jax.random.key(0), s_cfg.replace(num_layers=3), t_cfg, t_params, (4, 8, 12)
+    )
+    schedule = optax.constant_schedule(1e-3)
+    tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=True)
+    fn = jax.jit(
+        step.make_train_step(
+            c.distill, t_cfg, s_cfg, {4: 1, 8: 2, 12: 3}, tx, schedule, True, cached=True
+        )
+    )
+    state = step.init_state(params, tx, 1)
+    _, full = fn(state, t_params, batch)
+    _, lean = fn(state, {}, {k: v for k, v in batch.items() if k != "audio"})
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_array_equal(lean[key], full[key], err_msg=key)
+
+
 def test_training_from_the_cache_resumes_exactly(shared, fixed_cache, tmp_path):
     c = copy.deepcopy(fixed_cache[0])
     c.total_steps, c.student.num_layers = 6, 6  # stages of 3 steps at depths 3 and 6
