@@ -1,4 +1,5 @@
-"""A tiny HuBERT teacher (6 x 192) trained offline: phoneme CTC on top, speaker ID in the middle.
+"""A tiny HuBERT teacher (6 x 192) trained offline: phoneme CTC on top, speaker ID in the middle
+(and a speaker adversary on top, so that voice is kept in the middle and removed above).
 
   python -m stackdistill.tiny_teacher --config=configs/tiny_teacher.py --workdir=/tmp/tiny_teacher
 
@@ -37,6 +38,9 @@ def get_config(arg=None):
     c.ctc_layer = 6  # phoneme CTC head on the top layer
     c.speaker_layer = 3  # speaker head (mean-pooled frames) on a middle layer
     c.speaker_weight = 1.0
+    # Weight of the confusion loss against a speaker adversary on the top layer (0: off):
+    # without it the residual stream carries voice up to the output (probes rise to the top).
+    c.speaker_adversary_weight = 1.0
     c.max_label_length = 64  # phonemes per utterance, padded (sentences have about 20)
     c.total_steps = 800
     c.max_train_seconds = 480.0

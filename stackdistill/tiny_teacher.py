@@ -3,7 +3,8 @@
     python -m stackdistill.tiny_teacher --config=configs/tiny_teacher.py --workdir=DIR
 
 Our encoder is trained on the synthetic espeak-ng corpus with phoneme CTC on its top layer
-and speaker (voice) classification, mean-pooled, on a middle layer. It is written in
+and speaker (voice) classification, mean-pooled, on a middle layer; a speaker adversary on
+the top layer (a confusion loss) pushes voice out of the upper layers. It is written in
 transformers format to DIR/teacher (`teacher.load` and `HubertModel.from_pretrained` read
 it), with DIR/vocab.json, DIR/train.json (loss history) and DIR/probe.md: linear probes on
 every layer of a held-out corpus -- ridge speaker accuracy on mean-pooled frames and the
@@ -85,12 +86,14 @@ def ctc_head(rng: jax.Array, fan_in: int, num_labels: int) -> Params:
 
 
 def init_model(cfg: EncoderConfig, num_phonemes: int, num_speakers: int, seed: int) -> Params:
-    """Encoder params plus a CTC head (phonemes + blank) and a speaker head."""
-    enc_rng, ctc_rng, spk_rng = jax.random.split(jax.random.key(seed), 3)
+    """Encoder params plus a CTC head (phonemes + blank), a speaker head and a speaker
+    adversary head on the top layer (used only with config.speaker_adversary_weight > 0)."""
+    enc_rng, ctc_rng, spk_rng, adv_rng = jax.random.split(jax.random.key(seed), 4)
     return {
         "encoder": init_encoder(cfg, enc_rng),
         "ctc": ctc_head(ctc_rng, cfg.hidden_size, num_phonemes),
         "speaker": _linear(spk_rng, cfg.hidden_size, num_speakers),
+        "adversary": _linear(adv_rng, cfg.hidden_size, num_speakers),
     }
 
 
@@ -102,13 +105,35 @@ def mean_pool(x_btd: jax.Array, mask_bt: jax.Array) -> jax.Array:
 
 def forward(
     cfg: EncoderConfig, params: Params, audio: jax.Array, lengths: jax.Array, c: Any
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(CTC logits (B, T, V) of the top layer, speaker logits (B, S), frame mask (B, T))."""
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(CTC logits (B, T, V) of the top layer, speaker logits (B, S), mean-pooled top layer
+    (B, D), frame mask (B, T))."""
     out = Encoder(cfg).apply({"params": params["encoder"]}, audio, lengths)
     ctc, spk = params["ctc"], params["speaker"]
     ctc_logits = out.hidden_states[c.ctc_layer] @ ctc["kernel"] + ctc["bias"]
     pooled_bd = mean_pool(out.hidden_states[c.speaker_layer], out.mask)
-    return ctc_logits, pooled_bd @ spk["kernel"] + spk["bias"], out.mask
+    top_bd = mean_pool(out.hidden_states[c.ctc_layer], out.mask)
+    return ctc_logits, pooled_bd @ spk["kernel"] + spk["bias"], top_bd, out.mask
+
+
+def adversary_losses(
+    head: Params, top_bd: jax.Array, speaker_b: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(adversary cross-entropy, encoder confusion loss, adversary accuracy).
+
+    The head learns to tell voices from the pooled top layer (encoder held fixed); the
+    encoder is pushed towards the head's uniform answer (head held fixed), which is
+    minimal when the top layer carries no linear voice information (Tzeng et al., 2015).
+    Maximising the head's cross-entropy instead (gradient reversal) lets the encoder make
+    it confidently wrong, and that loss grows without bound.
+    """
+    sg = jax.lax.stop_gradient
+    logits = sg(top_bd) @ head["kernel"] + head["bias"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, speaker_b).mean()
+    enc_logits = top_bd @ sg(head["kernel"]) + sg(head["bias"])
+    confusion = -jnp.mean(jax.nn.log_softmax(enc_logits, axis=-1))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == speaker_b)
+    return ce, confusion, accuracy
 
 
 def ctc_loss(
@@ -123,11 +148,21 @@ def make_step(cfg: EncoderConfig, c: Any, tx: optax.GradientTransformation):
     """The jitted step: (params, opt_state, batch) -> (params, opt_state, metrics)."""
 
     def loss_fn(params, batch):
-        ctc_logits, spk_logits, mask = forward(cfg, params, batch["audio"], batch["lengths"], c)
+        ctc_logits, spk_logits, top_bd, mask = forward(
+            cfg, params, batch["audio"], batch["lengths"], c
+        )
         ctc = ctc_loss(ctc_logits, mask, batch["ids"], batch["paddings"])
         spk = optax.softmax_cross_entropy_with_integer_labels(spk_logits, batch["speaker"]).mean()
         accuracy = jnp.mean(jnp.argmax(spk_logits, -1) == batch["speaker"])
-        return ctc + c.speaker_weight * spk, {"ctc": ctc, "speaker": spk, "speaker_acc": accuracy}
+        metrics = {"ctc": ctc, "speaker": spk, "speaker_acc": accuracy}
+        loss = ctc + c.speaker_weight * spk
+        if c.speaker_adversary_weight > 0:  # voice kept in the middle, out of the top
+            adv, confusion, adv_acc = adversary_losses(
+                params["adversary"], top_bd, batch["speaker"]
+            )
+            metrics.update(adversary=adv, adversary_acc=adv_acc, confusion=confusion)
+            loss = loss + adv + c.speaker_adversary_weight * confusion
+        return loss, metrics
 
     def step(params, opt_state, batch):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)

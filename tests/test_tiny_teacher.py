@@ -84,6 +84,33 @@ def _quick_config(corpus_dir: str):
     return c
 
 
+def test_adversary_trains_the_head_and_confuses_the_encoder():
+    """The head's gradient comes from its cross-entropy only, the encoder's (top) from the
+    confusion loss only; the confusion loss is log(S) at the uniform answer and larger away
+    from it."""
+    rng = np.random.default_rng(0)
+    head = {
+        "kernel": rng.standard_normal((4, 3)).astype(np.float32),
+        "bias": np.zeros(3, np.float32),
+    }
+    top = rng.standard_normal((5, 4)).astype(np.float32)
+    speaker = np.array([0, 1, 2, 0, 1])
+
+    def total(h, t):
+        ce, confusion, _ = tiny_teacher.adversary_losses(h, t, speaker)
+        return ce + confusion
+
+    g_head, g_top = jax.grad(total, argnums=(0, 1))(head, top)
+    ce_only = jax.grad(lambda h: tiny_teacher.adversary_losses(h, top, speaker)[0])(head)
+    conf_only = jax.grad(lambda t: tiny_teacher.adversary_losses(head, t, speaker)[1])(top)
+    np.testing.assert_allclose(g_head["kernel"], ce_only["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(g_top, conf_only, rtol=1e-6)
+    # By hand: -mean(log_softmax(logits)) for uniform logits is log 3, and more otherwise.
+    uniform = tiny_teacher.adversary_losses(head, np.zeros((5, 4), np.float32), speaker)[1]
+    np.testing.assert_allclose(uniform, np.log(3.0), rtol=1e-6)
+    assert tiny_teacher.adversary_losses(head, top, speaker)[1] > np.log(3.0)
+
+
 def test_short_training_lowers_the_loss_and_exports_for_transformers(tmp_path):
     import transformers
 
