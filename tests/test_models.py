@@ -148,3 +148,16 @@ def test_positional_conv_gradients_match_torch(kernel, groups):
         (dw, w_t.grad.numpy().transpose(2, 1, 0)),
     ]:
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_positional_conv_keeps_xla_gradient_off_cpu():
+    """GPU/TPU lower XLA's own kernel gradient (a batch-grouped conv); CPU lowers ours."""
+    from stackdistill.models import encoder
+
+    x, w = np.ones((2, 9, 8), np.float32), np.ones((4, 2, 8), np.float32)
+    grad = jax.jit(
+        jax.grad(lambda x, w: jnp.sum(encoder._grouped_conv(x, w, (2, 2), 4) ** 2), (0, 1))
+    )
+    for platform, xla_own in [("cpu", False), ("cuda", True), ("tpu", True)]:
+        module = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
+        assert ("batch_group_count = 4" in module) == xla_own, platform

@@ -128,13 +128,13 @@ def _grouped_conv_fwd(x_btc, w_kcd, padding, groups):
 
 def _grouped_conv_bwd(padding, groups, res, dy_btd):
     x_btc, w_kcd = res
-    _, vjp = jax.vjp(lambda x, w: _conv_nwc(x, w, padding, groups), x_btc, w_kcd)
-    dx = vjp(dy_btd)[0]  # XLA's own input gradient is fast everywhere
+    conv = functools.partial(_conv_nwc, padding=padding, groups=groups)
+    dx = jax.vjp(lambda x: conv(x, w_kcd), x_btc)[1](dy_btd)[0]  # XLA's: fast everywhere
     dw = jax.lax.platform_dependent(
         x_btc,
         dy_btd,
         cpu=lambda x, dy: _grouped_kernel_grad(x, dy, padding, groups).astype(w_kcd.dtype),
-        default=lambda x, dy: vjp(dy)[1],
+        default=lambda x, dy: jax.vjp(lambda w: conv(x, w), w_kcd)[1](dy)[0],
     )
     return dx, dw
 
