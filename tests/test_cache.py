@@ -136,18 +136,25 @@ def test_whole_utterance_crops_are_frame_aligned(shared):
     assert checked == 4 and len(starts) > 1, "crop starts are drawn at random"
 
 
-def test_cached_step_equals_live_step(shared, fixed_cache):
+def _cached_setup(shared, fixed_cache, with_features: bool):
+    """(teacher cfg and params, a cached batch of 4, student cfg, 3-layer student params)."""
     c, meta = fixed_cache
     t_cfg, t_params = _live_teacher(c, shared)
     source = cached.CacheSource(cache.cache_path(c, shared))
-    # The student runs its own CNN here; the resume test below reads the cached features.
-    crop = cached.CropExample(meta, (4, 8, 12), False, c.data.max_samples, False, c.seed, 0)
+    crop = cached.CropExample(meta, (4, 8, 12), with_features, c.data.max_samples, False, c.seed, 0)
     examples = [crop(i, source[i]) for i in range(4)]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     s_cfg = student.student_encoder_config(c.student, t_cfg)
     params = student.init_params(
         jax.random.key(0), s_cfg.replace(num_layers=3), t_cfg, t_params, (4, 8, 12)
     )
+    return t_cfg, t_params, batch, s_cfg, params
+
+
+def test_cached_step_equals_live_step(shared, fixed_cache):
+    c = fixed_cache[0]
+    # The student runs its own CNN here; the resume test below reads the cached features.
+    t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, False)
     schedule = optax.constant_schedule(1e-3)
     tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=False)
     sources_ = {4: 1, 8: 2, 12: 3}
@@ -165,22 +172,13 @@ def test_cached_step_equals_live_step(shared, fixed_cache):
 
 def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache):
     """With the CNN features cached, training ships neither the waveform nor teacher params."""
-    c, meta = fixed_cache
-    t_cfg, t_params = _live_teacher(c, shared)
-    source = cached.CacheSource(cache.cache_path(c, shared))
-    crop = cached.CropExample(meta, (4, 8, 12), True, c.data.max_samples, False, c.seed, 0)
-    examples = [crop(i, source[i]) for i in range(4)]
-    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-    s_cfg = student.student_encoder_config(c.student, t_cfg)
-    params = student.init_params(
-        jax.random.key(0), s_cfg.replace(num_layers=3), t_cfg, t_params, (4, 8, 12)
-    )
+    c = fixed_cache[0]
+    t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, True)
     schedule = optax.constant_schedule(1e-3)
     tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=True)
+    sources_ = {4: 1, 8: 2, 12: 3}
     fn = jax.jit(
-        step.make_train_step(
-            c.distill, t_cfg, s_cfg, {4: 1, 8: 2, 12: 3}, tx, schedule, True, cached=True
-        )
+        step.make_train_step(c.distill, t_cfg, s_cfg, sources_, tx, schedule, True, cached=True)
     )
     state = step.init_state(params, tx, 1)
     _, full = fn(state, t_params, batch)
