@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hf_fixtures import hf_hidden_states, padded_batch
 
-from stackdistill import models, teacher, tiny_teacher
+from stackdistill import models, probes, teacher, tiny_teacher
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,13 +37,13 @@ def test_vocab_and_label_ids():
 
 
 def test_edit_distance_and_greedy_decode():
-    assert tiny_teacher.edit_distance([1, 2, 3, 4], [1, 3, 4, 5]) == 2
-    assert tiny_teacher.edit_distance([], [7, 7]) == 2
-    assert tiny_teacher.edit_distance(list("kitten"), list("sitting")) == 3
+    assert probes.edit_distance([1, 2, 3, 4], [1, 3, 4, 5]) == 2
+    assert probes.edit_distance([], [7, 7]) == 2
+    assert probes.edit_distance(list("kitten"), list("sitting")) == 3
     best = np.array([[0, 2, 2, 0, 2, 3, 3, 1]])  # the last frame is padding
     logits = np.eye(4)[best]
     mask = np.array([[True] * 7 + [False]])
-    assert tiny_teacher.greedy_decode(logits, mask) == [[2, 2, 3]]
+    assert probes.greedy_decode(logits, mask) == [[2, 2, 3]]
 
 
 def test_ridge_probe_separates_clusters_and_not_noise():
@@ -51,9 +51,9 @@ def test_ridge_probe_separates_clusters_and_not_noise():
     labels = rng.integers(0, 4, 400)
     centres = 3.0 * rng.standard_normal((4, 16))
     x = centres[labels] + rng.standard_normal((400, 16))
-    assert tiny_teacher.ridge_accuracy(x[:300], labels[:300], x[300:], labels[300:], 1.0) > 0.95
+    assert probes.ridge_accuracy(x[:300], labels[:300], x[300:], labels[300:], 1.0) > 0.95
     noise = rng.standard_normal((400, 16))
-    acc = tiny_teacher.ridge_accuracy(noise[:300], labels[:300], noise[300:], labels[300:], 1.0)
+    acc = probes.ridge_accuracy(noise[:300], labels[:300], noise[300:], labels[300:], 1.0)
     assert acc < 0.5
 
 
@@ -142,3 +142,17 @@ def test_short_training_lowers_the_loss_and_exports_for_transformers(tmp_path):
     out = models.encode(cfg, result["params"]["encoder"], wav, lengths)
     for i in range(cfg.num_layers + 1):
         assert _max_rel_err(out.hidden_states[i], ref[i], out.mask) < 1e-4, f"hidden state {i}"
+
+    # The probe table of the trained model: one row per hidden state and one for the heads,
+    # accuracies within [0, 1], error rates >= 0 (what the probes measure: tests above).
+    from stackdistill.data import manifest
+
+    rows = manifest.read_manifest(corpus)[:16]
+    c.probe.ctc_steps, c.probe.ctc_batch = 3, 8
+    hidden, mask = probes.layer_features(cfg, params, rows, c.data.max_samples)
+    assert hidden.shape[:2] == (cfg.num_layers + 1, 16) and mask.shape == hidden.shape[1:3]
+    vocab = result["vocab"]
+    table = probes.probe_layers(hidden, mask, rows, vocab, c, result["params"])
+    assert [r["layer"] for r in table] == [*range(cfg.num_layers + 1), "heads"]
+    for r in table:
+        assert 0 <= r["speaker_acc"] <= 1 and r["phoneme_error"] >= 0, r
