@@ -33,17 +33,12 @@ TINY_DIR = pathlib.Path(os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdist
 TINY_DIR = TINY_DIR / "tiny_teacher"
 
 
-def eval_loss(
-    c, run_dir: pathlib.Path, workdir: pathlib.Path, num_crops: int = 32, step: int | None = None
-) -> float:
-    """Paper loss of a run's student (at `step`, default the last) against the live teacher on
-    32 fixed crops."""
-    from stackdistill import checkpoint, losses, models, teacher
+def live_reference(c, workdir: pathlib.Path, num_crops: int = 32):
+    """32 fixed crops of the corpus and the live teacher's output on them (computed once)."""
+    from stackdistill import models, teacher
     from stackdistill.data import audio, sources
-    from stackdistill.models import student
 
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
-    s_cfg, params, meta = checkpoint.load_student(run_dir, step)
     records = sources.open_source(c.data)[0]
     m = c.data.max_samples
     rng = np.random.default_rng(12345)  # crops of their own (the corpus has no held-out set)
@@ -53,7 +48,17 @@ def eval_loss(
     for row, index in enumerate(picks):
         samples = audio.load(records[int(index)], rng, m)
         wav[row, : len(samples)], lengths[row] = samples, len(samples)
-    live = models.encode(t_cfg, t_params, wav, lengths)
+    return wav, lengths, models.encode(t_cfg, t_params, wav, lengths)
+
+
+def eval_loss(c, run_dir: pathlib.Path, reference, step: int | None = None) -> float:
+    """Paper loss of a run's student (at `step`, default the last) against the live teacher
+    on the crops of `live_reference`."""
+    from stackdistill import checkpoint, losses
+    from stackdistill.models import student
+
+    wav, lengths, live = reference
+    s_cfg, params, meta = checkpoint.load_student(run_dir, step)
     out = student.apply_encoder(s_cfg, params["encoder"], wav, lengths)
     src = {int(k): int(v) for k, v in meta["target_sources"].items()}
     preds = student.predict(params["heads"], out.hidden_states, src)
@@ -96,7 +101,7 @@ def end_to_end(
 
     from stackdistill import cache
 
-    rows, curves = [], []
+    rows, curves, reference = [], [], None
     every = max(steps // 6, 1)
     for label in names:
         v = E2E[label]
@@ -112,7 +117,8 @@ def end_to_end(
         run_dir = workdir / "runs" / name
         run = stacking.timed_run(c, run_dir)
         at = {s: t for t, s, _ in run["curve"]}  # seconds since the start at each logged step
-        evals = [(build + at[s], s, eval_loss(c, run_dir, workdir, step=s))
+        reference = reference or live_reference(c, workdir)  # same teacher and crops for all
+        evals = [(build + at[s], s, eval_loss(c, run_dir, reference, step=s))
                  for s in range(every, steps + 1, every) if s in at]  # fmt: skip
         curves.append(evals)
         rows.append(
