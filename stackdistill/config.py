@@ -33,6 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 100
     c.checkpoint_every = 2_000
     c.keep_checkpoints = 3
+    # XLA's persistent compilation cache ("": off): reruns and resumes skip the compiles.
+    c.jax_cache_dir = str(teacher.cache_root().parent / "xla")
     return c
 
 

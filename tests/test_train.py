@@ -53,6 +53,7 @@ def _cli_args(c, workdir):
         "total_steps": c.total_steps,
         "log_every": c.log_every,
         "checkpoint_every": c.checkpoint_every,
+        "jax_cache_dir": str(pathlib.Path(c.data.path).parent / "xla_cache"),  # not in $HOME
     }
     return [
         sys.executable,
