@@ -27,28 +27,11 @@ import tempfile
 import time
 from typing import Any
 
-
-def _tune_glibc_malloc() -> None:
-    """One malloc arena, no mmap, no trimming, for the whole process (JAX and torch alike).
-
-    By default glibc serves XLA's and torch's large per-step buffers (100+ MB) with mmap, or from
-    per-thread arenas that fall back to mmap, and gives them back on free: every step faults
-    ~1.5 GB in again (~0.4 M page faults, ~0.8 CPU-s of kernel time per DistilHuBERT step here).
-    mallopt must run before the first extra thread allocates, so before jax and torch load.
-    Same effect as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... in the env.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8  # malloc.h
-    for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1),
-                          (m_top_pad, 64 << 20)):  # fmt: skip
-        if libc.mallopt(option, value) != 1:
-            raise RuntimeError(f"mallopt({option}, {value}) failed")
-
-
 if "--malloc=tuned" in sys.argv:  # parsed again below; acted on here, before jax and torch load
-    _tune_glibc_malloc()
+    from stackdistill import hostmem  # imports no jax
+
+    hostmem.configure("keep")  # glibc: one arena, no mmap, no trimming; both frameworks
+
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -229,7 +212,7 @@ def main() -> None:
     parser.add_argument("--peak-flops", type=float, default=flops.CPU_PEAK_FLOPS)
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--malloc", default="default", choices=["default", "tuned"],
-                        help="tuned: glibc keeps freed memory (one arena, no mmap), both "
+                        help="tuned: glibc keeps freed memory (stackdistill.hostmem), both "
                              "frameworks; spell it --malloc=tuned")  # fmt: skip
     args = parser.parse_args()
     if args.malloc == "tuned" and "--malloc=tuned" not in sys.argv:

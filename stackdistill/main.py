@@ -10,6 +10,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from stackdistill import hostmem
+
 # mode -> module whose run(config, workdir) does it (imported on use)
 MODES = {
     "distill": "stackdistill.train",
@@ -64,4 +66,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    hostmem.configure()  # STACKDISTILL_MALLOC; must run before the JAX backend starts
     app.run(main)

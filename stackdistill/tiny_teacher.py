@@ -307,7 +307,10 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from stackdistill import hostmem
+
     config_flags.DEFINE_config_file("config", None, "configs/tiny_teacher.py")
     flags.DEFINE_string("workdir", None, "output folder (teacher/, probe.md, train.json)")
     flags.mark_flags_as_required(["config", "workdir"])
+    hostmem.configure()  # before the JAX backend starts
     app.run(_main)
