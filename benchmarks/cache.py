@@ -219,15 +219,20 @@ def time_steps(c, t_cfg, t_params, batch, cases, repeats: int, steps: int) -> di
 def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> list[dict]:
     """Seconds per full-depth step, live/cached x own CNN/shared, batches from a real cache."""
     from stackdistill import cache, teacher
+    from stackdistill.data import cached as cached_data
 
     name = "big" if big else "demo"
     c = demo_config(workdir, big, **{"teacher.cache_dir": str(workdir / f"cache_step_{name}")})
     cache.build(c, workdir)
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
-    c.student.frozen_shared_frontend = True  # the loader then yields the features too
+    c.student.frozen_shared_frontend = True
     data_cfg = copy.deepcopy(c.data)
     data_cfg.batch_size = c.batch_size
-    loader = cache.make_loader(c, data_cfg, workdir, seed=0, process_index=0, process_count=1)
+    # Audio for the live cases, the CNN features for the shared ones.
+    loader = cached_data.make_loader(
+        cache.cache_path(c, workdir), data_cfg, c.distill.teacher_layers, True,
+        seed=0, process_index=0, process_count=1, with_audio=True,
+    )  # fmt: skip
     batch = jax.device_put(next(loader))
     cases = [(cached, shared, 12) for cached in (False, True) for shared in (False, True)]
     times = time_steps(c, t_cfg, t_params, batch, cases, repeats, steps)

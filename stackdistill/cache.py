@@ -316,12 +316,17 @@ def make_loader(
     workdir: str | os.PathLike,
     **shard: Any,
 ) -> Any:
-    """This process's iterator of cached batches (data_cfg: its data section; seed, shard)."""
+    """This process's iterator of cached batches (data_cfg: its data section; seed, shard).
+
+    A student fed the cached CNN features gets no "audio": nothing would read it.
+    """
+    shared_frontend = config.student.frozen_shared_frontend
     return cached.make_loader(
         cache_path(config, workdir),
         data_cfg,
         config.distill.teacher_layers,
-        config.student.frozen_shared_frontend,
+        shared_frontend,
+        with_audio=not shared_frontend,
         **shard,
     )
 

@@ -187,6 +187,24 @@ def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache)
         np.testing.assert_array_equal(lean[key], full[key], err_msg=key)
 
 
+def test_loader_for_cached_features_skips_the_audio(shared, fixed_cache):
+    """The loader of a student fed cached features decodes no audio; the rest is unchanged."""
+    c, _ = fixed_cache
+    c = copy.deepcopy(c)
+    c.student.frozen_shared_frontend = True
+    shard = dict(seed=c.seed, process_index=0, process_count=1)
+    lean = next(cache.make_loader(c, c.data, shared, **shard))
+    full = next(
+        cached.make_loader(
+            cache.cache_path(c, shared), c.data, c.distill.teacher_layers, True, **shard
+        )
+    )
+    assert "audio" not in lean and full["audio"].shape == (c.data.batch_size, c.data.max_samples)
+    assert sorted(lean) == ["features", "lengths", "targets"]
+    for key in lean:
+        np.testing.assert_array_equal(lean[key], full[key], err_msg=key)
+
+
 def test_training_from_the_cache_resumes_exactly(shared, fixed_cache, tmp_path):
     c = copy.deepcopy(fixed_cache[0])
     c.total_steps, c.student.num_layers = 6, 6  # stages of 3 steps at depths 3 and 6

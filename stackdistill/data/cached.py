@@ -7,7 +7,8 @@ shape and byte offset), then the arrays: "audio" int16 (n,), "targets" bfloat16 
 (the teacher layers listed in cache.json, valid frames only), and optionally "features"
 bfloat16 (T, C), the teacher's CNN output.
 
-Batches have fixed shapes: "audio" float32 (B, S), "lengths" int32 (B,), "targets" bfloat16
+Batches have fixed shapes: "audio" float32 (B, S) (left out with `with_audio=False`), "lengths"
+int32 (B,), "targets" bfloat16
 (B, K, T, D) with K the distilled layers in config order and T the frames of S samples, and
 "features" bfloat16 (B, T, C) when asked for; padded frames are zero (the loss masks them).
 """
@@ -117,6 +118,7 @@ class CropExample:
         normalize: bool,
         seed: int,
         process_index: int,
+        with_audio: bool = True,
     ):
         from stackdistill.models.config import EncoderConfig
 
@@ -127,6 +129,7 @@ class CropExample:
         self._rows = [list(meta["teacher_layers"]).index(int(k)) for k in layer_ids]
         self._whole = meta["mode"] == "whole"
         self._with_features = with_features
+        self._with_audio = with_audio
         self._max_samples = max_samples
         self._normalize = normalize
         self._seed = (seed, process_index)
@@ -139,16 +142,15 @@ class CropExample:
             rng = np.random.default_rng([*self._seed, index])
             start = int(rng.integers(0, (len(samples) - self._max_samples) // self._hop + 1))
             samples = samples[start * self._hop : start * self._hop + self._max_samples]
-        wav = audio.to_float(samples)
-        if self._normalize:
-            wav = audio.normalize(wav)
-        frames = self._num_frames(len(wav))
+        frames = self._num_frames(len(samples))
         example = {
-            "audio": np.zeros(self._max_samples, np.float32),
-            "lengths": np.int32(len(wav)),
+            "lengths": np.int32(len(samples)),
             "targets": _padded(record["targets"][self._rows, start : start + frames], self._frames),
         }
-        example["audio"][: len(wav)] = wav
+        if self._with_audio:  # not decoded when the cached features replace the student's CNN
+            wav = audio.to_float(samples)
+            example["audio"] = np.zeros(self._max_samples, np.float32)
+            example["audio"][: len(wav)] = audio.normalize(wav) if self._normalize else wav
         if self._with_features:
             features = record["features"][start : start + frames]
             example["features"] = _padded(features[None], self._frames)[0]
@@ -171,8 +173,12 @@ def make_loader(
     seed: int,
     process_index: int,
     process_count: int,
+    with_audio: bool = True,
 ) -> Any:
-    """Iterator of this process's cached batches (get_state/set_state resume it exactly)."""
+    """Iterator of this process's cached batches (get_state/set_state resume it exactly).
+
+    `with_audio=False`: batches without "audio" (for a student fed the cached CNN features).
+    """
     import grain
 
     meta = read_meta(cache_dir)
@@ -191,6 +197,7 @@ def make_loader(
         data_cfg.normalize,
         seed,
         process_index,
+        with_audio,
     )
     ds = ds.repeat(data_cfg.num_epochs).map_with_index(crop)
     read_options = grain.ReadOptions(
