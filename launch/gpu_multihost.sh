@@ -103,7 +103,7 @@ case "$launcher" in
   slurm)
     nodes="${nodes:-${SLURM_JOB_NUM_NODES:-}}"
     if [[ -z $coordinator && -n ${SLURM_JOB_NODELIST:-} ]]; then
-      coordinator="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+      coordinator="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')"  # reads all: no SIGPIPE
     fi
     [[ -n $nodes && -n $coordinator ]] ||
       die "--slurm: run inside an allocation (salloc/sbatch) or pass --nodes and --coordinator"
