@@ -151,18 +151,24 @@ def _cached_setup(shared, fixed_cache, with_features: bool):
     return t_cfg, t_params, batch, s_cfg, params
 
 
+def _step_fn(c, t_cfg, s_cfg, shared_frontend: bool, cached: bool):
+    """(the step of a 3-layer student with targets on layers 1-3, its optimizer)."""
+    schedule = optax.constant_schedule(1e-3)
+    tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared_frontend)
+    sources_ = {4: 1, 8: 2, 12: 3}
+    fn = step.make_train_step(
+        c.distill, t_cfg, s_cfg, sources_, tx, schedule, shared_frontend, cached=cached
+    )
+    return fn, tx
+
+
 def test_cached_step_equals_live_step(shared, fixed_cache):
     c = fixed_cache[0]
     # The student runs its own CNN here; the resume test below reads the cached features.
     t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, False)
-    schedule = optax.constant_schedule(1e-3)
-    tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=False)
-    sources_ = {4: 1, 8: 2, 12: 3}
     results = {}
     for use_cache in (False, True):
-        fn = step.make_train_step(
-            c.distill, t_cfg, s_cfg, sources_, tx, schedule, False, cached=use_cache
-        )
+        fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=False, cached=use_cache)
         inputs = batch if use_cache else {"audio": batch["audio"], "lengths": batch["lengths"]}
         results[use_cache] = jax.jit(fn)(step.init_state(params, tx, 1), t_params, inputs)
     live, from_cache = results[False][1], results[True][1]
@@ -174,12 +180,8 @@ def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache)
     """With the CNN features cached, training ships neither the waveform nor teacher params."""
     c = fixed_cache[0]
     t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, True)
-    schedule = optax.constant_schedule(1e-3)
-    tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=True)
-    sources_ = {4: 1, 8: 2, 12: 3}
-    fn = jax.jit(
-        step.make_train_step(c.distill, t_cfg, s_cfg, sources_, tx, schedule, True, cached=True)
-    )
+    fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=True, cached=True)
+    fn = jax.jit(fn)
     state = step.init_state(params, tx, 1)
     _, full = fn(state, t_params, batch)
     _, lean = fn(state, {}, {k: v for k, v in batch.items() if k != "audio"})
