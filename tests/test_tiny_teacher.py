@@ -33,8 +33,7 @@ def test_ridge_probe_separates_clusters_and_not_noise():
 
 def _quick_config(corpus_dir: str):
     c = runpy.run_path(str(ROOT / "configs" / "tiny_teacher.py"))["get_config"]("quick")
-    c.arch = dict(
-        model_type="hubert",
+    c.arch.update(  # smaller, in the config's layout (pre-LN, LayerNorm convs)
         hidden_size=32,
         num_layers=2,
         num_heads=2,
@@ -42,9 +41,6 @@ def _quick_config(corpus_dir: str):
         conv_dim=(16,) * 7,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
-        do_stable_layer_norm=True,
-        feat_extract_norm="layer",
-        conv_bias=True,
     )
     c.ctc_layer, c.speaker_layer = 2, 1
     c.total_steps, c.log_every, c.learning_rate = 24, 4, 3e-3
