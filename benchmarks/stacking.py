@@ -28,7 +28,7 @@ import logging
 import os
 import pathlib
 import re
-import sys
+import runpy
 import time
 from typing import Any
 
@@ -36,7 +36,6 @@ import ml_collections
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
 METHODS = ("none", "top", "middle", "interleaved")
 _STEP_LINE = re.compile(r"^step (\d+): (.*)$")
 
@@ -80,15 +79,18 @@ def timed_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[
     }
 
 
-def ensure_tiny_teacher(teacher_dir: pathlib.Path) -> pathlib.Path:
-    """The trained tiny teacher's folder, training it first (about 10 minutes) if missing."""
-    if not (teacher_dir / "teacher" / "config.json").is_file():
-        import tiny_teacher as tiny_config
+def _config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """configs/NAME.py's config, read by path (configs/ is not a package)."""
+    return runpy.run_path(str(ROOT / "configs" / f"{name}.py"))["get_config"](arg)
 
+
+def ensure_tiny_teacher(teacher_dir: pathlib.Path) -> pathlib.Path:
+    """The trained tiny teacher's folder, training it first if missing."""
+    if not (teacher_dir / "teacher" / "config.json").is_file():
         from stackdistill import tiny_teacher
 
         print(f"training the tiny teacher into {teacher_dir} (configs/tiny_teacher.py)")
-        tiny_teacher.run(tiny_config.get_config(), teacher_dir)
+        tiny_teacher.run(_config("tiny_teacher"), teacher_dir)
     return teacher_dir
 
 
@@ -224,11 +226,9 @@ def _prepare_inputs(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> None
 
 def frontend_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """configs/demo.py with and without the shared frozen front-end."""
-    import demo
-
     runs = {}
     for shared in (False, True):
-        c = demo.get_config()
+        c = _config("demo")
         c.teacher.name = str(args.workdir / "teacher")  # written once, shared by both runs
         c.data.path = str(args.workdir / "synth")
         c.total_steps = args.steps

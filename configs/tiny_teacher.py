@@ -4,9 +4,10 @@
   python -m stackdistill.tiny_teacher --config=configs/tiny_teacher.py --workdir=/tmp/tiny_teacher
 
 Needs no network: speaks a 1000-utterance espeak-ng corpus into the workdir (seed 0) and a
-240-utterance held-out one for the probes (seed 1), trains for at most 8 minutes on 2 CPU
-cores (`max_train_seconds` stops it early on a busy machine, and says so), writes the teacher
+240-utterance held-out one for the probes (seed 1), trains for `total_steps` or until
+`max_train_seconds` (which stops it early on a busy machine, and says so), writes the teacher
 to WORKDIR/teacher in transformers format and the layer-wise probe table to WORKDIR/probe.md.
+Times and probe tables: benchmarks/RESULTS.md, "Tiny teacher".
 Variants: `:quick` (a few steps on a small corpus, for smoke tests) or `--config.field=value`.
 """
 
@@ -23,8 +24,8 @@ ARCH = dict(
     conv_dim=(64,) * 7,
     num_conv_pos_embeddings=32,
     num_conv_pos_embedding_groups=8,
-    # HuBERT Large's layout (pre-LN layers, LayerNorm in every conv): from scratch its CTC
-    # loss fell below 1 by step 225, where post-LN Base sat at ~3.9 (the unigram) at step 400.
+    # HuBERT Large's layout (pre-LN layers, LayerNorm in every conv): from scratch, post-LN
+    # Base's layout sat on the CTC plateau (benchmarks/RESULTS.md, "Tiny teacher").
     do_stable_layer_norm=True,
     feat_extract_norm="layer",
     conv_bias=True,

@@ -1,4 +1,4 @@
-"""A tiny HuBERT-architecture teacher that knows something, trained offline in minutes.
+"""A tiny HuBERT-architecture teacher that knows something, trained offline on a CPU.
 
     python -m stackdistill.tiny_teacher --config=configs/tiny_teacher.py --workdir=DIR
 
@@ -8,8 +8,8 @@ the top layer (a confusion loss) pushes voice out of the upper layers. It is wri
 transformers format to DIR/teacher (`teacher.load` and `HubertModel.from_pretrained` read
 it), with DIR/vocab.json, DIR/train.json (loss history) and DIR/probe.md: linear probes on
 every layer of a held-out corpus -- ridge speaker accuracy on mean-pooled frames and the
-phoneme error rate of a linear CTC probe (`stackdistill.probes`) -- beside the same probes on
-a random init.
+phoneme error rate of a linear CTC probe (`stackdistill.superb.probes`) -- beside the same probes
+on a random init. Times and tables of the current teacher: benchmarks/RESULTS.md, "Tiny teacher".
 """
 
 from __future__ import annotations
@@ -28,62 +28,17 @@ import numpy as np
 import optax
 
 from stackdistill import teacher
+from stackdistill.data.labels import build_vocab, label_ids
 from stackdistill.models import Encoder, EncoderConfig
 from stackdistill.models import init_params as init_encoder
+from stackdistill.superb import probes
+from stackdistill.superb.features import mean_pool
+from stackdistill.superb.heads import Params, ctc_head, ctc_loss, linear_params
 
 log = logging.getLogger("stackdistill")
-Params = dict[str, Any]
-STRESS_MARKS = "ˈˌ"
-BLANK = "<blank>"  # CTC blank, id 0
-
-
-# ---------------------------------------------------------------- phoneme labels
-
-
-def phoneme_tokens(phonemes: str) -> list[str]:
-    """espeak IPA of the corpus ("_" inside words, " " between) -> symbols, stress dropped."""
-    words = phonemes.split()
-    return [t for w in words for t in (p.strip(STRESS_MARKS) for p in w.split("_")) if t]
-
-
-def build_vocab(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The blank, then every phoneme symbol of the corpus rows, sorted."""
-    symbols = {t for row in rows for t in phoneme_tokens(row["phonemes"])}
-    return [BLANK, *sorted(symbols)]
-
-
-def label_ids(
-    phoneme_strings: Sequence[str], vocab: Sequence[str], max_length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Phoneme strings -> (ids (B, max_length) int32, paddings (B, max_length) float32)."""
-    index = {s: i for i, s in enumerate(vocab)}
-    ids = np.zeros((len(phoneme_strings), max_length), np.int32)
-    paddings = np.ones((len(phoneme_strings), max_length), np.float32)
-    for row, text in enumerate(phoneme_strings):
-        tokens = [index[t] for t in phoneme_tokens(str(text)) if t in index]
-        if len(tokens) > max_length:
-            raise ValueError(f"{len(tokens)} phonemes in {text!r} exceed max_label_length")
-        ids[row, : len(tokens)] = tokens
-        paddings[row, : len(tokens)] = 0.0
-    return ids, paddings
 
 
 # ---------------------------------------------------------------- model and step
-
-
-def _linear(rng: jax.Array, fan_in: int, fan_out: int) -> Params:
-    bound = 1.0 / np.sqrt(fan_in)
-    kernel = jax.random.uniform(rng, (fan_in, fan_out), jnp.float32, -bound, bound)
-    return {"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)}
-
-
-def ctc_head(rng: jax.Array, fan_in: int, num_labels: int) -> Params:
-    """A linear CTC head whose blank (id 0) starts at probability 0.9 on zero input."""
-    head = _linear(rng, fan_in, num_labels)
-    # CTC's best paths are mostly blanks; from a zero bias Adam needs hundreds of steps to
-    # get there (the plateau of a fresh CTC model).
-    head["bias"] = head["bias"].at[0].set(np.log(9.0 * (num_labels - 1)))
-    return head
 
 
 def init_model(cfg: EncoderConfig, num_phonemes: int, num_speakers: int, seed: int) -> Params:
@@ -93,15 +48,9 @@ def init_model(cfg: EncoderConfig, num_phonemes: int, num_speakers: int, seed: i
     return {
         "encoder": init_encoder(cfg, enc_rng),
         "ctc": ctc_head(ctc_rng, cfg.hidden_size, num_phonemes),
-        "speaker": _linear(spk_rng, cfg.hidden_size, num_speakers),
-        "adversary": _linear(adv_rng, cfg.hidden_size, num_speakers),
+        "speaker": linear_params(spk_rng, cfg.hidden_size, num_speakers),
+        "adversary": linear_params(adv_rng, cfg.hidden_size, num_speakers),
     }
-
-
-def mean_pool(x_btd: jax.Array, mask_bt: jax.Array) -> jax.Array:
-    """Mean over the valid frames of each utterance: (B, D)."""
-    weights = mask_bt.astype(x_btd.dtype)[..., None]
-    return jnp.sum(x_btd * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
 def forward(
@@ -135,14 +84,6 @@ def adversary_losses(
     confusion = -jnp.mean(jax.nn.log_softmax(enc_logits, axis=-1))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == speaker_b)
     return ce, confusion, accuracy
-
-
-def ctc_loss(
-    logits_btv: jax.Array, mask_bt: jax.Array, ids: jax.Array, paddings: jax.Array
-) -> jax.Array:
-    """optax CTC (blank 0) per utterance, divided by its phoneme count, averaged."""
-    per_seq = optax.ctc_loss(logits_btv, 1.0 - mask_bt.astype(jnp.float32), ids, paddings)
-    return jnp.mean(per_seq / jnp.maximum(jnp.sum(1.0 - paddings, axis=1), 1.0))
 
 
 def make_step(cfg: EncoderConfig, c: Any, tx: optax.GradientTransformation):
@@ -275,18 +216,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
             synth_num=config.probe.num,
             synth_seed=config.probe.seed,
         )
-        from stackdistill.probes import layer_features, probe_layers, probe_markdown
-
         rows = _corpus_rows(probe_data)
         cfg, vocab, max_samples = result["cfg"], result["vocab"], config.data.max_samples
         initial = init_model(cfg, len(vocab), 1, config.seed)["encoder"]
         started = time.perf_counter()
-        trained = layer_features(cfg, result["params"]["encoder"], rows, max_samples)
-        tables = {"trained": probe_layers(*trained, rows, vocab, config, result["params"])}
-        random_init = layer_features(cfg, initial, rows, max_samples)
-        tables["random init"] = probe_layers(*random_init, rows, vocab, config)
+        trained = probes.layer_features(cfg, result["params"]["encoder"], rows, max_samples)
+        tables = {"trained": probes.probe_layers(*trained, rows, vocab, config, result["params"])}
+        random_init = probes.layer_features(cfg, initial, rows, max_samples)
+        tables["random init"] = probes.probe_layers(*random_init, rows, vocab, config)
         num_train = int(round(config.probe.train_fraction * len(rows)))
-        markdown = probe_markdown(tables, num_train, len(rows) - num_train)
+        markdown = probes.probe_markdown(tables, num_train, len(rows) - num_train)
         (workdir / "probe.md").write_text(markdown)
         summary.update(probe=tables, probe_seconds=time.perf_counter() - started)
         print(markdown)

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from stackdistill import config as config_lib
+from stackdistill.data import labels
 from stackdistill.data.espeak import Speaker
 from stackdistill.superb import features, heads, tasks
 
@@ -27,16 +28,16 @@ def _ctc_reference(log_probs_tv: np.ndarray, label: list[int]) -> float:
 
 def test_ctc_loss_matches_path_enumeration():
     task = tasks.Task("t", "ctc", "per", {}, lambda r: r, (("<blank>", "a", "b"),))
-    probe = heads.Probe(task, heads.Downstream(out_dim=3, proj_dim=4))
+    head = heads.TaskHead(task, heads.Downstream(out_dim=3, proj_dim=4))
     rng = np.random.default_rng(0)
     hidden = rng.standard_normal((2, 2, 5, 3)).astype(np.float32)  # (L+1, B, T, D)
     frames = np.array([4, 3])  # the second utterance is one frame shorter
     targets = [[1, 2], [2, 2]]  # "a b" and "b b" (the repeat needs a blank between)
     data = features.StoredFrames([hidden[:, 0, :4], hidden[:, 1, :3]], targets)
-    batch = probe.batch(data, [0, 1])
-    params = probe.model.init(jax.random.key(0), batch["hidden"])["params"]
-    loss = float(probe.loss(params, batch, jax.random.key(1)))
-    logits = np.asarray(probe.model.apply({"params": params}, batch["hidden"]))
+    batch = head.batch(data, [0, 1])
+    params = head.model.init(jax.random.key(0), batch["hidden"])["params"]
+    loss = float(head.loss(params, batch, jax.random.key(1)))
+    logits = np.asarray(head.model.apply({"params": params}, batch["hidden"]))
     log_probs = np.asarray(jax.nn.log_softmax(logits))
     expected = np.mean(
         [_ctc_reference(log_probs[b, : frames[b]], targets[b]) / len(targets[b]) for b in (0, 1)]
@@ -44,9 +45,9 @@ def test_ctc_loss_matches_path_enumeration():
     assert loss == pytest.approx(expected, rel=1e-4)
     # Too few frames for "b b" (needs 3): that utterance contributes zero, as zero_infinity.
     short = features.StoredFrames([hidden[:, 0, :4], hidden[:, 1, :2]], targets)
-    batch = probe.batch(short, [0, 1])
+    batch = head.batch(short, [0, 1])
     expected_short = _ctc_reference(log_probs[0, :4], targets[0]) / 2 / 2
-    assert float(probe.loss(params, batch, jax.random.key(1))) == pytest.approx(
+    assert float(head.loss(params, batch, jax.random.key(1))) == pytest.approx(
         expected_short, rel=1e-4
     )
 
@@ -65,16 +66,16 @@ def test_utterance_head_learns_the_informative_layer_with_two_label_groups():
     pooled[2, :, 0] += 3 * (2 * labels[:, 0] - 1)  # only layer 2 carries the labels
     pooled[2, :, 1] += 3 * (2 * labels[:, 1] - 1)
     task = tasks.Task("toy", "utterance", "accuracy", {}, lambda r: r, (("a", "b"), ("c", "d")))
-    probe = heads.make_probe(task, _hp())
+    head = heads.make_head(task, _hp())
     train, test = (pooled[:, :150], labels[:150]), (pooled[:, 150:], labels[150:])
-    params, history = heads.train(probe, train, None, _hp(lr=1e-2, steps=300), 0, lambda m: None)
-    assert heads.evaluate(probe, params, test, 32) > 0.9
+    params, history = heads.train(head, train, None, _hp(lr=1e-2, steps=300), 0, lambda m: None)
+    assert heads.evaluate(head, params, test, 32) > 0.9
     assert heads.layer_weights(params).argmax() == 2
     assert history["loss"][-1][1] < history["loss"][0][1]
 
 
 def test_bilstm_ctc_head_trains_and_reports_wer():
-    vocab = (tasks.BLANK, "|", "A", "B")
+    vocab = (labels.BLANK, "|", "A", "B")
     rng = np.random.default_rng(1)
     sequences, targets = [], []
     for _ in range(24):  # frames announce their character: A -> +dim 0, B -> +dim 1
@@ -87,11 +88,11 @@ def test_bilstm_ctc_head_trains_and_reports_wer():
     data = features.StoredFrames(sequences, targets)
     task = tasks.Task("asr", "ctc", "wer", {}, lambda r: r, (vocab,), head="bilstm")
     hp = _hp(lr=1e-2, steps=30, batch_size=8, proj_dim=8, lstm_dim=8, lstm_layers=2, dropout=0.1)
-    probe = heads.make_probe(task, hp)
-    params, history = heads.train(probe, data, None, hp, 0, lambda m: None)
+    head = heads.make_head(task, hp)
+    params, history = heads.train(head, data, None, hp, 0, lambda m: None)
     assert set(params) >= {"bilstm_0", "bilstm_1", "projector", "output", "layer_logits"}
     assert history["loss"][-1][1] < history["loss"][0][1]
-    wer = heads.evaluate(probe, params, data, 8)  # one "word" per utterance: 0 or 1 each
+    wer = heads.evaluate(head, params, data, 8)  # one "word" per utterance: 0 or 1 each
     assert wer in {k / 24 for k in range(0, 100)}
 
 
@@ -118,8 +119,8 @@ def test_librispeech_pr_and_asr_targets(librispeech, tmp_path):
     pr = tasks.build("pr", c, str(tmp_path))
     record = pr.splits["test"][0]
     vocab = pr.classes[0]
-    phones = tasks.phoneme_tokens(Speaker.get().phonemes("hello world", "en-us"))
-    assert [vocab[i] for i in pr.target_fn(record)] == phones and vocab[0] == tasks.BLANK
+    phones = labels.phoneme_tokens(Speaker.get().phonemes("hello world", "en-us"))
+    assert [vocab[i] for i in pr.target_fn(record)] == phones and vocab[0] == labels.BLANK
     assert (tmp_path / "superb" / "phonemes_test.json").is_file()  # cached for the next run
     asr = tasks.build("asr", c, str(tmp_path))
     assert [asr.classes[0][i] for i in asr.target_fn(asr.splits["dev"][1])] == list("IT'S|A|CAT")

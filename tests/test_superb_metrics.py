@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from stackdistill.data import labels
 from stackdistill.superb import features, metrics, run, tasks
 
 
@@ -37,6 +38,32 @@ def test_ctc_greedy_decode_merges_repeats_then_drops_blanks():
     assert metrics.ctc_greedy_decode(ids, np.array([8, 3])) == [[1, 1, 2], [3]]
 
 
+def test_edit_distance_and_greedy_decode():
+    # The layer probes' checks (superb/probes.py decodes its logits under a frame mask).
+    assert metrics.edit_distance([1, 2, 3, 4], [1, 3, 4, 5]) == 2
+    assert metrics.edit_distance([], [7, 7]) == 2
+    assert metrics.edit_distance(list("kitten"), list("sitting")) == 3
+    best = np.array([[0, 2, 2, 0, 2, 3, 3, 1]])  # the last frame is padding
+    logits = np.eye(4)[best]
+    mask = np.array([[True] * 7 + [False]])
+    assert metrics.ctc_greedy_decode(np.argmax(logits, -1), mask.sum(-1)) == [[2, 2, 3]]
+
+
+def test_unpad_keeps_the_tokens_of_each_row():
+    ids = np.array([[4, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    paddings = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]], np.float32)
+    assert metrics.unpad(ids, paddings) == [[4, 2], [1], []]
+
+
+def test_mean_pool_averages_the_valid_frames_only():
+    x = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)  # (B, T, D)
+    mask = np.array([[True, True, False], [False, False, False]])
+    pooled = np.asarray(features.mean_pool(x, mask))
+    np.testing.assert_allclose(pooled, [[(0 + 2) / 2, (1 + 3) / 2], [0, 0]])
+    layers = np.stack([x, 2 * x])  # (L, B, T, D): one mask for every layer
+    np.testing.assert_allclose(np.asarray(features.mean_pool(layers, mask)), [pooled, 2 * pooled])
+
+
 def test_majority_baseline():
     train = np.array([[1], [1], [2], [0]])
     test = np.array([[1], [2], [1], [1], [0]])
@@ -44,7 +71,7 @@ def test_majority_baseline():
 
 
 def test_phoneme_tokens_drop_stress_and_word_boundaries():
-    assert tasks.phoneme_tokens("p_ˌʊ_t ɪ_t ð_ˈeə") == ["p", "ʊ", "t", "ɪ", "t", "ð", "eə"]
+    assert labels.phoneme_tokens("p_ˌʊ_t ɪ_t ð_ˈeə") == ["p", "ʊ", "t", "ɪ", "t", "ð", "eə"]
     assert tasks.characters("it's  a cat") == list("IT'S|A|CAT")
 
 

@@ -1,14 +1,16 @@
-"""The tiny teacher: labels, probe helpers, and a short training whose export transformers reads."""
+"""The tiny teacher: the ridge probe, the adversary, and a short training that transformers reads.
+
+Its labels: test_labels.py; the probes' metrics: test_superb_metrics.py."""
 
 import pathlib
-import sys
+import runpy
 
 import jax
 import numpy as np
-import pytest
 from hf_fixtures import hf_hidden_states, padded_batch
 
-from stackdistill import models, probes, teacher, tiny_teacher
+from stackdistill import models, teacher, tiny_teacher
+from stackdistill.superb import probes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,34 +18,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _max_rel_err(ours, ref, mask):
     err = np.abs(np.asarray(ours, np.float64) - ref) / np.maximum(1.0, np.abs(ref))
     return float(err[np.asarray(mask)].max())
-
-
-def test_phoneme_tokens_split_words_and_drop_stress():
-    text = "p_ˌʊ_t ɪ_t d_ˌaʊ_n ˌəʊ_v_ɐ ð_ˈeə"
-    assert tiny_teacher.phoneme_tokens(text) == [
-        *("p", "ʊ", "t", "ɪ", "t", "d", "aʊ", "n", "əʊ", "v", "ɐ", "ð", "eə")
-    ]
-
-
-def test_vocab_and_label_ids():
-    rows = [{"phonemes": "j_ˈɛ_s"}, {"phonemes": "n_ˈəʊ"}]
-    vocab = tiny_teacher.build_vocab(rows)
-    assert vocab == ["<blank>", "j", "n", "s", "əʊ", "ɛ"]
-    ids, paddings = tiny_teacher.label_ids(["j_ˈɛ_s", "n_ˈəʊ"], vocab, 4)
-    np.testing.assert_array_equal(ids, [[1, 5, 3, 0], [2, 4, 0, 0]])
-    np.testing.assert_array_equal(paddings, [[0, 0, 0, 1], [0, 0, 1, 1]])
-    with pytest.raises(ValueError, match="max_label_length"):
-        tiny_teacher.label_ids(["j_ˈɛ_s"], vocab, 2)
-
-
-def test_edit_distance_and_greedy_decode():
-    assert probes.edit_distance([1, 2, 3, 4], [1, 3, 4, 5]) == 2
-    assert probes.edit_distance([], [7, 7]) == 2
-    assert probes.edit_distance(list("kitten"), list("sitting")) == 3
-    best = np.array([[0, 2, 2, 0, 2, 3, 3, 1]])  # the last frame is padding
-    logits = np.eye(4)[best]
-    mask = np.array([[True] * 7 + [False]])
-    assert probes.greedy_decode(logits, mask) == [[2, 2, 3]]
 
 
 def test_ridge_probe_separates_clusters_and_not_noise():
@@ -58,12 +32,8 @@ def test_ridge_probe_separates_clusters_and_not_noise():
 
 
 def _quick_config(corpus_dir: str):
-    sys.path.insert(0, str(ROOT / "configs"))
-    import tiny_teacher as tiny_config
-
-    c = tiny_config.get_config("quick")
-    c.arch = dict(
-        model_type="hubert",
+    c = runpy.run_path(str(ROOT / "configs" / "tiny_teacher.py"))["get_config"]("quick")
+    c.arch.update(  # smaller, in the config's layout (pre-LN, LayerNorm convs)
         hidden_size=32,
         num_layers=2,
         num_heads=2,
@@ -71,9 +41,6 @@ def _quick_config(corpus_dir: str):
         conv_dim=(16,) * 7,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
-        do_stable_layer_norm=True,
-        feat_extract_norm="layer",
-        conv_bias=True,
     )
     c.ctc_layer, c.speaker_layer = 2, 1
     c.total_steps, c.log_every, c.learning_rate = 24, 4, 3e-3

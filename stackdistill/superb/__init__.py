@@ -6,7 +6,8 @@
     from stackdistill.superb import run; run.run(config, workdir)  # what --mode=eval does
 
 Modules: `tasks` (data, splits, targets), `upstream` (what is evaluated), `features`
-(extraction), `heads` (weighted layer sum + head, training), `metrics`, `cka`, `report`, `run`.
+(extraction), `heads` (weighted layer sum + head, training), `metrics`, `cka`, `report`, `run`;
+`probes` (layer-wise linear probes, the tiny teacher's probe table).
 """
 
 import importlib

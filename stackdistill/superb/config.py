@@ -70,12 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.synth.test_fraction = 0.25
 
     # Mini-SUPERB heads standardise the features: the demo's briefly distilled students carry
-    # an offset shared by every utterance (their pooled hidden states differ by 0.1-3% of it),
-    # which SUPERB's plain heads do not resolve in a few thousand steps.
+    # an offset shared by every utterance, which SUPERB's plain heads do not resolve in a few
+    # thousand steps (benchmarks/RESULTS.md, "Mini-SUPERB").
     c.ks_synth = head_config(3e-3, 1_500, standardize=True)
     c.sid_synth = head_config(3e-3, 1_500, standardize=True)
-    # PR-synth: lr 3e-3 (SUPERB's PR uses 1e-2; here that makes the PER swing by +-3 points
-    # from one evaluation to the next).
+    # PR-synth: lr 3e-3 (SUPERB's PR uses 1e-2, which here makes the PER swing from one
+    # evaluation to the next).
     c.pr_synth = head_config(3e-3, 1_000, standardize=True)
 
     c.pr = _librispeech(1e-2, 100_000, voice="en-us")

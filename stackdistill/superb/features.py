@@ -60,6 +60,12 @@ def read_audio(record: dict[str, Any], options: ReadOptions) -> np.ndarray:
     return audio.normalize(samples) if options.normalize_audio else samples
 
 
+def mean_pool(x_btd: jax.Array, mask_bt: jax.Array) -> jax.Array:
+    """Mean over the valid frames of each utterance: (..., B, T, D) -> (..., B, D)."""
+    weights = mask_bt.astype(x_btd.dtype)[..., None]
+    return jnp.sum(x_btd * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+
+
 @functools.lru_cache(maxsize=16)
 def _encoder_fn(cfg: models.EncoderConfig, pool: bool, normalize: bool) -> Callable:
     """Jitted (params, wav, lengths) -> (hidden states, frame lengths), pooled or not."""
@@ -73,8 +79,7 @@ def _encoder_fn(cfg: models.EncoderConfig, pool: bool, normalize: bool) -> Calla
             hidden_lbtd = (hidden_lbtd - mean) * jax.lax.rsqrt(var + 1e-5)
         frames_b = out.mask.sum(-1)
         if pool:
-            masked = jnp.where(out.mask[None, :, :, None], hidden_lbtd, 0.0)
-            return masked.sum(2) / jnp.maximum(frames_b, 1)[None, :, None], frames_b
+            return mean_pool(hidden_lbtd, out.mask), frames_b
         return hidden_lbtd, frames_b
 
     return jax.jit(fn)

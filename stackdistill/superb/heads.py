@@ -10,6 +10,9 @@ applied at extraction). The heads, as in s3prl's downstream experts:
   direction, dropout 0.2), linear, CTC.
 Adam with global-norm clipping at 1, as s3prl's runner; the best dev step is kept when a dev
 split exists, otherwise the last step.
+
+The plain-parameter pieces (`linear_params`, `ctc_head`, `ctc_loss`) are shared with the layer
+probes (superb/probes.py) and the tiny teacher's own heads.
 """
 
 from __future__ import annotations
@@ -30,6 +33,43 @@ import optax
 from stackdistill.superb import metrics
 from stackdistill.superb.features import StoredFrames
 from stackdistill.superb.tasks import Task
+
+Params = dict[str, Any]
+
+
+def linear_params(rng: jax.Array, fan_in: int, fan_out: int) -> Params:
+    """A linear layer as plain params: kernel uniform in +-1/sqrt(fan_in) (torch's), zero bias."""
+    bound = 1.0 / np.sqrt(fan_in)
+    kernel = jax.random.uniform(rng, (fan_in, fan_out), jnp.float32, -bound, bound)
+    return {"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def ctc_head(rng: jax.Array, fan_in: int, num_labels: int) -> Params:
+    """A linear CTC head whose blank (id 0) starts at probability 0.9 on zero input."""
+    head = linear_params(rng, fan_in, num_labels)
+    # CTC's best paths are mostly blanks; from a zero bias Adam needs hundreds of steps to
+    # get there (the plateau of a fresh CTC model).
+    head["bias"] = head["bias"].at[0].set(np.log(9.0 * (num_labels - 1)))
+    return head
+
+
+def ctc_loss(
+    logits_btv: jax.Array,
+    mask_bt: jax.Array,
+    ids: jax.Array,
+    paddings: jax.Array,
+    feasible_b: jax.Array | None = None,
+) -> jax.Array:
+    """optax CTC (blank 0) per utterance, divided by its token count, averaged over the batch.
+
+    With `feasible_b`, utterances marked 0 (too few frames for their tokens) count zero, as
+    torch's CTCLoss(reduction="mean", zero_infinity=True) that s3prl uses.
+    """
+    per_seq = optax.ctc_loss(logits_btv, 1.0 - mask_bt.astype(jnp.float32), ids, paddings)
+    per_token = per_seq / jnp.maximum(jnp.sum(1.0 - paddings, axis=1), 1.0)
+    if feasible_b is not None:
+        per_token = jnp.where(feasible_b > 0, per_token, 0.0)
+    return jnp.mean(per_token)
 
 
 class BiLSTM(nn.Module):
@@ -89,7 +129,7 @@ def ctc_min_frames(targets: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class Probe:
+class TaskHead:
     """A task's head bound to its data kind: builds batches, losses and predictions."""
 
     task: Task
@@ -132,19 +172,14 @@ class Probe:
                 ce = optax.softmax_cross_entropy_with_integer_labels(group, batch["labels"][:, g])
                 total, start = total + ce.mean(), start + size
             return total
-        t = logits.shape[1]
-        logit_paddings = (jnp.arange(t)[None, :] >= batch["frames"][:, None]).astype(jnp.float32)
-        per_seq = optax.ctc_loss(
-            logits, logit_paddings, batch["labels"], batch["label_paddings"], blank_id=0
+        mask_bt = jnp.arange(logits.shape[1])[None, :] < batch["frames"][:, None]
+        return ctc_loss(
+            logits, mask_bt, batch["labels"], batch["label_paddings"], batch["feasible"]
         )
-        label_lengths = jnp.maximum((1 - batch["label_paddings"]).sum(1), 1)
-        # torch's CTCLoss(reduction="mean", zero_infinity=True), as s3prl: per-token loss,
-        # impossible alignments (too few frames) contributing zero.
-        return jnp.mean(jnp.where(batch["feasible"] > 0, per_seq / label_lengths, 0.0))
 
     @functools.cached_property
     def predict_jit(self) -> Callable:
-        """`predict`, jitted once per probe."""
+        """`predict`, jitted once per head."""
         return jax.jit(self.predict)
 
     def predict(self, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -158,7 +193,7 @@ class Probe:
         )
 
 
-def make_probe(task: Task, hp: ml_collections.ConfigDict) -> Probe:
+def make_head(task: Task, hp: ml_collections.ConfigDict) -> TaskHead:
     """The downstream model of a task with its hyper-parameters."""
     out_dim = (
         sum(len(g) for g in task.classes) if task.kind == "utterance" else len(task.classes[0])
@@ -171,17 +206,17 @@ def make_probe(task: Task, hp: ml_collections.ConfigDict) -> Probe:
         lstm_layers=hp.get("lstm_layers", 2),
         dropout=hp.get("dropout", 0.2),
     )
-    return Probe(task, model)
+    return TaskHead(task, model)
 
 
 def _size(data: Any) -> int:
     return len(data[1]) if isinstance(data, tuple) else len(data)
 
 
-def evaluate(probe: Probe, params: Any, data: Any, batch_size: int) -> float:
+def evaluate(head: TaskHead, params: Any, data: Any, batch_size: int) -> float:
     """The task's metric on a split (accuracy, or PER/WER over the whole split)."""
     n = _size(data)
-    if probe.task.kind == "ctc" and isinstance(data, StoredFrames):
+    if head.task.kind == "ctc" and isinstance(data, StoredFrames):
         order = np.argsort([s.shape[1] for s in data.sequences])  # less padding per batch
     else:
         order = np.arange(n)
@@ -190,21 +225,20 @@ def evaluate(probe: Probe, params: Any, data: Any, batch_size: int) -> float:
     for start in range(0, n, batch_size):
         chunk = order[start : start + batch_size]
         padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk))])
-        batch = probe.batch(data, padded)
-        ids = np.asarray(probe.predict_jit(params, batch))[: len(chunk)]
-        if probe.task.kind == "ctc":
+        batch = head.batch(data, padded)
+        ids = np.asarray(head.predict_jit(params, batch))[: len(chunk)]
+        if head.task.kind == "ctc":
             decoded = metrics.ctc_greedy_decode(ids, batch["frames"][: len(chunk)])
-            labels, paddings = batch["labels"][: len(chunk)], batch["label_paddings"][: len(chunk)]
-            refs = [row[p == 0].tolist() for row, p in zip(labels, paddings)]
+            refs = metrics.unpad(batch["labels"], batch["label_paddings"])[: len(chunk)]
         else:
             decoded, refs = list(ids), list(batch["labels"][: len(chunk)])
         for i, d, r in zip(chunk, decoded, refs):
             predictions[i], references[i] = d, r
-    if probe.task.metric == "accuracy":
+    if head.task.metric == "accuracy":
         return metrics.accuracy(np.stack(references), np.stack(predictions))
-    if probe.task.metric == "per":
+    if head.task.metric == "per":
         return metrics.error_rate(references, predictions)
-    vocab = probe.task.classes[0]
+    vocab = head.task.classes[0]
     text = lambda ids: "".join(vocab[i] for i in ids).replace("|", " ")
     return metrics.word_error_rate([text(r) for r in references], [text(p) for p in predictions])
 
@@ -231,7 +265,7 @@ def _index_stream(n: int, batch_size: int, rng: np.random.Generator, lengths=Non
 
 
 def train(
-    probe: Probe,
+    head: TaskHead,
     train_data: Any,
     dev_data: Any | None,
     hp: ml_collections.ConfigDict,
@@ -239,19 +273,19 @@ def train(
     log: Callable[[str], None] = print,
 ) -> tuple[Any, dict[str, Any]]:
     """Trains the featurizer and head; returns (params kept, history)."""
-    higher_better = probe.task.metric == "accuracy"
+    higher_better = head.task.metric == "accuracy"
     lengths = train_data.lengths() if isinstance(train_data, StoredFrames) else None
     rng = np.random.default_rng(seed)
     batches = _index_stream(_size(train_data), hp.batch_size, rng, lengths)
-    first = probe.batch(train_data, next(batches))
+    first = head.batch(train_data, next(batches))
     key = jax.random.key(seed)
-    params = probe.model.init(key, first["hidden"], first.get("frames"))["params"]
+    params = head.model.init(key, first["hidden"], first.get("frames"))["params"]
     tx = optax.chain(optax.clip_by_global_norm(hp.clip_norm), optax.adam(hp.lr))
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, batch, rng):
-        loss, grads = jax.value_and_grad(probe.loss)(params, batch, rng)
+        loss, grads = jax.value_and_grad(head.loss)(params, batch, rng)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -259,20 +293,20 @@ def train(
     best_score, best_step, best_params = None, hp.steps, params
     start_time, losses = time.perf_counter(), []
     for i in range(1, hp.steps + 1):
-        batch = first if i == 1 else probe.batch(train_data, next(batches))
+        batch = first if i == 1 else head.batch(train_data, next(batches))
         params, opt_state, loss = step(params, opt_state, batch, jax.random.fold_in(key, i))
         losses.append(loss)
         if i % hp.log_every == 0 or i == hp.steps:
             mean_loss = float(np.mean(jax.device_get(losses)))
             if not np.isfinite(mean_loss):
-                raise FloatingPointError(f"{probe.task.name}: loss {mean_loss} at step {i}")
+                raise FloatingPointError(f"{head.task.name}: loss {mean_loss} at step {i}")
             history["loss"].append((i, mean_loss))
-            log(f"{probe.task.name} step {i}/{hp.steps} loss {mean_loss:.4f}")
+            log(f"{head.task.name} step {i}/{hp.steps} loss {mean_loss:.4f}")
             losses = []
         if dev_data is not None and (i % hp.eval_every == 0 or i == hp.steps):
-            score = evaluate(probe, params, dev_data, hp.batch_size)
+            score = evaluate(head, params, dev_data, hp.batch_size)
             history["dev"].append((i, score))
-            log(f"{probe.task.name} step {i} dev {probe.task.metric} {score:.4f}")
+            log(f"{head.task.name} step {i} dev {head.task.metric} {score:.4f}")
             if best_score is None or (score > best_score if higher_better else score < best_score):
                 best_score, best_step = score, i
                 best_params = jax.tree_util.tree_map(np.array, jax.device_get(params))

@@ -1,4 +1,8 @@
-"""SUPERB metrics: edit distance, PER/WER over a whole set, accuracy, greedy CTC decoding."""
+"""SUPERB metrics: edit distance, PER/WER over a whole set, accuracy, greedy CTC decoding.
+
+The one home of these: the SUPERB heads (superb/heads.py) and the layer probes
+(superb/probes.py) both score with them.
+"""
 
 from __future__ import annotations
 
@@ -62,3 +66,8 @@ def ctc_greedy_decode(ids_bt: np.ndarray, lengths_b: np.ndarray, blank: int = 0)
         keep = np.concatenate([[True], ids[1:] != ids[:-1]]) & (ids != blank)
         decoded.append(ids[keep].tolist())
     return decoded
+
+
+def unpad(ids_bn: np.ndarray, paddings_bn: np.ndarray) -> list[list[int]]:
+    """Padded label rows (paddings 1.0 where there is no token) -> token lists."""
+    return [row[p == 0].tolist() for row, p in zip(np.asarray(ids_bn), np.asarray(paddings_bn))]

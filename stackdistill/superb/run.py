@@ -1,6 +1,6 @@
 """--mode=eval and --mode=compare: SUPERB-style evaluation of frozen upstreams.
 
-    python -m stackdistill.main --config=configs/superb_demo.py --workdir=/tmp/sd_demo --mode=eval
+    python -m stackdistill.main --config=configs/demo.py --workdir=/tmp/sd_demo --mode=eval
 
 For every upstream of `config.superb.upstreams` and every task of `config.superb.tasks`: features
 once, a weighted-layer-sum head trained on the train split, its metric on the test split.
@@ -68,11 +68,11 @@ def evaluate_task(
     if hp.standardize:
         splits = list(data)
         data = dict(zip(splits, features.standardize(*(data[k] for k in splits))))
-    probe = heads.make_probe(task, hp)
+    head = heads.make_head(task, hp)
     params, history = heads.train(
-        probe, data["train"], data.get("dev"), hp, config.superb.seed, log.info
+        head, data["train"], data.get("dev"), hp, config.superb.seed, log.info
     )
-    test = heads.evaluate(probe, params, data["test"], hp.batch_size)
+    test = heads.evaluate(head, params, data["test"], hp.batch_size)
     if task.kind == "utterance":
         baseline = majority_baseline(data["train"][1], data["test"][1])
     else:

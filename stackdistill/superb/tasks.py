@@ -30,9 +30,8 @@ from typing import Any
 import ml_collections
 
 from stackdistill.data import manifest, synth
+from stackdistill.data.labels import BLANK, build_vocab, phoneme_tokens
 
-BLANK = "<blank>"
-STRESS_MARKS = "ˈˌ"
 SPLIT_ALIASES = {
     "train": "train",
     "1": "train",
@@ -112,17 +111,6 @@ def split_by_field(records: Sequence[dict], key: str) -> dict[str, list[dict]]:
     return splits
 
 
-def phoneme_tokens(phonemes: str) -> list[str]:
-    """espeak IPA ("_" inside words, " " between words) -> phones without stress marks."""
-    stripped = phonemes.translate({ord(m): None for m in STRESS_MARKS})
-    return [p for word in stripped.split() for p in word.split("_") if p]
-
-
-def _vocabulary(token_lists: Sequence[Sequence[str]]) -> tuple[str, ...]:
-    """CTC vocabulary: the blank first, then every token seen, sorted."""
-    return (BLANK, *sorted({t for tokens in token_lists for t in tokens}))
-
-
 def _encoder(vocab: Sequence[str], tokenize: Callable[[dict], list[str]]) -> Callable:
     index = {t: i for i, t in enumerate(vocab)}
     return lambda record: [index[t] for t in tokenize(record)]
@@ -138,47 +126,44 @@ def synthetic_records(c: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     return manifest.read_manifest(synth.ensure_corpus(str(path), c.synth.num, c.synth.seed))
 
 
+def _classification(
+    name: str, splits: dict[str, list[dict]], key: str, names: tuple[str, ...], notes: str
+) -> Task:
+    """An utterance task with one label group: record[key] indexes `names`."""
+    return Task(name, "utterance", "accuracy", splits, lambda r: [r[key]], (names,), notes=notes)
+
+
+def _phoneme_recognition(
+    name: str, splits: dict[str, list[dict]], records: Sequence[dict], notes: str
+) -> Task:
+    """CTC on the records' espeak phones, PER; the vocabulary is every phone of `records`."""
+    vocab = tuple(build_vocab(records))
+    tokenize = lambda r: phoneme_tokens(r["phonemes"])
+    return Task(name, "ctc", "per", splits, _encoder(vocab, tokenize), (vocab,), notes=notes)
+
+
 def ks_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
     """Keyword spotting on the synthetic keywords; test voices unseen in training."""
     records = [r for r in synthetic_records(c, workdir) if r["keyword"] >= 0]
-    return Task(
-        "ks_synth",
-        "utterance",
-        "accuracy",
-        split_by_group(records, "voice", c.synth.test_fraction),
-        lambda r: [r["keyword"]],
-        (synth.KEYWORDS,),
-        notes="10 espeak-ng keywords; test voices held out",
-    )
+    splits = split_by_group(records, "voice", c.synth.test_fraction)
+    notes = "10 espeak-ng keywords; test voices held out"
+    return _classification("ks_synth", splits, "keyword", synth.KEYWORDS, notes)
 
 
 def sid_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
     """Speaker (voice) identification; split by utterance within each voice."""
     records = synthetic_records(c, workdir)
-    return Task(
-        "sid_synth",
-        "utterance",
-        "accuracy",
-        split_within_groups(records, "voice", c.synth.test_fraction),
-        lambda r: [r["speaker"]],
-        (synth.VOICES,),
-        notes="8 espeak-ng voices; split by utterance within each voice",
-    )
+    splits = split_within_groups(records, "voice", c.synth.test_fraction)
+    notes = "8 espeak-ng voices; split by utterance within each voice"
+    return _classification("sid_synth", splits, "speaker", synth.VOICES, notes)
 
 
 def pr_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
     """Phoneme recognition on espeak's own phonemes; split by file-name hash."""
     records = synthetic_records(c, workdir)
-    vocab = _vocabulary([phoneme_tokens(r["phonemes"]) for r in records])
-    return Task(
-        "pr_synth",
-        "ctc",
-        "per",
-        split_by_hash(records, c.synth.test_fraction),
-        _encoder(vocab, lambda r: phoneme_tokens(r["phonemes"])),
-        (vocab,),
-        notes="espeak IPA phones, stress dropped; split by file-name hash",
-    )
+    splits = split_by_hash(records, c.synth.test_fraction)
+    notes = "espeak IPA phones, stress dropped; split by file-name hash"
+    return _phoneme_recognition("pr_synth", splits, records, notes)
 
 
 # ---------------------------------------------------------------- real data
@@ -215,16 +200,8 @@ def pr(c: ml_collections.ConfigDict, workdir: str) -> Task:
     for split, records in splits.items():
         _phonemize(records, t.voice, pathlib.Path(workdir) / "superb" / f"phonemes_{split}.json")
     all_records = [r for records in splits.values() for r in records]
-    vocab = _vocabulary([phoneme_tokens(r["phonemes"]) for r in all_records])
-    return Task(
-        "pr",
-        "ctc",
-        "per",
-        splits,
-        _encoder(vocab, lambda r: phoneme_tokens(r["phonemes"])),
-        (vocab,),
-        notes=f"LibriSpeech; phones from espeak-ng {t.voice} (SUPERB: lexicon phones)",
-    )
+    notes = f"LibriSpeech; phones from espeak-ng {t.voice} (SUPERB: lexicon phones)"
+    return _phoneme_recognition("pr", splits, all_records, notes)
 
 
 def characters(text: str) -> list[str]:

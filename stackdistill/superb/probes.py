@@ -2,7 +2,8 @@
 
 Speaker: ridge regression onto one-hot classes from standardised mean-pooled frames.
 Phonemes: a linear CTC head trained on frozen frames, scored by greedy phoneme error rate.
-The tiny teacher (`stackdistill.tiny_teacher`) writes its probe table with these.
+The tiny teacher (`stackdistill.tiny_teacher`) writes its probe table with these; the heads,
+pooling and metrics are SUPERB's (superb/heads.py, features.py, metrics.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from stackdistill.data.labels import label_ids
 from stackdistill.models import Encoder, EncoderConfig
-from stackdistill.tiny_teacher import Params, ctc_head, ctc_loss, label_ids, mean_pool
+from stackdistill.superb import metrics
+from stackdistill.superb.features import mean_pool
+from stackdistill.superb.heads import Params, ctc_head, ctc_loss
 
 log = logging.getLogger("stackdistill")
 
@@ -61,30 +65,12 @@ def ridge_accuracy(
     return float(np.mean(np.argmax(design(x_test) @ weights, axis=1) == y_test))
 
 
-def greedy_decode(logits_ntv: np.ndarray, mask_nt: np.ndarray) -> list[list[int]]:
-    """Best path per utterance: argmax, repeats merged, blanks (0) dropped."""
-    out = []
-    for best_t, mask_t in zip(np.argmax(logits_ntv, -1), mask_nt):
-        best_t = best_t[mask_t]
-        merged = best_t[np.concatenate([[True], best_t[1:] != best_t[:-1]])] if len(best_t) else []
-        out.append([int(i) for i in merged if i != 0])
-    return out
-
-
-def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
-def error_rate(hyps: Sequence[Sequence[int]], ids: np.ndarray, paddings: np.ndarray) -> float:
-    """Total edit distance over total reference length."""
-    refs = [list(r[p == 0]) for r, p in zip(ids, paddings)]
-    return sum(edit_distance(h, r) for h, r in zip(hyps, refs)) / max(sum(map(len, refs)), 1)
+def _phoneme_error(
+    logits_ntv: np.ndarray, mask_nt: np.ndarray, ids: np.ndarray, paddings: np.ndarray
+) -> float:
+    """PER of greedy CTC decoding (blank 0) against the padded label rows."""
+    hyps = metrics.ctc_greedy_decode(np.argmax(logits_ntv, -1), np.sum(mask_nt, -1))
+    return metrics.error_rate(metrics.unpad(ids, paddings), hyps)
 
 
 def ctc_probe_error(
@@ -118,8 +104,7 @@ def ctc_probe_error(
     for _ in range(c.ctc_steps):
         params, opt_state = step(params, opt_state, rng.integers(0, num_train, c.ctc_batch))
     logits = np.asarray(x_ntd[num_train:] @ params["kernel"] + params["bias"])
-    hyps = greedy_decode(logits, mask_nt[num_train:])
-    return error_rate(hyps, ids[num_train:], paddings[num_train:])
+    return _phoneme_error(logits, mask_nt[num_train:], ids[num_train:], paddings[num_train:])
 
 
 def probe_layers(
@@ -148,7 +133,7 @@ def probe_layers(
         spk_logits = x_spk @ heads["speaker"]["kernel"] + heads["speaker"]["bias"]
         x_ctc = jnp.asarray(hidden[config.ctc_layer][n:], jnp.float32)
         logits = np.asarray(x_ctc @ heads["ctc"]["kernel"] + heads["ctc"]["bias"])
-        per = error_rate(greedy_decode(logits, mask[n:]), ids[n:], paddings[n:])
+        per = _phoneme_error(logits, mask[n:], ids[n:], paddings[n:])
         acc = float(np.mean(np.argmax(np.asarray(spk_logits), -1) == speakers[n:]))
         table.append({"layer": "heads", "speaker_acc": acc, "phoneme_error": per})
     return table
