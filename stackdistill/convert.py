@@ -1,4 +1,4 @@
-"""Conversion between transformers HubertModel/WavLMModel state dicts and our scanned params.
+"""Conversion between transformers HuBERT/WavLM/wav2vec2 state dicts and our scanned params.
 
 Our params are the Flax tree of `models.Encoder`; transformers keeps one set of tensors per
 layer (`encoder.layers.{i}.…`), we keep one stacked tensor per name under `encoder/layers`
@@ -18,7 +18,9 @@ from stackdistill.models.config import EncoderConfig
 
 Params = dict[str, Any]
 
-# Tensors of the pre-training / task models that the encoder never uses.
+# Tensors of the bare model that the encoder never uses (SpecAugment's mask vector). A task
+# model's heads (wav2vec2's quantizer/project_q/project_hid, CTC's lm_head) sit outside its
+# `hubert.`/`wavlm.`/`wav2vec2.` prefix and are dropped with it.
 UNUSED_KEYS = ("masked_spec_embed",)
 _WEIGHT_NORM = {
     "weight_g": "encoder.pos_conv_embed.conv.weight_g",
@@ -66,7 +68,7 @@ def _fold_weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _strip_prefix(state: Mapping[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
-    """Drops the `hubert.`/`wavlm.` prefix of task-model checkpoints (their heads are not ours)."""
+    """Drops the `hubert.`/`wavlm.`/`wav2vec2.` prefix of task models (their heads are not ours)."""
     prefix = f"{model_type}."
     if any(k.startswith(prefix) for k in state):
         return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,9 +1,10 @@
-"""Teachers: load a transformers HubertModel/WavLMModel checkpoint as (EncoderConfig, params).
+"""Teachers: load a transformers HuBERT/WavLM/wav2vec2 checkpoint as (EncoderConfig, params).
 
 `load` accepts a local directory in the `save_pretrained` layout or a hub id. The converted
 params are cached with orbax under `$STACKDISTILL_CACHE/teachers/` (default
 `~/.cache/stackdistill/teachers/`), keyed by the source files, so a second load reads the
-cache and needs neither torch nor the conversion.
+cache and needs neither torch nor the conversion. Task-model checkpoints (`HubertForCTC`,
+`Wav2Vec2ForPreTraining`, ...) load too: their encoder is read, their heads are ignored.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def load(
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[EncoderConfig, Any]:
-    """Loads a HuBERT/WavLM teacher as (EncoderConfig, float32 params pytree of jax arrays).
+    """Loads a HuBERT/WavLM/wav2vec2 teacher as (EncoderConfig, float32 params of jax arrays).
 
     `name_or_path` is a transformers `save_pretrained` directory (config.json and
     model.safetensors or pytorch_model.bin) or a hub id such as 'facebook/hubert-base-ls960'.
@@ -200,8 +201,7 @@ def save(path: str | os.PathLike, cfg: EncoderConfig, params: Any) -> pathlib.Pa
         k: np.ascontiguousarray(v) for k, v in convert.params_to_state_dict(cfg, params).items()
     }
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})
-    architecture = "HubertModel" if cfg.model_type == "hubert" else "WavLMModel"
-    hf = {**cfg.to_hf(), "architectures": [architecture], "torch_dtype": "float32"}
+    hf = {**cfg.to_hf(), "architectures": [cfg.hf_architecture], "torch_dtype": "float32"}
     (path / "config.json").write_text(json.dumps(hf, indent=1))
     return path
 

@@ -20,8 +20,19 @@ TINY = dict(
 )
 
 
-def make_hf_model(model_type: str, stable: bool, seed: int = 0, **overrides):
-    """A random HubertModel/WavLMModel in eval mode (both norm modes via `stable`)."""
+# model_type -> (config class, model class) in transformers.
+HF_CLASSES = {
+    "hubert": ("HubertConfig", "HubertModel"),
+    "wavlm": ("WavLMConfig", "WavLMModel"),
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
+}
+
+
+def make_hf_model(model_type: str, stable: bool, seed: int = 0, head: str = "", **overrides):
+    """A random HubertModel/WavLMModel/Wav2Vec2Model in eval mode (both norm modes via `stable`).
+
+    `head` picks a task model instead (e.g. "ForPreTraining", "ForCTC"): Wav2Vec2ForCTC, ...
+    """
     import torch
     import transformers
 
@@ -30,10 +41,10 @@ def make_hf_model(model_type: str, stable: bool, seed: int = 0, **overrides):
         TINY, do_stable_layer_norm=stable, feat_extract_norm="layer" if stable else "group"
     )
     kwargs.update(overrides)
-    if model_type == "hubert":
-        model = transformers.HubertModel(transformers.HubertConfig(**kwargs))
-    else:
-        model = transformers.WavLMModel(transformers.WavLMConfig(**kwargs))
+    config_cls, model_cls = HF_CLASSES[model_type]
+    if head:
+        model_cls = model_cls.removesuffix("Model") + head
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs))
     # Random init leaves LayerNorms at identity and biases at zero; perturb every tensor so
     # that a transposed or misplaced one cannot go unnoticed.
     with torch.no_grad():
@@ -72,3 +83,32 @@ def hf_hidden_states(model, wav: np.ndarray, lengths: np.ndarray) -> list[np.nda
             torch.from_numpy(wav), attention_mask=torch.from_numpy(mask), output_hidden_states=True
         )
     return [h.numpy() for h in out.hidden_states] + [out.last_hidden_state.numpy()]
+
+
+# The architecture fields of facebook/wav2vec2-xls-r-300m's config.json (transformers 4.12).
+XLSR_300M = dict(
+    model_type="wav2vec2",
+    architectures=["Wav2Vec2ForPreTraining"],
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    hidden_act="gelu",
+    conv_bias=True,
+    conv_dim=[512] * 7,
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+    num_feat_extract_layers=7,
+    feat_extract_activation="gelu",
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+    layer_norm_eps=1e-05,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    mask_time_prob=0.075,
+    mask_feature_prob=0.0,
+    num_codevector_groups=2,
+    num_codevectors_per_group=320,
+    codevector_dim=768,
+    proj_codevector_dim=768,
+)

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from stackdistill import convert, models, teacher
 
-CASES = [("hubert", False), ("hubert", True), ("wavlm", False), ("wavlm", True)]
+CASES = [(m, stable) for m in ("hubert", "wavlm", "wav2vec2") for stable in (False, True)]
 
 
 def _max_rel_err(ours, ref, mask):
@@ -107,9 +107,9 @@ def test_missing_tensor_is_named(tmp_path):
 def test_unknown_model_type_is_named(tmp_path):
     path = save_hf_model(make_hf_model("hubert", False), tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    config["model_type"] = "wav2vec2"
+    config["model_type"] = "data2vec-audio"
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="unsupported model_type 'wav2vec2'"):
+    with pytest.raises(ValueError, match="unsupported model_type 'data2vec-audio'"):
         teacher.load(str(path))
 
 
@@ -118,15 +118,15 @@ def test_not_a_directory_or_hub_id(tmp_path):
         teacher.load(str(tmp_path / "nothing" / "here"))
 
 
-@pytest.mark.parametrize("model_type", ["hubert", "wavlm"])
+@pytest.mark.parametrize("model_type", ["hubert", "wavlm", "wav2vec2"])
 def test_written_random_teacher_loads_in_transformers(tmp_path, model_type):
     import torch
     import transformers
-    from hf_fixtures import TINY
+    from hf_fixtures import HF_CLASSES, TINY
 
     cfg = models.EncoderConfig.from_hf({**TINY, "model_type": model_type})
     path = teacher.write_random(tmp_path / "t", cfg, seed=3)
-    cls = transformers.HubertModel if model_type == "hubert" else transformers.WavLMModel
+    cls = getattr(transformers, HF_CLASSES[model_type][1])
     torch_model = cls.from_pretrained(path).eval()
     cfg2, params = teacher.load(str(path))
     assert cfg2 == cfg

@@ -1,4 +1,4 @@
-"""EncoderConfig: the hyper-parameters of one HuBERT/WavLM-family encoder (teacher or student)."""
+"""EncoderConfig: the hyper-parameters of one HuBERT/WavLM/wav2vec2 encoder (teacher or student)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-MODEL_TYPES = ("hubert", "wavlm")
+MODEL_TYPES = ("hubert", "wavlm", "wav2vec2")
+# The transformers class whose `save_pretrained` layout each model type reads and writes.
+HF_ARCHITECTURES = {"hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
 
@@ -58,6 +60,11 @@ class EncoderConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def hf_architecture(self) -> str:
+        """The transformers model class of this model type ("HubertModel", ...)."""
+        return HF_ARCHITECTURES[self.model_type]
+
+    @property
     def receptive_field(self) -> int:
         """Samples seen by one output frame of the CNN front-end (400 for HuBERT)."""
         field = 1
@@ -81,7 +88,7 @@ class EncoderConfig:
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any] | Any, **overrides: Any) -> EncoderConfig:
-        """Reads a transformers HubertConfig/WavLMConfig (object or config.json dict)."""
+        """Reads a transformers HubertConfig/WavLMConfig/Wav2Vec2Config (object or config.json)."""
         d = hf if isinstance(hf, Mapping) else hf.to_dict()
         model_type = d.get("model_type")
         if model_type not in MODEL_TYPES:
@@ -94,6 +101,10 @@ class EncoderConfig:
             raise ValueError("only hidden_act='gelu' and feat_extract_activation='gelu' supported")
         if d.get("add_adapter"):
             raise ValueError("add_adapter=True (a CTC adapter) is not supported")
+        if d.get("adapter_attn_dim") is not None:
+            raise ValueError(
+                "adapter_attn_dim (MMS per-language attention adapters) is not supported"
+            )
         fields = dict(
             model_type=model_type,
             hidden_size=d["hidden_size"],
@@ -105,8 +116,9 @@ class EncoderConfig:
             conv_stride=tuple(d["conv_stride"]),
             conv_bias=bool(d.get("conv_bias", False)),
             feat_extract_norm=d.get("feat_extract_norm", "group"),
-            # WavLM always normalises before the projection; HuBERT makes it optional.
-            feat_proj_layer_norm=bool(d.get("feat_proj_layer_norm", True)),
+            # WavLM and wav2vec2 always normalise before the projection; HuBERT makes it optional.
+            feat_proj_layer_norm=model_type != "hubert"
+            or bool(d.get("feat_proj_layer_norm", True)),
             num_conv_pos_embeddings=d["num_conv_pos_embeddings"],
             num_conv_pos_embedding_groups=d["num_conv_pos_embedding_groups"],
             do_stable_layer_norm=bool(d.get("do_stable_layer_norm", False)),
@@ -140,7 +152,7 @@ class EncoderConfig:
         )
         if self.model_type == "hubert":
             d["feat_proj_layer_norm"] = self.feat_proj_layer_norm
-        else:
+        elif self.model_type == "wavlm":
             d.update(num_buckets=self.num_buckets, max_bucket_distance=self.max_bucket_distance)
         return d
 

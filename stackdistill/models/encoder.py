@@ -91,7 +91,7 @@ class FeatureProjection(nn.Module):
 
     @nn.compact
     def __call__(self, x_btc: Array) -> Array:
-        if self.cfg.feat_proj_layer_norm or self.cfg.model_type == "wavlm":
+        if self.cfg.feat_proj_layer_norm or self.cfg.model_type != "hubert":
             x_btc = _layer_norm(self.cfg, "layer_norm")(x_btc)
         return _dense(self.cfg, self.cfg.hidden_size, "projection")(x_btc)
 
