@@ -207,6 +207,14 @@ def perfetto_file(trace_dir: str | pathlib.Path) -> pathlib.Path:
 _DERIVED = ("XLA Modules", "XLA Ops", "TensorFlow", "Framework", "Steps", "Source", "TraceMe")
 
 
+def has_device_lines(trace_file: str | pathlib.Path) -> bool:
+    """Whether the trace holds device (GPU/TPU) lines, i.e. kernel timings."""
+    data = json.load(gzip.open(trace_file))
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    return any(e.get("ph") == "M" and e.get("name") == "process_name"
+               and e["args"]["name"].startswith("/device:") for e in events)  # fmt: skip
+
+
 def op_events(trace_file: str | pathlib.Path, module: str) -> list[dict[str, Any]]:
     """Leaf op events of `module`: {"op", "start", "dur"} in microseconds, device lines first."""
     data = json.load(gzip.open(trace_file))

@@ -124,7 +124,11 @@ def profile(fn, args: tuple, steps: int, trace_dir: pathlib.Path) -> dict[str, A
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         traced = [call() for _ in range(steps)]
     hlo = op_profile.Hlo(compiled.as_text())
-    events = op_profile.op_events(op_profile.perfetto_file(trace_dir), hlo.module)
+    trace_file = op_profile.perfetto_file(trace_dir)
+    events = op_profile.op_events(trace_file, hlo.module)
+    if jax.default_backend() != "cpu" and not op_profile.has_device_lines(trace_file):
+        print("WARNING: the trace has no device lines (no CUPTI?): the table times host-side "
+              "thunks, not kernels", flush=True)  # fmt: skip
     table = op_profile.category_table(hlo, events, steps)
     return {"compile_s": compile_s, "step_s": statistics.median(untraced),
             "traced_step_s": sum(traced) / steps, "traced_times": traced,
