@@ -353,7 +353,7 @@ def main() -> None:
         for v, compiled_variant in variants:
             model, heads = torch_student(setup["s_cfg"], setup["params"], sources)
             model, heads = model.to(args.device), heads.to(args.device)
-            s_model = s_model or model  # the eager module, for the front-end timing
+            s_model = model if s_model is None else s_model  # eager, for the front-end timing
             runs[v] = torch_step_fn(
                 t_runs[v], torch.compile(model) if compiled_variant else model, heads, loss,
                 sources, wav, args.device, args.autocast, fused=args.device == "cuda",
