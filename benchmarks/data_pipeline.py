@@ -9,6 +9,11 @@ files of ~20 s in the openslr layout, each a concatenation of synthetic utteranc
 every one is decoded from flac and randomly cropped. Reports real (unpadded) audio-seconds per
 second and padded samples per second, after a warm-up that absorbs the worker start. Prints a
 markdown section for benchmarks/RESULTS.md.
+
+`--per-core` (benchmarks/input_rates.py) then times each input format on one thread in CPU
+seconds: flac at 16 kHz (decode + crop) and at 24 kHz (decode + resample + crop), the packed
+ArrayRecord shards of stackdistill/data/pack.py, and teacher-target shards of HuBERT Base's
+size, and says how many host cores a GPU needs at the step rates measured on an H200.
 """
 
 import argparse
@@ -19,6 +24,7 @@ import time
 
 import numpy as np
 import soundfile as sf
+from input_rates import cores_table, per_core_rates
 
 from stackdistill import data
 from stackdistill.data import synth
@@ -87,6 +93,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--per-core", action="store_true", help="per-core rates of each format")
+    parser.add_argument("--per-core-only", action="store_true", help="skip the loader table")
+    parser.add_argument("--records", type=int, default=40, help="per-core: records per format")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -95,6 +104,11 @@ def main() -> None:
     num_utterances = sum(1 for _ in open(manifest))
     long_corpus = librispeech_like(manifest, args.corpus + "_librispeech_like")
 
+    if args.per_core or args.per_core_only:
+        rates = per_core_rates(long_corpus, args.corpus + "_formats", args.records)
+        print(cores_table(rates, f"{cpu_model()}, {os.cpu_count()} cores", args.records))
+        if args.per_core_only:
+            return
     rows = []
     for corpus in ("synthetic", "librispeech-like"):
         for workers in args.workers:

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark, under 5 minutes on one H100/H200 (no network needed there).
+# Everything issue 18 measures on one H100/H200, in one invocation of about 8 minutes (no
+# network needed there).
 #
 #   bash benchmarks/gpu.sh --prepare   # HERE, once: copies ml_collections (pure Python, absent
 #                                      # from the GPU image) into .gpu_deps/ (git-ignored)
-#   bash benchmarks/gpu.sh             # THERE, from the repo root, with .gpu_deps carried along
+#   bash benchmarks/gpu.sh [--out DIR] # THERE, from the repo root, with .gpu_deps carried along
 #
-# Measures, in bfloat16 at the paper's batch (24 x 15.6 s = 250,000 samples each):
-#   - the HuBERT Base teacher forward (all hidden states), random weights;
-#   - a full distillation step (teacher forward + student forward/backward + AdamW) of the
-#     12 x 384 student, then of DistilHuBERT if time is left;
-# each as step time (median of 10 after a warm-up), audio-seconds/s and MFU against the dense
-# bf16 peak (989 TFLOP/s, H100/H200 SXM) from the analytic FLOP count (benchmarks/flops.py).
-# Results: $OUT (if set) or ./gpu_results: gpu.json, step.log, env.txt.
+# In bfloat16 at the paper's batch (24 x 15.6 s = 250,000 samples each), random weights:
+#   1. benchmarks/profile_step.py, 12 x 384 student: the teacher forward, the live step, live +
+#      shared front-end, cached targets, cached targets + features: step times, MFU, and the
+#      per-op-category table (convolutions, matmuls, attention, norms, ...) from a trace;
+#   2. the same for DistilHuBERT (live, cached + shared);
+#   3. benchmarks/step_vs_pytorch.py --device cuda: our step against transformers' HubertModel
+#      teacher + the same student and loss in PyTorch (bf16 autocast, eager and torch.compile),
+#      in the same process, 12 x 384 then DistilHuBERT; the teacher forwards of both too.
+# Outputs (at most 8 files, the device tool's limit): $OUT, else --out DIR, else ./gpu_results:
+# env.txt, profile_<student>.md/.json, trace_12x384_live.json.gz (perfetto), torch.log/.json.
+# Each part has its own timeout and writes its JSON as it goes: a part cut short keeps what
+# it measured and the next still runs. Traces go to a scratch folder (too deep to come back).
 # Dry run on a CPU: GPU_BENCH_ALLOW_CPU=1 GPU_BENCH_BATCH=1 GPU_BENCH_SECONDS=1 GPU_BENCH_REPEATS=1
+#   GPU_BENCH_TEACHER=tiny GPU_BENCH_MODEL=demo GPU_BENCH_DEVICE=cpu
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,13 +31,16 @@ if [[ "${1:-}" == "--prepare" ]]; then
   echo "prepared .gpu_deps ($(du -sh .gpu_deps | cut -f1)); carry it to the GPU machine"
   exit 0
 fi
-
 out_dir="${OUT:-$PWD/gpu_results}"
+if [[ "${1:-}" == "--out" ]]; then
+  out_dir="${OUT:-$2}"
+fi
 mkdir -p "$out_dir"
+scratch="$(mktemp -d)"
 py="${PYTHON:-python3}"
 batch="${GPU_BENCH_BATCH:-24}"
 seconds="${GPU_BENCH_SECONDS:-15.625}"
-repeats="${GPU_BENCH_REPEATS:-10}"
+repeats="${GPU_BENCH_REPEATS:-5}"
 export GPU_BENCH_ALLOW_CPU="${GPU_BENCH_ALLOW_CPU:-0}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD:$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
@@ -43,35 +53,60 @@ export PYTHONPATH="$PWD:$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
 import os, jax, flax, optax, ml_collections, numpy
 print("python", __import__("sys").version.split()[0], "jax", jax.__version__, "flax",
       flax.__version__, "optax", optax.__version__, "numpy", numpy.__version__)
+try:
+    import torch, transformers
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers",
+          transformers.__version__)
+except ImportError as e:
+    print("no torch/transformers:", e)
 print("devices", jax.devices())
 if os.environ["GPU_BENCH_ALLOW_CPU"] != "1":
     assert jax.default_backend() == "gpu", f"JAX runs on {jax.default_backend()}, not a GPU"
 EOF
 } 2>&1 | tee "$out_dir/env.txt"
 
-# Both students in one process (the teacher is built and timed once); JSON is rewritten
-# after each, so a run stopped by the timeout keeps what it measured.
 status=0
-timeout 270 "$py" benchmarks/step_vs_pytorch.py --no-torch --dtype bfloat16 \
-  --batch "$batch" --seconds "$seconds" --repeats "$repeats" --students 12x384,distilhubert \
-  --peak-flops 989e12 --json "$out_dir/gpu.json" 2>&1 | tee "$out_dir/step.log" || status=$?
+profile() {  # profile <student> <timeout s> <configs>
+  # Command buffers (CUDA graphs) off for the profile only, so that every kernel carries its
+  # HLO instruction in the trace; step_vs_pytorch below times XLA's default setting.
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout "$2" "$py" \
+    benchmarks/profile_step.py --model "${GPU_BENCH_MODEL:-$1}" \
+    --teacher "${GPU_BENCH_TEACHER:-base}" --batch "$batch" --seconds "$seconds" \
+    --dtype bfloat16 --steps 3 --configs "$3" --peak-flops 989e12 --out "$scratch/$1" \
+    2>&1 | tee "$out_dir/profile_$1.md" || status=$?
+  cp "$scratch/$1/profile.json" "$out_dir/profile_$1.json" 2>/dev/null || true
+}
+profile 12x384 150 teacher,live,live_shared,cached,cached_shared
+trace="$(find "$scratch/12x384/trace_live" -name perfetto_trace.json.gz 2>/dev/null | head -n 1)"
+if [[ -n "$trace" ]]; then cp "$trace" "$out_dir/trace_12x384_live.json.gz"; fi
+profile distilhubert 75 live,cached_shared
+
+# PyTorch on the same GPU in the same process (JAX does not preallocate then).
+timeout 240 "$py" benchmarks/step_vs_pytorch.py --device "${GPU_BENCH_DEVICE:-cuda}" \
+  --autocast bf16 --compile --dtype bfloat16 --batch "$batch" --seconds "$seconds" \
+  --repeats "$repeats" --students 12x384,distilhubert --peak-flops 989e12 \
+  --json "$out_dir/torch.json" 2>&1 | tee "$out_dir/torch.log" || status=$?
 
 echo
-if [[ -f "$out_dir/gpu.json" ]]; then
-  "$py" - "$out_dir/gpu.json" <<'EOF'
+if [[ -f "$out_dir/torch.json" ]]; then
+  "$py" - "$out_dir/torch.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"{r['machine']}, batch {r['batch']} x {r['seconds']} s, {r['dtype']}")
-print(f"teacher forward: {r['jax_teacher_forward_s']:.3f} s, "
-      f"{r['jax_teacher_audio_s_per_s']:.0f} audio-s/s, MFU {r['jax_teacher_mfu']:.1%}")
+print(f"teacher forward: JAX {r['jax_teacher_forward_s']:.3f} s, MFU {r['jax_teacher_mfu']:.1%}"
+      + (f"; PyTorch {r['torch_teacher_forward_s']:.3f} s ({r['torch_teacher_best']})"
+         if "torch_teacher_forward_s" in r else ""))
 for name in ("12x384", "distilhubert"):
     if name in r:
         s = r[name]
-        print(f"{name} step: {s['jax_step_s']:.3f} s, {s['jax_audio_s_per_s']:.0f} audio-s/s, "
-              f"MFU {s['jax_mfu']:.1%} (analytic {s['analytic_flops'] / 1e12:.2f} TFLOP/step, "
-              f"compile {s['jax_compile_s']:.0f} s)")
+        line = (f"{name} step: JAX {s['jax_step_s']:.3f} s, MFU {s['jax_mfu']:.1%}, "
+                f"compile {s['jax_compile_s']:.0f} s")
+        for v, t in s.get("torch_by_variant", {}).items():
+            line += f"; PyTorch {v} {t['step_s']:.3f} s ({t['ratio']:.2f}x ours)"
+        print(line)
 EOF
 else
-  echo "no results written (see $out_dir/step.log)"
+  echo "no PyTorch comparison written (see $out_dir/torch.log)"
 fi
+rm -rf "$scratch"
 exit "$status"

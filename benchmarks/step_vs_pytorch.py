@@ -2,7 +2,9 @@
 
     python benchmarks/step_vs_pytorch.py [--batch 4 --seconds 4 --repeats 5 --threads 2]
     python benchmarks/step_vs_pytorch.py --no-torch --dtype bfloat16 --batch 24 \
-        --seconds 15.6 --peak-flops 989e12 --json out.json          # GPU (benchmarks/gpu.sh)
+        --seconds 15.6 --peak-flops 989e12 --json out.json          # GPU, JAX alone
+    python benchmarks/step_vs_pytorch.py --device cuda --dtype bfloat16 --batch 24 \
+        --seconds 15.6 --peak-flops 989e12 --json out.json          # GPU, against PyTorch
 
 A step is the teacher forward (HuBERT Base, random weights, nothing downloaded) + the
 student forward/backward + clipped AdamW. The reference runs transformers' HubertModel as
@@ -12,6 +14,12 @@ losses are printed side by side as a check. For each student (DistilHuBERT: 2 x 
 the last layer, L1 + cos; 12 x 384: MSE + 0.5 x intermediate, student layers 4/8/12 ->
 teacher 4/8/12) the two are timed alternately after one warm-up each; medians are reported
 with the teacher forward timed alone, so that the student's share is the difference.
+
+`--device cuda` runs the reference on the GPU with bf16 autocast (`--autocast bf16`, its
+default there), fused AdamW and SDPA attention, in two variants, eager and `torch.compile`d
+(teacher and student modules), timed alternately with our step in the same process (JAX
+does not preallocate GPU memory then); our step is compared with the faster variant. On a
+CPU `--autocast bf16 --compile` exercise the same variants.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ if "--malloc=tuned" in sys.argv:  # parsed again below; acted on here, before ja
     from stackdistill import hostmem  # imports no jax
 
     hostmem.configure("keep")  # glibc: one arena, no mmap, no trimming; both frameworks
+if "cuda" in sys.argv or "--device=cuda" in sys.argv:  # PyTorch shares the GPU with JAX
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 import jax  # noqa: E402
@@ -149,21 +159,39 @@ def torch_loss(preds: dict[int, Any], targets: dict[int, Any], loss: str):
     return torch.stack(heads).mean()
 
 
-def torch_step_fn(t_model, s_model, heads, loss: str, sources: dict[int, int], wav):
-    """A closure running one reference step (teacher no_grad, student fwd/bwd, AdamW)."""
+def autocast(device: str, dtype: str):
+    """bf16 autocast on `device`, or a no-op context."""
+    import contextlib
+
+    import torch
+
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def torch_step_fn(t_model, s_model, heads, loss: str, sources: dict[int, int], wav,
+                  device: str = "cpu", amp: str = "none", fused: bool = False):  # fmt: skip
+    """A closure running one reference step (teacher no_grad, student fwd/bwd, AdamW).
+
+    t_model and s_model may be torch.compile'd modules; with amp="bf16" the forwards and the
+    loss run under bf16 autocast (the weights and AdamW stay float32).
+    """
     import torch
 
     params = list(s_model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0, eps=1e-8)
-    x = torch.from_numpy(wav)
+    opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0, eps=1e-8,
+                            **({"fused": True} if fused else {}))  # fmt: skip
+    x = torch.from_numpy(wav).to(device)
 
     def run() -> float:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, amp):
             hidden = t_model(x, output_hidden_states=True).hidden_states
-        targets = {k: hidden[k] for k in TEACHER_LAYERS}
-        s_hidden = s_model(x, output_hidden_states=True).hidden_states
-        preds = {k: heads[str(k)](s_hidden[s]) for k, s in sources.items()}
-        value = torch_loss(preds, targets, loss)
+        targets = {k: hidden[k].float() for k in TEACHER_LAYERS}
+        with autocast(device, amp):
+            s_hidden = s_model(x, output_hidden_states=True).hidden_states
+            preds = {k: heads[str(k)](s_hidden[s]) for k, s in sources.items()}
+        value = torch_loss({k: v.float() for k, v in preds.items()}, targets, loss)
         opt.zero_grad(set_to_none=True)
         value.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -173,7 +201,8 @@ def torch_step_fn(t_model, s_model, heads, loss: str, sources: dict[int, int], w
     return run
 
 
-def frontend_times(s_cfg, encoder_params, s_model, wav: np.ndarray, repeats: int) -> dict:
+def frontend_times(s_cfg, encoder_params, s_model, wav: np.ndarray, repeats: int,
+                   device: str = "cpu", amp: str = "none") -> dict:  # fmt: skip
     """Median forward+backward seconds of the student's CNN front-end alone, JAX and PyTorch."""
     from stackdistill.models.encoder import FeatureExtractor
 
@@ -186,14 +215,34 @@ def frontend_times(s_cfg, encoder_params, s_model, wav: np.ndarray, repeats: int
     if s_model is not None:
         import torch
 
-        x = torch.from_numpy(wav)
+        x = torch.from_numpy(wav).to(device)
 
         def run_torch():
             s_model.zero_grad(set_to_none=True)
-            s_model.feature_extractor(x).square().mean().backward()
+            with autocast(device, amp):
+                y = s_model.feature_extractor(x)
+            y.float().square().mean().backward()
+            sync(device)
 
         run_torch()
         out["torch_frontend_fwd_bwd_s"] = median_time(run_torch, repeats)
+    return out
+
+
+def sync(device: str) -> None:
+    """Waits for the GPU's queued work (nothing to wait for on a CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def torch_variants(args) -> list[tuple[str, bool]]:
+    """(name, torch.compile?) of the reference variants: eager, and compiled on CUDA/--compile."""
+    suffix = "" if args.autocast == "none" else f"+{args.autocast}"
+    out = [("eager" + suffix, False)]
+    if args.compile or (args.device == "cuda" and not args.no_compile):
+        out.append(("compile" + suffix, True))
     return out
 
 
@@ -209,6 +258,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--students", default="distilhubert,12x384")
     parser.add_argument("--no-torch", action="store_true", help="JAX only (GPU runs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="PyTorch's")
+    parser.add_argument("--autocast", default="", choices=["", "none", "bf16"],
+                        help="PyTorch autocast; default bf16 on cuda, none on cpu")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile variant")
+    parser.add_argument("--no-compile", action="store_true", help="cuda: eager variant only")
     parser.add_argument("--peak-flops", type=float, default=flops.CPU_PEAK_FLOPS)
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--malloc", default="default", choices=["default", "tuned"],
@@ -217,6 +271,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.malloc == "tuned" and "--malloc=tuned" not in sys.argv:
         parser.error("spell it --malloc=tuned (it must act before jax and torch are imported)")
+    args.autocast = args.autocast or ("bf16" if args.device == "cuda" else "none")
+    variants = [] if args.no_torch else torch_variants(args)
 
     samples = int(round(args.seconds * 16000))
     audio_s = args.batch * samples / 16000
@@ -236,10 +292,14 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
+        if args.device == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 where autocast leaves float32
         t_model = transformers.HubertModel(transformers.HubertConfig()).eval()
         with tempfile.TemporaryDirectory() as tmp:
             t_model.save_pretrained(tmp)
             t_cfg, t_params = teacher.load(tmp, use_cache=False)
+        t_model = t_model.to(args.device)
+        t_runs = {v: torch.compile(t_model) if c else t_model for v, c in variants}
     batch = jax.device_put({"audio": wav, "lengths": lengths})
     t_cfg_run = t_cfg.replace(dtype=args.dtype)
     forward = jax.jit(lambda p, w, n: models.encode(t_cfg_run, p, w, n).hidden_states)
@@ -248,7 +308,8 @@ def main() -> None:
         "machine": cpu_name() if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
         "load_1min": os.getloadavg()[0], "batch": args.batch, "seconds": args.seconds,
         "dtype": args.dtype, "repeats": args.repeats, "jax": jax.__version__,
-        "malloc": args.malloc,
+        "malloc": args.malloc, "torch_device": args.device, "torch_autocast": args.autocast,
+        "torch_variants": [v for v, _ in variants],
         "teacher_flops": flops.encoder_flops(t_cfg, args.batch, samples),
     }  # fmt: skip
     jax_teacher = median_time(
@@ -260,12 +321,19 @@ def main() -> None:
     results["jax_teacher_mfu"] = flops.mfu(results["teacher_flops"], jax_teacher, args.peak_flops)
     print(json.dumps(results), flush=True)
     if t_model is not None:
-        x = torch.from_numpy(wav)
-        with torch.inference_mode():
-            t_model(x, output_hidden_states=True)
-            results["torch_teacher_forward_s"] = median_time(
-                lambda: t_model(x, output_hidden_states=True), args.repeats
-            )
+        x = torch.from_numpy(wav).to(args.device)
+        for v, _ in variants:
+
+            def run_teacher(run=t_runs[v]) -> None:
+                with torch.inference_mode(), autocast(args.device, args.autocast):
+                    run(x, output_hidden_states=True)
+                sync(args.device)
+
+            run_teacher()  # warm-up (and compile)
+            results[f"torch_teacher_forward_s:{v}"] = median_time(run_teacher, args.repeats)
+        best = min(variants, key=lambda v: results[f"torch_teacher_forward_s:{v[0]}"])[0]
+        results["torch_teacher_forward_s"] = results[f"torch_teacher_forward_s:{best}"]
+        results["torch_teacher_best"] = best
 
     for name in args.students.split(","):
         setup = jax_setup(name, t_cfg, t_params, args.dtype)
@@ -281,18 +349,29 @@ def main() -> None:
             return float(metrics["loss"])  # float() waits for the step
 
         first_jax = run_jax()
-        run_torch = None
-        if t_model is not None:
-            s_model, heads = torch_student(setup["s_cfg"], setup["params"], sources)
-            run_torch = torch_step_fn(t_model, s_model, heads, loss, sources, wav)
-            first_torch = run_torch()
-        else:
-            s_model = None
-        jax_times, torch_times = [], []
-        for _ in range(args.repeats):  # alternating, so that load changes hit both
+        runs, firsts, s_model = {}, {}, None
+        for v, compiled_variant in variants:
+            model, heads = torch_student(setup["s_cfg"], setup["params"], sources)
+            model, heads = model.to(args.device), heads.to(args.device)
+            s_model = model if s_model is None else s_model  # eager, for the front-end timing
+            runs[v] = torch_step_fn(
+                t_runs[v], torch.compile(model) if compiled_variant else model, heads, loss,
+                sources, wav, args.device, args.autocast, fused=args.device == "cuda",
+            )  # fmt: skip
+            start = time.perf_counter()
+            firsts[v] = runs[v]()  # loss.item() waits for the step
+            firsts[v + ":first_call_s"] = time.perf_counter() - start
+        jax_times, variant_times = [], {v: [] for v in runs}
+        for _ in range(args.repeats):  # alternating, so that load changes hit all
             jax_times.append(median_time(run_jax, 1))
-            if run_torch:
-                torch_times.append(median_time(run_torch, 1))
+            for v, run in runs.items():
+                variant_times[v].append(median_time(run, 1))
+        run_torch = bool(runs)
+        if run_torch:
+            best = min(runs, key=lambda v: statistics.median(variant_times[v]))
+            torch_times, first_torch = variant_times[best], firsts[best]
+        else:
+            torch_times = []
         s_cfg = setup["s_cfg"]
         analytic = flops.step_flops(t_cfg, s_cfg, args.batch, samples, len(sources))
         jax_s = statistics.median(jax_times)
@@ -307,13 +386,21 @@ def main() -> None:
             torch_s = statistics.median(torch_times)
             row.update(torch_step_s=torch_s, torch_audio_s_per_s=audio_s / torch_s,
                        torch_first_loss=first_torch, torch_times=torch_times,
-                       torch_student_s=torch_s - results["torch_teacher_forward_s"],
+                       torch_student_s=torch_s - results[f"torch_teacher_forward_s:{best}"],
                        torch_mfu=flops.mfu(analytic, torch_s, args.peak_flops),
-                       ratio=torch_s / jax_s)  # fmt: skip
+                       ratio=torch_s / jax_s, torch_best=best)  # fmt: skip
+            row["torch_by_variant"] = {
+                v: {"step_s": statistics.median(t), "times": t, "first_loss": firsts[v],
+                    "first_call_s": firsts[v + ":first_call_s"],
+                    "audio_s_per_s": audio_s / statistics.median(t),
+                    "mfu": flops.mfu(analytic, statistics.median(t), args.peak_flops),
+                    "ratio": statistics.median(t) / jax_s}
+                for v, t in variant_times.items()
+            }  # fmt: skip
         row.update(jax_min_s=min(jax_times), torch_min_s=min(torch_times) if torch_times else None)
         if "jax_frontend_fwd_bwd_s" not in results:  # every student has the teacher's CNN
             results.update(frontend_times(s_cfg, setup["params"]["encoder"], s_model, wav,
-                                          args.repeats))  # fmt: skip
+                                          args.repeats, args.device, args.autocast))  # fmt: skip
         results[name] = row
         print(json.dumps(row), flush=True)
         if args.json:  # after each student, so that a run cut short keeps what it measured
@@ -357,6 +444,21 @@ def _print_table(results: dict[str, Any], names: list[str], audio_s: float) -> N
         print(f"| {name} | {r['jax_step_s']:.3f} | {r['jax_audio_s_per_s']:.2f} | {torch_cells} "
               f"| {r['analytic_flops'] / 1e9:.0f} G, {r['xla_flops'] / 1e9:.0f} G | {mfu} "
               f"| {loss} |")  # fmt: skip
+
+    if any(len(results[n].get("torch_by_variant", {})) > 1 for n in names):
+        print(f"\nPyTorch variants ({results['torch_device']}), teacher forward: "
+              + ", ".join(f"{v} {results[f'torch_teacher_forward_s:{v}']:.3f} s"
+                          for v in results["torch_variants"]) + "\n")  # fmt: skip
+        print("| student | PyTorch variant | step s | audio-s/s | MFU | PyTorch/JAX "
+              "| first loss (JAX) | first call s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for name in names:
+            r = results[name]
+            for v, t in r.get("torch_by_variant", {}).items():
+                mark = " (best)" if v == r["torch_best"] else ""
+                print(f"| {name} | {v}{mark} | {t['step_s']:.3f} | {t['audio_s_per_s']:.1f} "
+                      f"| {t['mfu']:.1%} | {t['ratio']:.2f}x | {t['first_loss']:.4f} "
+                      f"({r['jax_first_loss']:.4f}) | {t['first_call_s']:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,222 @@
+"""Where a distillation step's time goes: a jax.profiler trace and a per-op-category table.
+
+    python benchmarks/profile_step.py --model 12x384 --batch 24 --seconds 15.6 \
+        --dtype bfloat16 --out /tmp/profile                                     # GPU
+    python benchmarks/profile_step.py --teacher demo --model demo --batch 4 --seconds 2 \
+        --out /tmp/profile                                                      # CPU, fast
+
+Each configuration is compiled once (random weights, nothing downloaded), timed untraced,
+then traced for --steps steps: "teacher" (the teacher forward alone, all hidden states),
+"live" (teacher forward + student forward/backward + clipped AdamW), "live_shared" (the
+student reads the teacher's CNN features), "cached" (targets from the batch, as from the
+teacher-target cache), "cached_shared" (targets and CNN features from the batch: neither the
+teacher nor any CNN runs). The table splits the traced step into op categories
+(benchmarks/op_profile.py: convolutions, matmuls, attention, normalisations, elementwise,
+copies/transposes, collectives, other; idle = no op running) with the FLOPs and bytes of
+those ops from the HLO shapes and the rates they achieve. Markdown to stdout; traces under
+OUT/trace_<config>/ and every number in OUT/profile.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import flops  # noqa: E402
+import op_profile  # noqa: E402
+
+from stackdistill import models, optim, step  # noqa: E402
+from stackdistill.models import student  # noqa: E402
+
+CONFIGS = ("teacher", "live", "live_shared", "cached", "cached_shared")
+TEACHERS = {
+    "base": {},  # HuBERT Base
+    "demo": dict(hidden_size=48, num_layers=12, num_heads=4, intermediate_size=96,
+                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                 num_conv_pos_embedding_groups=4),  # configs/demo.py's random teacher
+    "tiny": dict(hidden_size=32, num_layers=12, num_heads=2, intermediate_size=64,
+                 conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                 num_conv_pos_embedding_groups=4),  # the test's
+}  # fmt: skip
+TEACHER_LAYERS = (4, 8, 12)
+MODELS = {
+    # name: (student config fields, loss, student hidden state feeding each teacher layer)
+    "distilhubert": (dict(num_layers=2, hidden_size=768, intermediate_size=3072, num_heads=12),
+                     "l1_cos", {4: 2, 8: 2, 12: 2}),
+    "12x384": (dict(num_layers=12, hidden_size=384, intermediate_size=1536, num_heads=6),
+               "mse", {4: 4, 8: 8, 12: 12}),
+    "demo": (dict(num_layers=12, hidden_size=32, intermediate_size=64, num_heads=2),
+             "mse", {4: 4, 8: 8, 12: 12}),
+}  # fmt: skip
+
+
+def build(config: str, model: str, t_cfg, t_params, batch: int, samples: int, dtype: str):
+    """(jitted fn, its arguments, analytic FLOPs per call) for one configuration."""
+    rng = np.random.default_rng(0)
+    wav = (0.1 * rng.standard_normal((batch, samples))).astype(np.float32)
+    lengths = np.full((batch,), samples, np.int32)
+    t_run = t_cfg.replace(dtype=dtype)
+    if config == "teacher":
+        fn = jax.jit(lambda p, w, n: models.encode(t_run, p, w, n).hidden_states)
+        return (
+            fn,
+            (t_params, jnp.asarray(wav), jnp.asarray(lengths)),
+            flops.encoder_flops(t_cfg, batch, samples),
+        )
+    fields, loss, sources = MODELS[model]
+    shared, cached = config.endswith("_shared"), config.startswith("cached")
+    section = student.default_config()
+    section.update(fields)
+    s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=dtype)
+    params = student.init_params(jax.random.key(0), s_cfg, t_cfg, t_params, TEACHER_LAYERS)
+    distill = step.default_config()
+    distill.update(teacher_layers=TEACHER_LAYERS, loss=loss)
+    schedule = optax.constant_schedule(2e-4)
+    tx = optim.make_optimizer(optim.default_config(), schedule, frozen_frontend=shared)
+    fn = step.make_train_step(distill, t_run, s_cfg, sources, tx, schedule, shared, cached)
+    # Fresh buffers: teacher-initialised leaves may alias the teacher's, and the step donates.
+    state = jax.tree_util.tree_map(jnp.copy, step.init_state(params, tx, seed=0))
+    data: dict[str, Any] = {"lengths": jnp.asarray(lengths)}
+    if not (cached and shared):
+        data["audio"] = jnp.asarray(wav)
+    if cached:
+        frames = t_cfg.num_frames(samples)
+        shape = (batch, len(TEACHER_LAYERS), frames, t_cfg.hidden_size)
+        data["targets"] = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+        if shared:
+            feats = rng.standard_normal((batch, frames, t_cfg.conv_dim[-1]))
+            data["features"] = jnp.asarray(feats, jnp.bfloat16)
+    analytic = flops.step_flops(t_cfg, s_cfg, batch, samples, len(sources), shared, not cached)
+    return jax.jit(fn, donate_argnums=0), (state, t_params, data), analytic
+
+
+def profile(fn, args: tuple, steps: int, trace_dir: pathlib.Path) -> dict[str, Any]:
+    """Compiles, times `steps` untraced calls, then traces `steps` more; the category table."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    is_step = isinstance(args[0], dict) and "opt_state" in args[0]
+    holder = {"args": args}
+
+    def call() -> float:
+        t = time.perf_counter()
+        out = compiled(*holder["args"])
+        jax.block_until_ready(out)
+        if is_step:
+            holder["args"] = (out[0], *holder["args"][1:])
+        return time.perf_counter() - t
+
+    call()  # warm-up
+    untraced = [call() for _ in range(steps)]
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        traced = [call() for _ in range(steps)]
+    hlo = op_profile.Hlo(compiled.as_text())
+    trace_file = op_profile.perfetto_file(trace_dir)
+    events = op_profile.op_events(trace_file, hlo.module)
+    if jax.default_backend() != "cpu" and not op_profile.has_device_lines(trace_file):
+        print("WARNING: the trace has no device lines (no CUPTI?): the table times host-side "
+              "thunks, not kernels", flush=True)  # fmt: skip
+    table = op_profile.category_table(hlo, events, steps)
+    return {"compile_s": compile_s, "step_s": statistics.median(untraced),
+            "traced_step_s": sum(traced) / steps, "traced_times": traced,
+            "xla_flops": flops.xla_flops(compiled), "module": hlo.module,
+            "events": len(events), "categories": table,
+            "busy_s": op_profile.busy_seconds(events) / steps,
+            "op_span_s": op_profile.span_seconds(events) / steps}  # fmt: skip
+
+
+def markdown(name: str, r: dict[str, Any]) -> str:
+    """One configuration's table (ms and % of the traced step, achieved rates)."""
+    step_s = r["traced_step_s"]
+    busy = sum(c["seconds"] for c in r["categories"].values())
+    lines = [
+        f"**{name}**: step {r['step_s'] * 1e3:.1f} ms untraced, {step_s * 1e3:.1f} ms traced "
+        f"(ops busy {busy / step_s:.0%}); analytic {r['analytic_flops'] / 1e9:.1f} GFLOP "
+        f"(XLA {r['xla_flops'] / 1e9:.1f}), {r['analytic_flops'] / r['step_s'] / 1e12:.3f} "
+        f"TFLOP/s, MFU {r['mfu']:.1%}; compile {r['compile_s']:.1f} s",
+        "",
+        "| category | ms/step | % of step | ops/step | GFLOP/step | TFLOP/s | GB/step | GB/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    steps = len(r["traced_times"])
+    rows = list(r["categories"].items()) + [
+        ("idle (no op running)", {"seconds": max(step_s - busy, 0.0), "flops": 0, "bytes": 0,
+                                  "ops": 0})]  # fmt: skip
+    for cat, c in rows:
+        if not c["seconds"] and cat != "idle (no op running)":
+            continue
+        s = c["seconds"]
+        rate = f"{c['flops'] / s / 1e12:.3f}" if c["flops"] and s else "-"
+        bw = f"{c['bytes'] / s / 1e9:.1f}" if c["bytes"] and s else "-"
+        gflop = f"{c['flops'] / 1e9:.2f}" if c["flops"] else "-"
+        gb = f"{c['bytes'] / 1e9:.3f}" if c["bytes"] else "-"
+        lines.append(f"| {cat} | {s * 1e3:.2f} | {s / step_s:.1%} | {c['ops'] / steps:.0f} "
+                     f"| {gflop} | {rate} | {gb} | {bw} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Profiles the configurations asked for; prints the tables, writes OUT/profile.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="12x384", choices=sorted(MODELS))
+    parser.add_argument("--teacher", default="base", choices=sorted(TEACHERS))
+    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--seconds", type=float, default=15.625)
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--steps", type=int, default=3, help="timed, then traced, calls")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--peak-flops", type=float, default=0.0, help="0: by backend")
+    parser.add_argument("--out", default="/tmp/stackdistill_profile")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = jax.default_backend() == "gpu"
+    peak = args.peak_flops or (flops.H100_BF16_PEAK_FLOPS if gpu else flops.CPU_PEAK_FLOPS)
+    samples = int(round(args.seconds * 16000))
+    t_cfg = models.EncoderConfig(**TEACHERS[args.teacher])
+    t_params = jax.device_put(models.init_params(t_cfg, jax.random.key(0)))
+    device = jax.devices()[0].device_kind
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="minutes"), "device": device,
+        "backend": jax.default_backend(), "cores": os.cpu_count(),
+        "load_1min": os.getloadavg()[0], "jax": jax.__version__, "model": args.model,
+        "teacher": args.teacher, "batch": args.batch, "seconds": args.seconds,
+        "dtype": args.dtype, "steps": args.steps, "peak_flops": peak,
+        "command": "python benchmarks/profile_step.py " + " ".join(argv or sys.argv[1:]),
+        "configs": {},
+    }  # fmt: skip
+    print(f"{device} ({jax.default_backend()}, {os.cpu_count()} cores, load "
+          f"{results['load_1min']:.2f}); teacher {args.teacher}, student {args.model}, batch "
+          f"{args.batch} x {args.seconds:g} s, {args.dtype}\n", flush=True)  # fmt: skip
+    for config in args.configs.split(","):
+        if config not in CONFIGS:
+            parser.error(f"--configs: {config!r} is not one of {CONFIGS}")
+        fn, fn_args, analytic = build(
+            config, args.model, t_cfg, t_params, args.batch, samples, args.dtype
+        )
+        r = profile(fn, fn_args, args.steps, out / f"trace_{config}")
+        r.update(analytic_flops=analytic, mfu=flops.mfu(analytic, r["step_s"], peak))
+        results["configs"][config] = r
+        print(markdown(config, r) + "\n", flush=True)
+        # After each configuration, so that a run cut short keeps what it measured.
+        (out / "profile.json").write_text(json.dumps(results, indent=1))
+    results["load_1min_end"] = os.getloadavg()[0]
+    (out / "profile.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
