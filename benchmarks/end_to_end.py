@@ -1,16 +1,17 @@
 """End to end against the 2x target: whole distillation runs, wall-clock to equal loss.
 
     python benchmarks/end_to_end.py [--teacher=demo|big|tiny] [--steps=240] [--crop=16000] \
-        [--runs="none + live teacher,interleaved + shared + fixed-crop cache"]
+        [--runs="none + live teacher,interleaved + shared + fixed-crop targets"]
 
 Runs of --steps steps on --crop-sample crops: no stacking + live teacher (the baseline, always
 the first run) against interleaved stacking with the live teacher, + shared front-end,
-+ fixed-crop cache, + whole-utterance cache. Every run's student is scored the same way at
-every checkpoint (steps/6 apart): the paper loss against the live teacher on 32 fixed crops.
-Reports wall-clock (compiles included; the cache build is added where there is one), step time
++ stored fixed-crop targets, + stored whole-utterance targets. Every run's student is scored
+the same way at every checkpoint (steps/6 apart): the paper loss against the live teacher on
+32 fixed crops.
+Reports wall-clock (compiles included; the targets build is added where there is one), step time
 without compiles, and when each run first reaches the baseline's final eval loss.
 --teacher: the demo's random teacher (configs/demo.py), the bigger random pair of
-benchmarks/cache.py --big, or the trained tiny teacher of benchmarks/stacking.py.
+benchmarks/targets.py --big, or the trained tiny teacher of benchmarks/stacking.py.
 Results go to stdout as a markdown table and to WORKDIR/results.json.
 """
 
@@ -24,13 +25,14 @@ import sys
 
 import numpy as np
 
+from stackdistill import paths
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from cache import demo_config, table  # noqa: E402
+from targets import demo_config, table  # noqa: E402
 
-TINY_DIR = pathlib.Path(os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdistill")).expanduser()
-TINY_DIR = TINY_DIR / "tiny_teacher"
+TINY_DIR = paths.cache_home() / "tiny_teacher"
 
 
 def live_reference(c, workdir: pathlib.Path, num_crops: int = 32):
@@ -72,10 +74,12 @@ E2E = {
     "none + live teacher": dict(method="none"),
     "interleaved + live teacher": dict(method="interleaved"),
     "interleaved + shared front-end": dict(method="interleaved", shared=True),
-    "interleaved + shared + fixed-crop cache": dict(
-        method="interleaved", shared=True, cache="fixed_crop"
+    "interleaved + shared + fixed-crop targets": dict(
+        method="interleaved", shared=True, targets="fixed_crop"
     ),
-    "interleaved + shared + whole cache": dict(method="interleaved", shared=True, cache="whole"),
+    "interleaved + shared + whole targets": dict(
+        method="interleaved", shared=True, targets="whole"
+    ),
 }
 
 
@@ -99,7 +103,7 @@ def end_to_end(
     import stacking
     import tensorboardX  # noqa: F401  (imports torch when present: not charged to the first run)
 
-    from stackdistill import cache
+    from stackdistill import targets
 
     rows, curves, reference = [], [], None
     every = max(steps // 6, 1)
@@ -109,10 +113,10 @@ def end_to_end(
         c.student.frozen_shared_frontend = v.get("shared", False)
         c.checkpoint_every, c.keep_checkpoints = every, steps // every + 1
         build = 0.0
-        if "cache" in v:
-            c.teacher.cache_dir = str(workdir / f"cache_{teacher}_{v['cache']}_{crop}")
-            c.teacher.cache_mode = v["cache"]
-            build = cache.build(c, workdir)["build_seconds"]
+        if "targets" in v:
+            c.targets.dir = str(workdir / f"targets_{teacher}_{v['targets']}_{crop}")
+            c.targets.mode = v["targets"]
+            build = targets.build(c, workdir)["build_seconds"]
         name = f"{label.replace(' + ', '+').replace(' ', '_')}_{teacher}_{steps}_{crop}"
         run_dir = workdir / "runs" / name
         run = stacking.timed_run(c, run_dir)
@@ -126,7 +130,7 @@ def end_to_end(
                 "run": label,
                 "wall s": round(run["wall_s"], 1),
                 "step s (no compile)": round(run["train_s"], 1),
-                "cache build s": round(build, 1),
+                "targets build s": round(build, 1),
                 "final train loss": round(run["final"]["loss"], 4),
                 "eval loss vs live teacher": round(evals[-1][2], 4),
                 "eval losses": " ".join(f"{e:.4g}" for _, _, e in evals),
@@ -134,7 +138,7 @@ def end_to_end(
         )
     base, target = rows[0], curves[0][-1][2]
     for row, evals in zip(rows, curves):
-        wall = row["wall s"] + row["cache build s"]
+        wall = row["wall s"] + row["targets build s"]
         row["speed-up (wall+build)"] = round(base["wall s"] / wall, 2)
         row["speed-up (steps)"] = round(base["step s (no compile)"] / row["step s (no compile)"], 2)
         hit = next(((t, s) for t, s, e in evals if e <= target), None)

@@ -35,6 +35,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from stackdistill import paths
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("none", "top", "middle", "interleaved")
 _STEP_LINE = re.compile(r"^step (\d+): (.*)$")
@@ -256,8 +258,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds: seeds")
     parser.add_argument("--steps", type=int, default=None, help="240 (stacking), 160 (frontend)")
-    cache = pathlib.Path(os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdistill"))
-    parser.add_argument("--teacher-dir", default=str(cache / "tiny_teacher"))
+    parser.add_argument("--teacher-dir", default=str(paths.cache_home() / "tiny_teacher"))
     parser.add_argument(
         "--none-learning-rates",
         type=float,

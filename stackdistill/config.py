@@ -6,7 +6,7 @@ import ast
 
 import ml_collections
 
-from stackdistill import export, optim, sharding, stacking, step, teacher
+from stackdistill import export, optim, paths, sharding, stacking, step, targets, teacher
 from stackdistill.data import config as data_config
 from stackdistill.models import student
 from stackdistill.superb import config as superb_config
@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype of teacher and student ("bfloat16" on TPU/GPU)
     c.remat = "none"  # per-layer rematerialisation policy of the student
     c.teacher = teacher.default_config()
+    c.targets = targets.default_config()
     c.student = student.default_config()
     c.stacking = stacking.default_config()
     c.distill = step.default_config()
@@ -34,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 2_000
     c.keep_checkpoints = 3
     # XLA's persistent compilation cache ("": off): reruns and resumes skip the compiles.
-    c.jax_cache_dir = str(teacher.cache_root().parent / "xla")
+    c.compilation_cache_dir = str(paths.cache_home() / "xla")
     return c
 
 

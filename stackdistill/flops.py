@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stackdistill import frames
 from stackdistill.models.config import EncoderConfig
 
 CPU_PEAK_FLOPS = 230e9  # FP32, 2 cores x 3.6 GHz x 32 FLOP/cycle (AVX-512 FMA), this machine
@@ -20,12 +21,10 @@ H100_BF16_PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM datasheet
 
 def frontend_flops(cfg: EncoderConfig, batch: int, num_samples: int) -> float:
     """The CNN front-end on `batch` waveforms of `num_samples`: sum of its convolutions."""
-    flops, length, channels_in = 0.0, num_samples, 1
-    for channels, kernel, stride in zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride):
-        length = (length - kernel) // stride + 1
-        flops += 2.0 * batch * length * kernel * channels_in * channels
-        channels_in = channels
-    return flops
+    lengths = frames.layer_lengths(num_samples, cfg.conv_kernel, cfg.conv_stride)
+    channels_in = (1, *cfg.conv_dim[:-1])
+    layers = zip(lengths, cfg.conv_kernel, channels_in, cfg.conv_dim, strict=True)
+    return sum(2.0 * batch * length * k * c_in * c_out for length, k, c_in, c_out in layers)
 
 
 def transformer_flops(cfg: EncoderConfig, batch: int, num_frames: int) -> float:

@@ -18,7 +18,7 @@ MODES = {
     "eval": "stackdistill.superb.run",
     "compare": "stackdistill.superb.run",
     "export": "stackdistill.export",
-    "cache": "stackdistill.cache",
+    "cache": "stackdistill.targets",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -45,12 +45,12 @@ def _maybe_start_distributed() -> None:
 
 
 def _use_compilation_cache(config) -> None:
-    """XLA's persistent compilation cache in config.jax_cache_dir ("": off).
+    """XLA's persistent compilation cache in config.compilation_cache_dir ("": off).
 
     Reruns, resumes after preemption and every growth stage seen before load their compiled
     steps from disk instead of compiling again (jax caches compiles that took >= 1 s).
     """
-    path = config.get("jax_cache_dir", "")
+    path = config.get("compilation_cache_dir", "")
     if path:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
 

@@ -1,7 +1,7 @@
 """Teachers: load a transformers HuBERT/WavLM/wav2vec2 checkpoint as (EncoderConfig, params).
 
 `load` accepts a local directory in the `save_pretrained` layout or a hub id. The converted
-params are cached with orbax under `$STACKDISTILL_CACHE/teachers/` (default
+params are cached with orbax in `paths.teachers_dir()` (`$STACKDISTILL_CACHE/teachers/`, default
 `~/.cache/stackdistill/teachers/`), keyed by the source files, so a second load reads the
 cache and needs neither torch nor the conversion. Task-model checkpoints (`HubertForCTC`,
 `Wav2Vec2ForPreTraining`, ...) load too: their encoder is read, their heads are ignored.
@@ -20,19 +20,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from stackdistill import convert, sharding
+from stackdistill import convert, paths, sharding
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1  # bump when the params layout changes, to invalidate old caches
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def cache_root() -> pathlib.Path:
-    """Where converted teachers live: $STACKDISTILL_CACHE or ~/.cache/stackdistill."""
-    root = os.environ.get("STACKDISTILL_CACHE", "~/.cache/stackdistill")
-    return pathlib.Path(root).expanduser() / "teachers"
 
 
 def _resolve(name_or_path: str, revision: str | None) -> pathlib.Path:
@@ -137,13 +131,14 @@ def load(
 
     `name_or_path` is a transformers `save_pretrained` directory (config.json and
     model.safetensors or pytorch_model.bin) or a hub id such as 'facebook/hubert-base-ls960'.
+    The converted params are kept in `cache_dir` (default `paths.teachers_dir()`).
     """
     model_dir = _resolve(str(name_or_path), revision)
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json")
     weights = _weights_file(model_dir)
-    cache = pathlib.Path(cache_dir).expanduser() if cache_dir else cache_root()
+    cache = pathlib.Path(cache_dir).expanduser() if cache_dir else paths.teachers_dir()
     entry = cache / _cache_key(model_dir, weights)
     # Orbax refuses to save host-local arrays in a multi-process job, so there every
     # process converts the checkpoint itself and the cache is left alone.
@@ -179,14 +174,6 @@ def default_config() -> Any:
     # in transformers format first (relative names go under the workdir).
     c.random_arch = ml_collections.FieldReference(None, field_type=dict)
     c.random_seed = 0
-    # Teacher-target cache, built by `--mode=cache` (see stackdistill/cache.py). When
-    # `cache_dir` is set, distillation reads the teacher's targets there instead of running it.
-    c.cache_dir = ""  # "" = live teacher; relative paths go under the workdir
-    c.cache_mode = "fixed_crop"  # "fixed_crop": one crop per utterance and epoch | "whole"
-    c.cache_epochs = 1  # fixed_crop: crops stored per utterance (epoch seeds 0..n-1)
-    c.cache_features = True  # also store the CNN features (what a shared front-end reads)
-    c.cache_shards = 8  # ArrayRecord files written per process
-    c.cache_max_samples = 640_000  # whole: longer utterances are cropped to this (40 s)
     return c
 
 

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import cache, checkpoint, optim, sharding, stacking, step, teacher
+from stackdistill import checkpoint, optim, sharding, stacking, step, targets, teacher
 from stackdistill import flops as flops_lib
 from stackdistill.models import student
 from stackdistill.writers import RunWriter, Timer
@@ -121,12 +121,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_cfg.batch_size = config.batch_size // jax.process_count()
     if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
         data_cfg.path = str(workdir / data_cfg.path)  # the offline corpus lives in the run
-    use_cache = bool(config.teacher.cache_dir)  # teacher targets read from disk, not computed
+    use_cache = bool(config.targets.dir)  # teacher targets read from disk, not computed
     shard = dict(
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
     )
     if use_cache:
-        data_iter = cache.make_loader(config, data_cfg, workdir, **shard)
+        data_iter = targets.make_loader(config, data_cfg, workdir, **shard)
     else:
         data_iter = data_lib.make_loader(data_cfg, **shard)
 
@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"layers beyond the teacher's {t_cfg.num_layers}"
         )
     if use_cache:
-        cache.check_compatible(cache.read_meta(config, workdir), config, t_params)
+        targets.check_compatible(targets.read_meta(config, workdir), config, t_params)
     rep = sharding.replicated(mesh)
     t_params = jax.device_put(t_params, sharding.tree_shardings(t_params, mesh, config.mesh.params))
 
@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "lengths": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sh),
     }
     if use_cache:  # + "targets" (and "features" for a shared front-end)
-        for key, (shape, dtype) in cache.batch_shapes(config, t_cfg, n).items():
+        for key, (shape, dtype) in targets.batch_shapes(config, t_cfg, n).items():
             batch_abstract[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
         if "features" in batch_abstract:  # no CNN runs at all: the waveform stays on the host
             del batch_abstract["audio"]

@@ -46,7 +46,7 @@ def librispeech(tmp_path_factory):
 
 def test_librispeech_records_follow_the_transcripts(librispeech):
     root, truth = librispeech
-    records = sources.librispeech_records(root, ["train-clean-100", "dev-clean"])
+    records = manifest.librispeech_records(root, ["train-clean-100", "dev-clean"])
     assert sorted(r["name"] for r in records) == sorted(truth)
     for record in records:
         subset, speaker, chapter, text = truth[record["name"]]
@@ -57,13 +57,13 @@ def test_librispeech_records_follow_the_transcripts(librispeech):
             text,
         )
         assert record["path"].endswith(f"{subset}/{speaker}/{chapter}/{record['name']}.flac")
-    assert len(sources.librispeech_records(root, ["dev-clean"])) == 3
+    assert len(manifest.librispeech_records(root, ["dev-clean"])) == 3
 
 
 def test_missing_librispeech_subset_names_the_path(librispeech):
     root, _ = librispeech
     with pytest.raises(FileNotFoundError, match="train-other-500"):
-        sources.librispeech_records(root, ["train-other-500"])
+        manifest.librispeech_records(root, ["train-other-500"])
 
 
 def test_librispeech_pipeline_delivers_every_utterance_once(librispeech):

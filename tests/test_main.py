@@ -15,7 +15,7 @@ import jax, jax.numpy as jnp, ml_collections
 from stackdistill import main
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
-main._use_compilation_cache(ml_collections.ConfigDict({"jax_cache_dir": sys.argv[1]}))
+main._use_compilation_cache(ml_collections.ConfigDict({"compilation_cache_dir": sys.argv[1]}))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 y = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64)))
 print(json.dumps({"hits": events.count("/jax/compilation_cache/cache_hits"),
@@ -43,7 +43,7 @@ def test_second_process_loads_the_compiled_step_from_the_cache(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["", None])
-def test_cache_off_when_empty_or_absent(value, monkeypatch):
+def test_compilation_cache_off_when_empty_or_absent(value, monkeypatch):
     import jax
     import ml_collections
 
@@ -51,6 +51,6 @@ def test_cache_off_when_empty_or_absent(value, monkeypatch):
 
     calls = []
     monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
-    cfg = ml_collections.ConfigDict({} if value is None else {"jax_cache_dir": value})
+    cfg = ml_collections.ConfigDict({} if value is None else {"compilation_cache_dir": value})
     main._use_compilation_cache(cfg)
     assert calls == []

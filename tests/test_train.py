@@ -53,7 +53,8 @@ def _cli_args(c, workdir):
         "total_steps": c.total_steps,
         "log_every": c.log_every,
         "checkpoint_every": c.checkpoint_every,
-        "jax_cache_dir": str(pathlib.Path(c.data.path).parent / "xla_cache"),  # not in $HOME
+        # not in $HOME
+        "compilation_cache_dir": str(pathlib.Path(c.data.path).parent / "xla_cache"),
     }
     return [
         sys.executable,

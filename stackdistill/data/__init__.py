@@ -18,6 +18,7 @@ _EXPORTS = {
     "SAMPLE_RATE": "audio",
     "BadAudio": "audio",
     "default_config": "config",
+    "librispeech_records": "manifest",
     "read_manifest": "manifest",
     "write_manifest": "manifest",
     "PackedSource": "pack",
@@ -26,7 +27,6 @@ _EXPORTS = {
     "make_dataset": "pipeline",
     "make_loader": "pipeline",
     "to_global": "pipeline",
-    "librispeech_records": "sources",
     "open_source": "sources",
     "generate_synthetic": "synth",
 }

@@ -7,13 +7,14 @@ window and continues exactly. `ReportSkipped` (outermost) takes the skip notes o
 counts them, logs the first few and keeps the count in its state.
 """
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
-from absl import logging
 
+log = logging.getLogger(__name__)
 SKIPPED_KEY = "_skipped"  # per-batch note of the utterances skipped while filling it
 
 
@@ -174,9 +175,9 @@ class _ReportSkippedIterator(grain.DatasetIterator):
             self.num_skipped += 1
             if len(self.skipped_examples) < self.MAX_EXAMPLES:
                 self.skipped_examples.append(note)
-                logging.warning("skipped utterance %s", note)
+                log.warning("skipped utterance %s", note)
             elif self.num_skipped in (10, 100, 1000) or self.num_skipped % 10_000 == 0:
-                logging.warning("%d utterances skipped so far", self.num_skipped)
+                log.warning("%d utterances skipped so far", self.num_skipped)
 
     def get_state(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""Audio manifests: fairseq-style TSV or JSONL, read into records and written for any folder.
+"""Audio manifests: fairseq-style TSV or JSONL, read into records and written for any folder;
+the records of a LibriSpeech folder, read from its transcripts.
 
 TSV: the first line is the root folder, then one `relative_path<TAB>num_samples` line per file.
 JSONL: one object per line with `path` (relative to the manifest's folder, or absolute/URL) and
@@ -8,6 +9,7 @@ any labels. Write one with `python -m stackdistill.data.manifest DIR [--out FILE
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import soundfile as sf
@@ -47,6 +49,38 @@ def read_manifest(path: str) -> list[dict[str, Any]]:
         if rest:
             record["num_samples"] = int(rest[0])
         records.append(record)
+    return records
+
+
+def librispeech_records(root: str, subsets: Sequence[str]) -> list[dict[str, Any]]:
+    """Utterances of the given subsets of an openslr LibriSpeech folder, from the transcripts.
+
+    Reads `root/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`; each line names an
+    utterance `<speaker>-<chapter>-<n>` whose audio is the .flac beside it. Labels: text,
+    speaker and chapter (ints), subset.
+    """
+    root_path = epath.Path(root)
+    records = []
+    for subset in subsets:
+        subset_path = root_path / subset
+        if not subset_path.is_dir():
+            raise FileNotFoundError(f"LibriSpeech subset {subset!r} not found: {subset_path}")
+        for transcript in sorted(subset_path.glob("*/*/*.trans.txt")):
+            for line in transcript.read_text().splitlines():
+                if not line.strip():
+                    continue
+                name, _, text = line.strip().partition(" ")
+                speaker, chapter, _ = name.split("-")
+                records.append(
+                    {
+                        "path": str(transcript.parent / f"{name}.flac"),
+                        "name": name,
+                        "text": text,
+                        "speaker": int(speaker),
+                        "chapter": int(chapter),
+                        "subset": subset,
+                    }
+                )
     return records
 
 

@@ -5,16 +5,14 @@
 SRC is a manifest (.tsv/.jsonl), a folder holding manifest.jsonl or manifest.tsv, or a
 LibriSpeech folder (with --subsets). OUT may be a gs:// URL: shards are written locally and
 copied there through etils.epath. Millions of small files on a bucket become a few large
-files that grain reads in any order. A record is: b"SDA1", a little-endian uint32 header size,
-the JSON header (labels, sample_rate, num_samples), then little-endian int16 samples.
+files that grain reads in any order. A record (codec in data/recordio.py) is b"SDA1", a JSON
+header (labels, sample_rate, num_samples) and one int16 array, "audio".
 """
 
 import argparse
 import concurrent.futures
-import json
 import multiprocessing
 import os
-import struct
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,10 +21,9 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from stackdistill.data import audio
+from stackdistill.data import audio, manifest, recordio
 
 MAGIC = b"SDA1"
-SUFFIX = ".array_record"
 
 
 def encode_record(samples: np.ndarray, labels: dict[str, Any]) -> bytes:
@@ -34,47 +31,26 @@ def encode_record(samples: np.ndarray, labels: dict[str, Any]) -> bytes:
     if samples.dtype != np.int16:
         samples = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
     header = dict(labels, sample_rate=audio.SAMPLE_RATE, num_samples=len(samples))
-    header_bytes = json.dumps(header, default=lambda v: v.item()).encode()
-    size = struct.pack("<I", len(header_bytes))
-    return MAGIC + size + header_bytes + samples.astype("<i2").tobytes()
+    return recordio.encode(MAGIC, header, {"audio": samples})
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
     """One record -> {"audio": int16 samples, "sample_rate", labels...}."""
-    if data[:4] != MAGIC:
-        raise ValueError("not a stackdistill audio record")
-    (header_size,) = struct.unpack("<I", data[4:8])
-    header = json.loads(data[8 : 8 + header_size])
-    samples = np.frombuffer(data, dtype="<i2", offset=8 + header_size)
-    return {**header, "audio": samples}
+    return recordio.decode(data, MAGIC)
 
 
-class PackedSource:
+class PackedSource(recordio.RecordSource):
     """The records of all ArrayRecord shards in a folder (or one shard file)."""
 
     def __init__(self, path: str):
-        location = epath.Path(path)
-        shards = [location] if str(path).endswith(SUFFIX) else sorted(location.glob("*" + SUFFIX))
-        if not shards:
-            raise FileNotFoundError(f"no {SUFFIX} shards in {path}")
-        import grain  # heavy import, deferred so that packing does not pay for it
-
-        self._records = grain.sources.ArrayRecordDataSource([str(s) for s in shards])
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return decode_record(self._records[index])
+        super().__init__(path, MAGIC)
 
 
 def _pack_shard(records: Sequence[dict[str, Any]], shard_path: str) -> tuple[int, list[str]]:
     """Worker: decodes records (whole, 16 kHz) into one shard; returns (written, skipped)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     remote = "://" in shard_path
     local_path = os.path.join(tempfile.mkdtemp(), "shard") if remote else shard_path
-    writer = ArrayRecordWriter(local_path, "group_size:1")  # 1: cheapest random access
+    writer = recordio.writer(local_path)
     written, skipped = 0, []
     rng = np.random.default_rng(0)  # unused: nothing is cropped
     for record in records:
@@ -100,7 +76,7 @@ def pack(
     epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, len(records), num_shards + 1).astype(int)
     shard_paths = [
-        str(epath.Path(out_dir) / f"data-{k:05d}-of-{num_shards:05d}{SUFFIX}")
+        str(epath.Path(out_dir) / f"data-{k:05d}-of-{num_shards:05d}{recordio.SUFFIX}")
         for k in range(num_shards)
     ]
     parts = [list(records[bounds[k] : bounds[k + 1]]) for k in range(num_shards)]
@@ -116,8 +92,6 @@ def pack(
 
 def records_from(src: str, subsets: Sequence[str]) -> list[dict[str, Any]]:
     """Records of a manifest file, a folder with a manifest, or a LibriSpeech folder."""
-    from stackdistill.data import manifest, sources
-
     location = epath.Path(src)
     if location.is_file():
         return manifest.read_manifest(src)
@@ -125,7 +99,7 @@ def records_from(src: str, subsets: Sequence[str]) -> list[dict[str, Any]]:
         if (location / name).exists():
             return manifest.read_manifest(str(location / name))
     if subsets:
-        return sources.librispeech_records(src, subsets)
+        return manifest.librispeech_records(src, subsets)
     raise FileNotFoundError(
         f"{src} has no manifest.jsonl/.tsv: pass --subsets for a LibriSpeech folder or write one"
         " with `python -m stackdistill.data.manifest`"

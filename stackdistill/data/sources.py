@@ -10,41 +10,9 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from etils import epath
 
 from stackdistill.data import manifest, pack, synth
-
-
-def librispeech_records(root: str, subsets: Sequence[str]) -> list[dict[str, Any]]:
-    """Utterances of the given subsets of an openslr LibriSpeech folder, from the transcripts.
-
-    Reads `root/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`; each line names an
-    utterance `<speaker>-<chapter>-<n>` whose audio is the .flac beside it. Labels: text,
-    speaker and chapter (ints), subset.
-    """
-    root_path = epath.Path(root)
-    records = []
-    for subset in subsets:
-        subset_path = root_path / subset
-        if not subset_path.is_dir():
-            raise FileNotFoundError(f"LibriSpeech subset {subset!r} not found: {subset_path}")
-        for transcript in sorted(subset_path.glob("*/*/*.trans.txt")):
-            for line in transcript.read_text().splitlines():
-                if not line.strip():
-                    continue
-                name, _, text = line.strip().partition(" ")
-                speaker, chapter, _ = name.split("-")
-                records.append(
-                    {
-                        "path": str(transcript.parent / f"{name}.flac"),
-                        "name": name,
-                        "text": text,
-                        "speaker": int(speaker),
-                        "chapter": int(chapter),
-                        "subset": subset,
-                    }
-                )
-    return records
+from stackdistill.data.manifest import librispeech_records
 
 
 class ConcatSource:

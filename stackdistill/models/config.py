@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from stackdistill import frames
+
 MODEL_TYPES = ("hubert", "wavlm", "wav2vec2")
 # The transformers class whose `save_pretrained` layout each model type reads and writes.
 HF_ARCHITECTURES = {"hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
@@ -67,24 +69,16 @@ class EncoderConfig:
     @property
     def receptive_field(self) -> int:
         """Samples seen by one output frame of the CNN front-end (400 for HuBERT)."""
-        field = 1
-        for kernel, stride in reversed(list(zip(self.conv_kernel, self.conv_stride))):
-            field = (field - 1) * stride + kernel
-        return field
+        return frames.receptive_field(self.conv_kernel, self.conv_stride)
 
     @property
     def hop(self) -> int:
         """Samples between two output frames (320 for HuBERT: 20 ms at 16 kHz)."""
-        hop = 1
-        for stride in self.conv_stride:
-            hop *= stride
-        return hop
+        return frames.hop(self.conv_stride)
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames the CNN front-end produces for `num_samples` samples (conv arithmetic)."""
-        for kernel, stride in zip(self.conv_kernel, self.conv_stride):
-            num_samples = (num_samples - kernel) // stride + 1
-        return num_samples
+        """Frames the CNN front-end produces for `num_samples` samples."""
+        return frames.num_frames(num_samples, self.conv_kernel, self.conv_stride)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any] | Any, **overrides: Any) -> EncoderConfig:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stackdistill import frames
 from stackdistill.models.config import EncoderConfig
 
 Array = jax.Array
@@ -359,11 +360,8 @@ class Encoder(nn.Module):
 
 
 def frame_lengths(cfg: EncoderConfig, lengths_b: Array) -> Array:
-    """Valid frames per utterance from valid samples, through the conv arithmetic."""
-    lengths_b = jnp.asarray(lengths_b, jnp.int32)
-    for kernel, stride in zip(cfg.conv_kernel, cfg.conv_stride):
-        lengths_b = (lengths_b - kernel) // stride + 1
-    return jnp.maximum(lengths_b, 0)
+    """Valid frames per utterance from valid samples (see stackdistill/frames.py)."""
+    return frames.frame_lengths(lengths_b, cfg.conv_kernel, cfg.conv_stride)
 
 
 def frame_mask(cfg: EncoderConfig, lengths_b: Array, num_frames: int) -> Array:

@@ -1,13 +1,13 @@
-"""Teacher-target cache: disk per audio-hour and step time, live vs cached.
+"""Teacher targets: disk per audio-hour and step time, live teacher vs stored targets.
 
-    python benchmarks/cache.py --parts=disk,step --big --workdir=/tmp/bench_cache
+    python benchmarks/targets.py --parts=disk,step --big --workdir=/tmp/bench_targets
 
-disk: builds the fixed-crop and whole-utterance caches of the offline demo (configs/demo.py:
+disk: builds the fixed-crop and whole-utterance targets of the offline demo (configs/demo.py:
   200 espeak-ng utterances, tiny random teacher) and reports bytes per audio-hour, measured
   and from the formula, plus the formula for HuBERT Base (3 x 768 targets, 512 CNN channels);
   then how far whole-utterance targets sit from live crop targets (the context effect).
-step: seconds per full-depth (12-layer) step, timed alternately: live teacher vs cached
-  targets, with the student's own CNN or the shared front-end (cached: CNN features read from
+step: seconds per full-depth (12-layer) step, timed alternately: live teacher vs stored
+  targets, with the student's own CNN or the shared front-end (stored: CNN features read from
   disk), on the demo sizes and on a bigger CPU-sized pair (--big: teacher 12 x 256, CNN 128).
 paper: the same step times at paper size (HuBERT Base + 12 x 384, 24 x 15.6 s; for a GPU).
 Whole runs against the 2x target: benchmarks/end_to_end.py.
@@ -66,49 +66,55 @@ def demo_config(workdir: pathlib.Path, big: bool = False, **overrides):
 
 
 def bytes_per_second(layers: int, hidden: int, conv: int, features: bool) -> float:
-    """Cache bytes per second of audio: int16 audio + bf16 targets (+ features), 50 frames/s."""
+    """Stored bytes per second of audio: int16 audio + bf16 targets (+ features), 50 frames/s."""
     return 2 * 16000 + 2 * 50 * (layers * hidden + (conv if features else 0))
 
 
 def paper_record_rate(num: int = 48) -> dict:
     """Host cost of one HuBERT Base-sized record (15.6 s): decode + crop/pad, ms per example."""
-    from stackdistill.data import cached
+    from stackdistill.data import recordio
+    from stackdistill.data import targets as stored
+    from stackdistill.models.config import EncoderConfig
 
     rng = np.random.default_rng(0)
     arrays = {
         "audio": rng.integers(-3000, 3000, 250_000).astype(np.int16),
-        "targets": rng.normal(size=(3, 780, 768)).astype(cached.BFLOAT16),
-        "features": rng.normal(size=(780, 512)).astype(cached.BFLOAT16),
+        "targets": rng.normal(size=(3, 780, 768)).astype(recordio.BFLOAT16),
+        "features": rng.normal(size=(780, 512)).astype(recordio.BFLOAT16),
     }
-    record = cached.encode_record("u", arrays, 780)
-    meta = {"teacher_config": {}, "teacher_layers": [4, 8, 12], "mode": "fixed_crop"}
-    crop = cached.CropExample(meta, (4, 8, 12), True, 250_000, False, 0, 0)
+    record = stored.encode_record("u", arrays, 780)
+    meta = {
+        "teacher_config": EncoderConfig().to_dict(),  # HuBERT Base
+        "teacher_layers": [4, 8, 12],
+        "mode": "fixed_crop",
+    }
+    crop = stored.CropExample(meta, (4, 8, 12), True, 250_000, False, 0, 0)
     start = time.perf_counter()
     for i in range(num):
-        crop(i, cached.decode_record(record))
+        crop(i, stored.decode_record(record))
     ms = 1e3 * (time.perf_counter() - start) / num
     return {
-        "cache": "HuBERT Base record, host decode + pad",
+        "targets": "HuBERT Base record, host decode + pad",
         "ms/example": round(ms, 2),
         "MB/record": round(len(record) / 1e6, 2),
     }
 
 
 def disk(workdir: pathlib.Path) -> list[dict]:
-    """Builds the demo's fixed-crop and whole caches; bytes per audio-hour, measured and formula."""
-    from stackdistill import cache
+    """Builds the demo's fixed-crop and whole targets; bytes per audio-hour, measured, formula."""
+    from stackdistill import targets
 
     rows = []
     for mode in ("fixed_crop", "whole"):
-        c = demo_config(workdir, **{"teacher.cache_mode": mode})
-        c.teacher.cache_dir = str(workdir / f"cache_{mode}_{c.data.max_samples}")
-        meta = cache.build(c, workdir)
-        on_disk = sum(p.stat().st_size for p in pathlib.Path(c.teacher.cache_dir).glob("*.*"))
+        c = demo_config(workdir, **{"targets.mode": mode})
+        c.targets.dir = str(workdir / f"targets_{mode}_{c.data.max_samples}")
+        meta = targets.build(c, workdir)
+        on_disk = sum(p.stat().st_size for p in pathlib.Path(c.targets.dir).glob("*.*"))
         t = c.teacher.random_arch
         formula = bytes_per_second(3, t["hidden_size"], t["conv_dim"][-1], True)
         rows.append(
             {
-                "cache": f"demo, {mode}",
+                "targets": f"demo, {mode}",
                 "records": meta["records"],
                 "audio_s": round(meta["audio_seconds"], 1),
                 "records MB": round(meta["bytes"] / 1e6, 2),
@@ -123,7 +129,7 @@ def disk(workdir: pathlib.Path) -> list[dict]:
         formula = bytes_per_second(**HUBERT_BASE, features=features)
         rows.append(
             {
-                "cache": "HuBERT Base 4/8/12" + (" + CNN features" if features else ""),
+                "targets": "HuBERT Base 4/8/12" + (" + CNN features" if features else ""),
                 "formula GB/audio-h": round(formula * 3600 / 1e9, 3),
                 "of which targets": round(2 * 50 * 3 * 768 * 3600 / 1e9, 3),
             }
@@ -133,16 +139,16 @@ def disk(workdir: pathlib.Path) -> list[dict]:
 
 def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> list[dict]:
     """How far whole-utterance targets sit from live crop targets (utterances > one crop)."""
-    from stackdistill import cache, models, teacher
-    from stackdistill.data import cached
+    from stackdistill import models, targets, teacher
+    from stackdistill.data import targets as stored
 
-    c = demo_config(workdir, **{"data.max_samples": crop, "teacher.cache_mode": "whole"})
-    c.teacher.cache_dir = str(workdir / f"cache_whole_{crop}")
-    meta = cache.build(c, workdir)
+    c = demo_config(workdir, **{"data.max_samples": crop, "targets.mode": "whole"})
+    c.targets.dir = str(workdir / f"targets_whole_{crop}")
+    meta = targets.build(c, workdir)
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
     layers = meta["teacher_layers"]
-    source = cached.CacheSource(c.teacher.cache_dir)
-    cropper = cached.CropExample(meta, layers, False, c.data.max_samples, False, c.seed, 0)
+    source = stored.TargetSource(c.targets.dir)
+    cropper = stored.CropExample(meta, layers, False, c.data.max_samples, False, c.seed, 0)
     encode = jax.jit(lambda w, n: models.encode(t_cfg, t_params, w, n).hidden_states)
     long = [i for i in range(len(source)) if source[i]["num_samples"] > c.data.max_samples]
     sq_diff, sq_live, frames = np.zeros(len(layers)), np.zeros(len(layers)), 0
@@ -169,7 +175,7 @@ def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> lis
 
 
 def _label(cached: bool, shared: bool) -> str:
-    return ("cached targets" if cached else "live teacher") + (
+    return ("stored targets" if cached else "live teacher") + (
         " + shared front-end" if shared else ", own CNN"
     )
 
@@ -217,20 +223,20 @@ def time_steps(c, t_cfg, t_params, batch, cases, repeats: int, steps: int) -> di
 
 
 def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> list[dict]:
-    """Seconds per full-depth step, live/cached x own CNN/shared, batches from a real cache."""
-    from stackdistill import cache, teacher
-    from stackdistill.data import cached as cached_data
+    """Seconds per full-depth step, live/stored x own CNN/shared, batches from real targets."""
+    from stackdistill import targets, teacher
+    from stackdistill.data import targets as stored
 
     name = "big" if big else "demo"
-    c = demo_config(workdir, big, **{"teacher.cache_dir": str(workdir / f"cache_step_{name}")})
-    cache.build(c, workdir)
+    c = demo_config(workdir, big, **{"targets.dir": str(workdir / f"targets_step_{name}")})
+    targets.build(c, workdir)
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
     c.student.frozen_shared_frontend = True
     data_cfg = copy.deepcopy(c.data)
     data_cfg.batch_size = c.batch_size
     # Audio for the live cases, the CNN features for the shared ones.
-    loader = cached_data.make_loader(
-        cache.cache_path(c, workdir), data_cfg, c.distill.teacher_layers, True,
+    loader = stored.make_loader(
+        targets.location(c, workdir), data_cfg, c.distill.teacher_layers, True,
         seed=0, process_index=0, process_count=1, with_audio=True,
     )  # fmt: skip
     batch = jax.device_put(next(loader))
@@ -247,7 +253,7 @@ def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> li
         for (cached, shared, _), t in times.items()
     ]
     load_rate = _loader_rate(loader, 20)
-    rows.append({"config": name, "step": "cached loader alone", "s/step": round(load_rate, 4)})
+    rows.append({"config": name, "step": "targets loader alone", "s/step": round(load_rate, 4)})
     return rows
 
 
@@ -296,7 +302,7 @@ def paper_steps(repeats: int, steps: int, batch_size: int, max_samples: int) -> 
 
 
 def _loader_rate(loader, batches: int) -> float:
-    """Seconds per batch of the cached grain loader (host side only)."""
+    """Seconds per batch of the targets' grain loader (host side only)."""
     start = time.perf_counter()
     for _ in range(batches):
         next(loader)
@@ -313,7 +319,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", default="/tmp/bench_cache")
+    parser.add_argument("--workdir", default="/tmp/bench_targets")
     parser.add_argument("--parts", default="disk,step")
     parser.add_argument("--crop", type=int, default=16000, help="context: max_samples")
     parser.add_argument("--big", action="store_true", help="step: also the bigger config")

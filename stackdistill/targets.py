@@ -1,27 +1,28 @@
-"""Teacher-target cache: run the teacher once over the corpus, train later from its outputs.
+"""Teacher targets: run the teacher once over the corpus, train later from its outputs.
 
     python -m stackdistill.main --config=configs/X.py --workdir=DIR --mode=cache \\
-        --config.teacher.cache_dir=targets     # then train from it:
+        --config.targets.dir=targets     # then train from them:
     python -m stackdistill.main --config=configs/X.py --workdir=DIR \\
-        --config.teacher.cache_dir=targets
+        --config.targets.dir=targets
 
 What is stored, per record: the audio (int16, what the student reads), the supervised teacher
 layers `config.distill.teacher_layers` (bfloat16, valid frames only) and, unless
-`teacher.cache_features` is off, the teacher's CNN features (bfloat16): a student with
-`frozen_shared_frontend` reads those, so a cached step runs neither the teacher nor any CNN.
-Modes (`config.teacher.cache_mode`):
+`targets.features` is off, the teacher's CNN features (bfloat16): a student with
+`frozen_shared_frontend` reads those, so a step from stored targets runs neither the teacher
+nor any CNN. Modes (`config.targets.mode`):
 
-- "fixed_crop": for each epoch seed e < `cache_epochs` and utterance i, one crop of at most
+- "fixed_crop": for each epoch seed e < `targets.epochs` and utterance i, one crop of at most
   `data.max_samples` samples drawn from (config.seed, e, i), zero-padded to max_samples for
-  the teacher exactly as the live step pads it. Cached targets then equal the live teacher's
-  on the same crop up to bfloat16 rounding. One pass over the cache is `cache_epochs` epochs.
-- "whole": each utterance (cut to `cache_max_samples`) is run whole, padded to a multiple of
-  one second (at least max_samples); training takes a random crop at a multiple of the hop
-  (320 samples) and the targets of the matching frames. The teacher saw the whole utterance,
-  so its targets carry context beyond the crop and differ from live targets (attention, and
-  HuBERT Base's GroupNorm over time): benchmarks/RESULTS.md measures what it does to the loss.
+  the teacher exactly as the live step pads it. Stored targets then equal the live teacher's
+  on the same crop up to bfloat16 rounding. One pass over them is `targets.epochs` epochs.
+- "whole": each utterance (cut to `targets.max_utterance_samples`) is run whole, padded to a
+  multiple of one second (at least max_samples); training takes a random crop at a multiple of
+  the hop (320 samples) and the targets of the matching frames. The teacher saw the whole
+  utterance, so its targets carry context beyond the crop and differ from live targets
+  (attention, and HuBERT Base's GroupNorm over time): benchmarks/RESULTS.md measures what it
+  does to the loss.
 
-The cache is keyed to the teacher by a fingerprint of its params; training refuses a cache
+The targets are keyed to the teacher by a fingerprint of its params; training refuses targets
 from another teacher, other layers, another crop length, or without the features it needs.
 """
 
@@ -44,7 +45,8 @@ import numpy as np
 from etils import epath
 
 from stackdistill import teacher
-from stackdistill.data import audio, cached, sources
+from stackdistill.data import audio, recordio, sources
+from stackdistill.data import targets as stored  # their records on disk and the reader
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder
 
@@ -53,11 +55,23 @@ MODES = ("fixed_crop", "whole")
 BUCKET_SECONDS = 1  # whole mode pads each utterance to a multiple of this for the teacher
 
 
-def cache_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
-    """The cache folder: config.teacher.cache_dir, relative paths under the workdir (or gs://)."""
-    name = config.teacher.cache_dir
+def default_config() -> ml_collections.ConfigDict:
+    """Teacher targets, built by `--mode=cache`; with `dir` set, training reads them from there."""
+    c = ml_collections.ConfigDict()
+    c.dir = ""  # "" = live teacher; relative paths go under the workdir
+    c.mode = "fixed_crop"  # "fixed_crop": one crop per utterance and epoch | "whole"
+    c.epochs = 1  # fixed_crop: crops stored per utterance (epoch seeds 0..n-1)
+    c.features = True  # also store the CNN features (what a shared front-end reads)
+    c.shards = 8  # ArrayRecord files written per process
+    c.max_utterance_samples = 640_000  # whole: longer utterances are cut to this (40 s)
+    return c
+
+
+def location(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
+    """The targets dir: config.targets.dir, relative paths under the workdir (or gs://)."""
+    name = config.targets.dir
     if not name:
-        raise ValueError("config.teacher.cache_dir is empty: name the folder of the cache")
+        raise ValueError("config.targets.dir is empty: name the folder of the teacher targets")
     if "://" in name or pathlib.Path(name).expanduser().is_absolute():
         return epath.Path(name).expanduser()
     return epath.Path(workdir) / name
@@ -83,9 +97,9 @@ def padded_length(num_samples: int, mode: str, max_samples: int) -> int:
 
 def _utterances(config, records, process_index, process_count):
     """(name, float32 samples) of this process's jobs: crops or whole utterances; skips bad."""
-    t = config.teacher
-    mode, epochs = t.cache_mode, (t.cache_epochs if t.cache_mode == "fixed_crop" else 1)
-    limit = config.data.max_samples if mode == "fixed_crop" else t.cache_max_samples
+    t = config.targets
+    mode, epochs = t.mode, (t.epochs if t.mode == "fixed_crop" else 1)
+    limit = config.data.max_samples if mode == "fixed_crop" else t.max_utterance_samples
     for epoch in range(epochs):
         for index in range(process_index, len(records), process_count):
             record = records[index]
@@ -120,12 +134,8 @@ class _ShardWriter:
     """Spreads records over this process's shards in order (expected count known ahead)."""
 
     def __init__(self, out: pathlib.Path, process_index: int, num_shards: int, expected: int):
-        from array_record.python.array_record_module import ArrayRecordWriter
-
         self._writers = [
-            ArrayRecordWriter(
-                str(out / f"targets-p{process_index:03d}-{k:05d}{cached.SUFFIX}"), "group_size:1"
-            )
+            recordio.writer(out / f"targets-p{process_index:03d}-{k:05d}{recordio.SUFFIX}")
             for k in range(num_shards)
         ]
         self._expected = max(expected, 1)
@@ -144,27 +154,27 @@ class _ShardWriter:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Runs the teacher over the corpus and writes the cache; returns its cache.json contents."""
-    t = config.teacher
-    if t.cache_mode not in MODES:
-        raise ValueError(f"config.teacher.cache_mode must be one of {MODES}, got {t.cache_mode!r}")
-    if t.cache_epochs < 1:
-        raise ValueError(f"config.teacher.cache_epochs must be >= 1, got {t.cache_epochs}")
-    out = cache_path(config, workdir)
+    """Runs the teacher over the corpus and writes its targets; returns their targets.json."""
+    t = config.targets
+    if t.mode not in MODES:
+        raise ValueError(f"config.targets.mode must be one of {MODES}, got {t.mode!r}")
+    if t.epochs < 1:
+        raise ValueError(f"config.targets.epochs must be >= 1, got {t.epochs}")
+    out = location(config, workdir)
     if "://" in str(out):
         raise ValueError(
-            f"config.teacher.cache_dir={str(out)!r}: the cache is written on a local disk; build "
-            "it there and copy the folder to the bucket (gcloud storage cp -r), then train from it"
+            f"config.targets.dir={str(out)!r}: teacher targets are written on a local disk; build "
+            "them there and copy the folder to the bucket (gcloud storage cp -r), then train"
         )
     out = pathlib.Path(out)
-    if (out / cached.META_FILE).is_file():
-        meta = cached.read_meta(out)
-        log.info("teacher-target cache already built at %s (%d records)", out, meta["records"])
+    if (out / stored.META_FILE).is_file():
+        meta = stored.read_meta(out)
+        log.info("teacher targets already built in %s (%d records)", out, meta["records"])
         return meta
     out.mkdir(parents=True, exist_ok=True)
     pi, pc = jax.process_index(), jax.process_count()
 
-    t_cfg, t_params = teacher.load(teacher.prepare(t, workdir))
+    t_cfg, t_params = teacher.load(teacher.prepare(config.teacher, workdir))
     t_cfg = t_cfg.replace(dtype=config.dtype)
     layer_ids = tuple(int(k) for k in config.distill.teacher_layers)
     if max(layer_ids) > t_cfg.num_layers:
@@ -174,11 +184,11 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         data_cfg.path = str(epath.Path(workdir) / data_cfg.path)
     records, description = sources.open_source(data_cfg)
 
-    forward = _teacher_fn(t_cfg, layer_ids, t.cache_features)
+    forward = _teacher_fn(t_cfg, layer_ids, t.features)
     batch_size = max(config.batch_size // pc, 1)
-    epochs = t.cache_epochs if t.cache_mode == "fixed_crop" else 1
+    epochs = t.epochs if t.mode == "fixed_crop" else 1
     expected = epochs * len(range(pi, len(records), pc))
-    writer = _ShardWriter(out, pi, t.cache_shards, expected)
+    writer = _ShardWriter(out, pi, t.shards, expected)
     pending: dict[int, list[tuple[str, np.ndarray]]] = {}
     stats = {"audio_seconds": 0.0, "teacher_seconds": 0.0, "skipped": []}
     started = time.perf_counter()
@@ -199,14 +209,14 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             arrays = {"audio": pcm, "targets": targets[row, :, :frames]}
             if features is not None:
                 arrays["features"] = features[row, :frames]
-            writer.write(cached.encode_record(name, arrays, frames))
+            writer.write(stored.encode_record(name, arrays, frames))
             stats["audio_seconds"] += len(pcm) / audio.SAMPLE_RATE
 
     for name, pcm, problem in _utterances(config, records, pi, pc):
         if pcm is None:
             stats["skipped"].append(f"{name}: {problem}")
             continue
-        length = padded_length(len(pcm), t.cache_mode, data_cfg.max_samples)
+        length = padded_length(len(pcm), t.mode, data_cfg.max_samples)
         pending.setdefault(length, []).append((name, pcm))
         if len(pending[length]) == batch_size:
             flush(length)
@@ -228,15 +238,15 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if pc > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("stackdistill.cache.build")
+        multihost_utils.sync_global_devices("stackdistill.targets.build")
     meta = {
-        "mode": t.cache_mode,
+        "mode": t.mode,
         "epochs": epochs,
-        "teacher": t.name,
+        "teacher": config.teacher.name,
         "teacher_fingerprint": fingerprint(t_params),
         "teacher_config": t_cfg.to_dict(),
         "teacher_layers": list(layer_ids),
-        "features": bool(t.cache_features),
+        "features": bool(t.features),
         "max_samples": int(data_cfg.max_samples),
         "normalize": bool(data_cfg.normalize),
         "seed": int(config.seed),
@@ -248,10 +258,10 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         for key in ("records", "bytes", "audio_seconds", "teacher_seconds", "build_seconds"):
             meta[key] = sum(p[key] for p in parts)
         meta["skipped"] = [s for p in parts for s in p["skipped"]]
-        # Written last: its presence marks a finished cache.
-        (out / cached.META_FILE).write_text(json.dumps(meta, indent=1))
+        # Written last: its presence marks finished targets.
+        (out / stored.META_FILE).write_text(json.dumps(meta, indent=1))
         log.info(
-            "teacher-target cache: %d records, %.1f audio-s, %.1f MB in %s (%.1f s)",
+            "teacher targets: %d records, %.1f audio-s, %.1f MB in %s (%.1f s)",
             meta["records"],
             meta["audio_seconds"],
             meta["bytes"] / 1e6,
@@ -259,15 +269,15 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             meta["build_seconds"],
         )
     if pc > 1:
-        multihost_utils.sync_global_devices("stackdistill.cache.meta")
-    return cached.read_meta(out)
+        multihost_utils.sync_global_devices("stackdistill.targets.meta")
+    return stored.read_meta(out)
 
 
 def check_compatible(
     meta: dict[str, Any], config: ml_collections.ConfigDict, teacher_params: Any
 ) -> None:
-    """Refuses a cache that does not hold what this run distils, naming the field."""
-    where = f"the cache in {config.teacher.cache_dir}"
+    """Refuses teacher targets that do not hold what this run distils, naming the field."""
+    where = f"the targets dir {config.targets.dir}"
     if meta["teacher_fingerprint"] != fingerprint(teacher_params):
         raise ValueError(
             f"{where} was built by another teacher ({meta['teacher']}) than "
@@ -281,9 +291,9 @@ def check_compatible(
             f"config.distill.teacher_layers asks for layers {missing} that {where} does not "
             f"hold (it has {meta['teacher_layers']})"
         )
-    if meta["mode"] != config.teacher.cache_mode:
+    if meta["mode"] != config.targets.mode:
         raise ValueError(
-            f"config.teacher.cache_mode={config.teacher.cache_mode!r} but {where} holds "
+            f"config.targets.mode={config.targets.mode!r} but {where} holds "
             f"{meta['mode']!r} targets"
         )
     if meta["mode"] == "fixed_crop" and meta["max_samples"] != config.data.max_samples:
@@ -293,7 +303,7 @@ def check_compatible(
         )
     if config.data.bucket_boundaries:
         raise ValueError(
-            "config.data.bucket_boundaries must be () with a teacher-target cache: cached "
+            "config.data.bucket_boundaries must be () with stored teacher targets: their "
             "batches are always padded to config.data.max_samples"
         )
     if meta["normalize"] != bool(config.data.normalize):
@@ -301,13 +311,13 @@ def check_compatible(
     if config.student.frozen_shared_frontend and not meta["features"]:
         raise ValueError(
             f"config.student.frozen_shared_frontend needs the teacher's CNN features, which "
-            f"{where} does not hold: rebuild it with config.teacher.cache_features=True"
+            f"{where} does not hold: rebuild it with config.targets.features=True"
         )
 
 
 def read_meta(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """The cache.json of the run's cache (raises if it was not built)."""
-    return cached.read_meta(cache_path(config, workdir))
+    """The targets.json of the run's teacher targets (raises if they were not built)."""
+    return stored.read_meta(location(config, workdir))
 
 
 def make_loader(
@@ -316,13 +326,13 @@ def make_loader(
     workdir: str | os.PathLike,
     **shard: Any,
 ) -> Any:
-    """This process's iterator of cached batches (data_cfg: its data section; seed, shard).
+    """This process's iterator of batches with teacher targets (data_cfg: its data section).
 
-    A student fed the cached CNN features gets no "audio": nothing would read it.
+    A student fed the stored CNN features gets no "audio": nothing would read it.
     """
     shared_frontend = config.student.frozen_shared_frontend
-    return cached.make_loader(
-        cache_path(config, workdir),
+    return stored.make_loader(
+        location(config, workdir),
         data_cfg,
         config.distill.teacher_layers,
         shared_frontend,
@@ -334,18 +344,18 @@ def make_loader(
 def batch_shapes(
     config: ml_collections.ConfigDict, teacher_cfg: EncoderConfig, batch_size: int
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shapes and dtypes of the batch keys the cache adds to "audio" and "lengths"."""
+    """Shapes and dtypes of the batch keys the targets add to "audio" and "lengths"."""
     frames = teacher_cfg.num_frames(config.data.max_samples)
     num_layers = len(config.distill.teacher_layers)
     shapes = {
-        "targets": ((batch_size, num_layers, frames, teacher_cfg.hidden_size), cached.BFLOAT16)
+        "targets": ((batch_size, num_layers, frames, teacher_cfg.hidden_size), recordio.BFLOAT16)
     }
     if config.student.frozen_shared_frontend:
-        shapes["features"] = ((batch_size, frames, teacher_cfg.conv_dim[-1]), cached.BFLOAT16)
+        shapes["features"] = ((batch_size, frames, teacher_cfg.conv_dim[-1]), recordio.BFLOAT16)
     return shapes
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "cache") -> None:
-    """--mode=cache: builds the teacher-target cache named by config.teacher.cache_dir."""
+    """--mode=cache: builds the teacher targets named by config.targets.dir."""
     del mode
     build(config, workdir)

@@ -1,4 +1,4 @@
-"""Teacher-target cache: cached targets against the live teacher, crops, step, resume, refusals."""
+"""Teacher targets: stored targets against the live teacher, crops, step, resume, refusals."""
 
 import copy
 import pathlib
@@ -10,16 +10,17 @@ import optax
 import pytest
 from test_train import _demo, _final_params
 
-from stackdistill import cache, models, optim, step, teacher, train
-from stackdistill.data import audio, cached, sources
+from stackdistill import models, optim, step, targets, teacher, train
+from stackdistill.data import audio, recordio, sources
+from stackdistill.data import targets as stored
 from stackdistill.models import student
 
 BF16_REL = 2.0**-8  # bfloat16 keeps 8 significant bits: rounding moves a value by <= 2^-9 of it
 LAYER_NORM_FRONTEND = {"feat_extract_norm": "layer", "conv_bias": True}
 
 
-def _config(shared: pathlib.Path, cache_name: str, **overrides):
-    c = _demo(shared, **{"data.synth_num": 12, "teacher.cache_dir": str(shared / cache_name)})
+def _config(shared: pathlib.Path, dir_name: str, **overrides):
+    c = _demo(shared, **{"data.synth_num": 12, "targets.dir": str(shared / dir_name)})
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
@@ -38,14 +39,14 @@ def _records(c):
     return sources.open_source(c.data)[0]
 
 
-def _assert_bf16_close(cached_values, live_values):
-    """Cached bf16 values are the live float32 values rounded (up to float32 noise)."""
+def _assert_bf16_close(stored_values, live_values):
+    """Stored bf16 values are the live float32 values rounded (up to float32 noise)."""
     live = np.asarray(live_values, np.float32)
-    got = np.asarray(cached_values, np.float32)
+    got = np.asarray(stored_values, np.float32)
     assert got.shape == live.shape
-    # atol: float32 noise between the cache's batched forward and this one (values are O(1)).
+    # atol: float32 noise between the build's batched forward and this one (values are O(1)).
     np.testing.assert_allclose(got, live, rtol=BF16_REL, atol=1e-5)
-    exact = np.mean(got == live.astype(cached.BFLOAT16).astype(np.float32))
+    exact = np.mean(got == live.astype(recordio.BFLOAT16).astype(np.float32))
     assert exact > 0.99, f"only {exact:.1%} of the values are the bf16 rounding of the live ones"
 
 
@@ -55,17 +56,17 @@ def shared(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fixed_cache(shared):
-    c = _config(shared, "fixed", **{"teacher.cache_epochs": 2})
-    return c, cache.build(c, shared)
+def fixed_targets(shared):
+    c = _config(shared, "fixed", **{"targets.epochs": 2})
+    return c, targets.build(c, shared)
 
 
-def test_fixed_crop_targets_equal_the_live_teacher(shared, fixed_cache):
-    c, meta = fixed_cache
+def test_fixed_crop_targets_equal_the_live_teacher(shared, fixed_targets):
+    c, meta = fixed_targets
     assert meta["records"] == 2 * 12 and meta["mode"] == "fixed_crop"
     t_cfg, t_params = _live_teacher(c, shared)
     records = _records(c)
-    source = cached.CacheSource(cache.cache_path(c, shared))
+    source = stored.TargetSource(targets.location(c, shared))
     by_name = {r["name"]: r for r in (source[i] for i in range(len(source)))}
     for epoch, index in [(0, 0), (0, 5), (1, 5), (1, 11)]:
         # The documented crop of (seed, epoch, utterance), run through the teacher as live.
@@ -94,17 +95,17 @@ def test_whole_utterance_crops_are_frame_aligned(shared):
         shared,
         "whole",
         **{
-            "teacher.cache_mode": "whole",
+            "targets.mode": "whole",
             "teacher.random_arch": arch,
             "teacher.name": str(shared / "teacher_ln"),
         },
     )
-    meta = cache.build(c, shared)
+    meta = targets.build(c, shared)
     t_cfg, t_params = _live_teacher(c, shared)
     assert (t_cfg.hop, t_cfg.receptive_field) == (320, 400)
     records = _records(c)
-    source = cached.CacheSource(cache.cache_path(c, shared))
-    crop = cached.CropExample(meta, (4, 12), True, c.data.max_samples, False, c.seed, 0)
+    source = stored.TargetSource(targets.location(c, shared))
+    crop = stored.CropExample(meta, (4, 12), True, c.data.max_samples, False, c.seed, 0)
     starts, checked = set(), 0
     for i in range(len(source)):
         record = source[i]
@@ -126,7 +127,7 @@ def test_whole_utterance_crops_are_frame_aligned(shared):
         _assert_bf16_close(example["features"][:frames], live_crop.features[0, :frames])
         assert not example["features"][frames:].any() and not example["targets"][:, frames:].any()
         # The targets are the whole-utterance run's frames k, k+1, ...
-        padded = np.zeros((1, cache.padded_length(len(whole), "whole", n)), np.float32)
+        padded = np.zeros((1, targets.padded_length(len(whole), "whole", n)), np.float32)
         padded[0, : len(whole)] = whole
         live_whole = models.encode(t_cfg, t_params, padded, np.array([len(whole)]))
         for row, layer in enumerate((4, 12)):
@@ -136,12 +137,12 @@ def test_whole_utterance_crops_are_frame_aligned(shared):
     assert checked == 4 and len(starts) > 1, "crop starts are drawn at random"
 
 
-def _cached_setup(shared, fixed_cache, with_features: bool):
-    """(teacher cfg and params, a cached batch of 4, student cfg, 3-layer student params)."""
-    c, meta = fixed_cache
+def _stored_setup(shared, fixed_targets, with_features: bool):
+    """(teacher cfg and params, a stored batch of 4, student cfg, 3-layer student params)."""
+    c, meta = fixed_targets
     t_cfg, t_params = _live_teacher(c, shared)
-    source = cached.CacheSource(cache.cache_path(c, shared))
-    crop = cached.CropExample(meta, (4, 8, 12), with_features, c.data.max_samples, False, c.seed, 0)
+    source = stored.TargetSource(targets.location(c, shared))
+    crop = stored.CropExample(meta, (4, 8, 12), with_features, c.data.max_samples, False, c.seed, 0)
     examples = [crop(i, source[i]) for i in range(4)]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     s_cfg = student.student_encoder_config(c.student, t_cfg)
@@ -162,24 +163,24 @@ def _step_fn(c, t_cfg, s_cfg, shared_frontend: bool, cached: bool):
     return fn, tx
 
 
-def test_cached_step_equals_live_step(shared, fixed_cache):
-    c = fixed_cache[0]
-    # The student runs its own CNN here; the resume test below reads the cached features.
-    t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, False)
+def test_step_from_stored_targets_equals_live_step(shared, fixed_targets):
+    c = fixed_targets[0]
+    # The student runs its own CNN here; the resume test below reads the stored features.
+    t_cfg, t_params, batch, s_cfg, params = _stored_setup(shared, fixed_targets, False)
     results = {}
-    for use_cache in (False, True):
-        fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=False, cached=use_cache)
-        inputs = batch if use_cache else {"audio": batch["audio"], "lengths": batch["lengths"]}
-        results[use_cache] = jax.jit(fn)(step.init_state(params, tx, 1), t_params, inputs)
-    live, from_cache = results[False][1], results[True][1]
+    for from_disk in (False, True):
+        fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=False, cached=from_disk)
+        inputs = batch if from_disk else {"audio": batch["audio"], "lengths": batch["lengths"]}
+        results[from_disk] = jax.jit(fn)(step.init_state(params, tx, 1), t_params, inputs)
+    live, from_targets = results[False][1], results[True][1]
     for key in ("loss", "loss/layer_4", "loss/layer_12", "cos/layer_8", "grad_norm"):
-        np.testing.assert_allclose(from_cache[key], live[key], rtol=1e-2, err_msg=key)
+        np.testing.assert_allclose(from_targets[key], live[key], rtol=1e-2, err_msg=key)
 
 
-def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache):
-    """With the CNN features cached, training ships neither the waveform nor teacher params."""
-    c = fixed_cache[0]
-    t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, True)
+def test_stored_features_step_needs_no_audio_and_no_teacher(shared, fixed_targets):
+    """With the CNN features stored, training ships neither the waveform nor teacher params."""
+    c = fixed_targets[0]
+    t_cfg, t_params, batch, s_cfg, params = _stored_setup(shared, fixed_targets, True)
     fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=True, cached=True)
     fn = jax.jit(fn)
     state = step.init_state(params, tx, 1)
@@ -189,16 +190,16 @@ def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache)
         np.testing.assert_array_equal(lean[key], full[key], err_msg=key)
 
 
-def test_loader_for_cached_features_skips_the_audio(shared, fixed_cache):
-    """The loader of a student fed cached features decodes no audio; the rest is unchanged."""
-    c, _ = fixed_cache
+def test_loader_for_stored_features_skips_the_audio(shared, fixed_targets):
+    """The loader of a student fed stored features decodes no audio; the rest is unchanged."""
+    c, _ = fixed_targets
     c = copy.deepcopy(c)
     c.student.frozen_shared_frontend = True
     shard = dict(seed=c.seed, process_index=0, process_count=1)
-    lean = next(cache.make_loader(c, c.data, shared, **shard))
+    lean = next(targets.make_loader(c, c.data, shared, **shard))
     full = next(
-        cached.make_loader(
-            cache.cache_path(c, shared), c.data, c.distill.teacher_layers, True, **shard
+        stored.make_loader(
+            targets.location(c, shared), c.data, c.distill.teacher_layers, True, **shard
         )
     )
     assert "audio" not in lean and full["audio"].shape == (c.data.batch_size, c.data.max_samples)
@@ -207,10 +208,10 @@ def test_loader_for_cached_features_skips_the_audio(shared, fixed_cache):
         np.testing.assert_array_equal(lean[key], full[key], err_msg=key)
 
 
-def test_training_from_the_cache_resumes_exactly(shared, fixed_cache, tmp_path):
-    c = copy.deepcopy(fixed_cache[0])
+def test_training_from_stored_targets_resumes_exactly(shared, fixed_targets, tmp_path):
+    c = copy.deepcopy(fixed_targets[0])
     c.total_steps, c.student.num_layers = 6, 6  # stages of 3 steps at depths 3 and 6
-    c.student.frozen_shared_frontend = True  # the cached CNN features feed the student
+    c.student.frozen_shared_frontend = True  # the stored CNN features feed the student
     summary = train.train_and_evaluate(c, str(tmp_path))
     assert summary["status"] == "completed" and summary["final_depth"] == 6
     _, params_a = _final_params(tmp_path)
@@ -228,35 +229,35 @@ def test_training_from_the_cache_resumes_exactly(shared, fixed_cache, tmp_path):
     [
         ({"distill.teacher_layers": (4, 8, 11)}, "config.distill.teacher_layers"),
         ({"data.max_samples": 16000}, "config.data.max_samples"),
-        ({"teacher.cache_mode": "whole"}, "config.teacher.cache_mode"),
+        ({"targets.mode": "whole"}, "config.targets.mode"),
         ({"data.normalize": True}, "config.data.normalize"),
         ({"data.bucket_boundaries": (4000,)}, "config.data.bucket_boundaries"),
     ],
 )
-def test_incompatible_caches_are_refused(shared, fixed_cache, overrides, message):
-    c, meta = fixed_cache
+def test_incompatible_targets_are_refused(shared, fixed_targets, overrides, message):
+    c, meta = fixed_targets
     _, t_params = _live_teacher(c, shared)
-    cache.check_compatible(meta, c, t_params)
+    targets.check_compatible(meta, c, t_params)
     bad = _config(shared, "fixed", **overrides)
     with pytest.raises(ValueError, match=message):
-        cache.check_compatible(meta, bad, t_params)
+        targets.check_compatible(meta, bad, t_params)
     other = jax.tree_util.tree_map(lambda x: x + 1e-3, t_params)
     with pytest.raises(ValueError, match="another teacher"):
-        cache.check_compatible(meta, c, other)
+        targets.check_compatible(meta, c, other)
     shared_frontend = _config(shared, "fixed", **{"student.frozen_shared_frontend": True})
-    cache.check_compatible(meta, shared_frontend, t_params)
+    targets.check_compatible(meta, shared_frontend, t_params)
     with pytest.raises(ValueError, match="frozen_shared_frontend"):
-        cache.check_compatible({**meta, "features": False}, shared_frontend, t_params)
+        targets.check_compatible({**meta, "features": False}, shared_frontend, t_params)
 
 
 def test_records_round_trip():
     rng = np.random.default_rng(0)
     arrays = {
         "audio": rng.integers(-(2**15), 2**15, 1234).astype(np.int16),
-        "targets": rng.normal(size=(3, 3, 5)).astype(cached.BFLOAT16),
-        "features": rng.normal(size=(3, 7)).astype(cached.BFLOAT16),
+        "targets": rng.normal(size=(3, 3, 5)).astype(recordio.BFLOAT16),
+        "features": rng.normal(size=(3, 7)).astype(recordio.BFLOAT16),
     }
-    back = cached.decode_record(cached.encode_record("utt", arrays, 3))
+    back = stored.decode_record(stored.encode_record("utt", arrays, 3))
     assert back["name"] == "utt" and back["num_frames"] == 3 and back["num_samples"] == 1234
     for key, value in arrays.items():
         assert back[key].dtype == value.dtype

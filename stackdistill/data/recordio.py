@@ -1,0 +1,94 @@
+"""The record codec and ArrayRecord shards that packed audio and teacher targets share.
+
+A record is a 4-byte magic naming its kind (b"SDA1" packed audio, b"SDT1" teacher targets),
+a little-endian uint32 header size, a JSON header, then the arrays back to back. The header
+holds the record's own fields and `arrays`: for each array its dtype (int16, bfloat16 as its
+raw 16 bits, float32; little-endian), shape and byte offset after the header.
+Shards are ArrayRecord files written with group_size 1 (the cheapest random access).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from etils import epath
+
+SUFFIX = ".array_record"
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_STORED = {"int16": "<i2", "bfloat16": "<u2", "float32": "<f4"}  # bf16 as its raw 16 bits
+
+
+def encode(magic: bytes, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
+    """JSON-able header fields + named arrays -> one record of kind `magic`."""
+    blobs, entries, offset = [], {}, 0
+    for key, value in arrays.items():
+        kind = "bfloat16" if value.dtype == BFLOAT16 else value.dtype.name
+        if kind not in _STORED:
+            raise ValueError(f"record array {key!r} has unsupported dtype {value.dtype}")
+        stored = np.ascontiguousarray(value).view(np.uint16) if kind == "bfloat16" else value
+        blob = np.ascontiguousarray(stored, _STORED[kind]).tobytes()
+        entries[key] = {"dtype": kind, "shape": list(value.shape), "offset": offset}
+        blobs.append(blob)
+        offset += len(blob)
+    header_bytes = json.dumps({**header, "arrays": entries}, default=lambda v: v.item()).encode()
+    return magic + struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(blobs)
+
+
+def decode(data: bytes, magic: bytes) -> dict[str, Any]:
+    """One record of kind `magic` -> its header fields and its arrays in one dict."""
+    if data[:4] != magic:
+        raise ValueError(f"not a stackdistill {magic.decode()} record (starts {data[:4]!r})")
+    (header_size,) = struct.unpack("<I", data[4:8])
+    header = json.loads(data[8 : 8 + header_size])
+    start = 8 + header_size
+    # Packed audio written before the header had an array table: the int16 samples follow it.
+    default = {"audio": {"dtype": "int16", "shape": [header.get("num_samples")], "offset": 0}}
+    entries = header.pop("arrays", default)
+    for key, entry in entries.items():
+        shape = tuple(entry["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        raw = np.frombuffer(
+            data, _STORED[entry["dtype"]], count=count, offset=start + entry["offset"]
+        )
+        header[key] = (raw.view(BFLOAT16) if entry["dtype"] == "bfloat16" else raw).reshape(shape)
+    return header
+
+
+def shard_paths(path: str | os.PathLike) -> list[str]:
+    """The shards of a folder in name order, or `path` itself when it is one shard."""
+    location = epath.Path(path)
+    if str(path).endswith(SUFFIX):
+        return [str(location)]
+    shards = sorted(str(p) for p in location.glob("*" + SUFFIX))
+    if not shards:
+        raise FileNotFoundError(f"no {SUFFIX} shards in {path}")
+    return shards
+
+
+def writer(path: str | os.PathLike) -> Any:
+    """An ArrayRecordWriter for one shard file."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    return ArrayRecordWriter(str(path), "group_size:1")  # 1: cheapest random access
+
+
+class RecordSource:
+    """Random access to the decoded records of the shards at `path` (grain reads it)."""
+
+    def __init__(self, path: str | os.PathLike, magic: bytes):
+        import grain  # heavy import, deferred so that writing shards does not pay for it
+
+        self._records = grain.sources.ArrayRecordDataSource(shard_paths(path))
+        self._magic = magic
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return decode(self._records[index], self._magic)
