@@ -7,7 +7,7 @@ on a shared machine do not count, up to the batch-ready example the loader hands
 - flac 16 kHz (LibriSpeech): decode the crop's frames, crop to 250,000 samples;
 - flac 24 kHz: the same plus polyphase resampling to 16 kHz;
 - packed ArrayRecord (stackdistill/data/pack.py: int16 16 kHz): read, decode, crop;
-- teacher-target ArrayRecord (stackdistill/data/cached.py) at HuBERT Base's size (layers
+- teacher-target ArrayRecord (stackdistill/data/targets.py) at HuBERT Base's size (layers
   4/8/12 of width 768 + 512 CNN features, bfloat16, 780 frames per 15.6 s crop): read,
   decode, pad, with the audio (own CNN) or without (shared front-end reads the features).
 
@@ -27,7 +27,8 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from stackdistill.data import audio, cached, pack, sources
+from stackdistill.data import audio, pack, recordio, sources
+from stackdistill.data import targets as targets_data
 from stackdistill.models.config import EncoderConfig
 
 CROP = 250_000  # samples: the paper's 15.6 s crop
@@ -95,16 +96,18 @@ def _targets_shard(path: str, count: int) -> tuple[dict[str, Any], list[int]]:
     meta = {"teacher_config": cfg.to_dict(), "teacher_layers": [4, 8, 12], "mode": "fixed_crop"}
     if not os.path.exists(path):
         rng = np.random.default_rng(0)
-        writer = ArrayRecordWriter(path + ".tmp", "group_size:1")  # as stackdistill.cache
+        writer = ArrayRecordWriter(path + ".tmp", "group_size:1")  # as stackdistill.targets
         for i in range(count):
             arrays = {
                 "audio": (rng.standard_normal(CROP) * 3000).astype(np.int16),
                 "targets": rng.standard_normal((3, frames, 768), np.float32).astype(
-                    cached.BFLOAT16
+                    recordio.BFLOAT16
                 ),
-                "features": rng.standard_normal((frames, 512), np.float32).astype(cached.BFLOAT16),
+                "features": rng.standard_normal((frames, 512), np.float32).astype(
+                    recordio.BFLOAT16
+                ),
             }
-            writer.write(cached.encode_record(f"r{i}", arrays, frames))
+            writer.write(targets_data.encode_record(f"r{i}", arrays, frames))
         writer.close()
         os.replace(path + ".tmp", path)
     return meta, list(range(count))
@@ -136,15 +139,15 @@ def per_core_rates(corpus: str, work_dir: str, count: int = 40) -> dict[str, dic
         return _example(audio.load(record, rng, CROP)), len(data)
 
     out["ArrayRecord, packed audio"] = _rate(list(range(len(packed))), read_packed)
-    shard = os.path.join(work_dir, "targets-hubert-base" + cached.SUFFIX)
+    shard = os.path.join(work_dir, "targets-hubert-base" + recordio.SUFFIX)
     meta, indices = _targets_shard(shard, min(count, 24))
     targets = grain.sources.ArrayRecordDataSource([shard])
     for with_audio in (True, False):
-        crop = cached.CropExample(meta, (4, 8, 12), True, CROP, False, 0, 0, with_audio)
+        crop = targets_data.CropExample(meta, (4, 8, 12), True, CROP, False, 0, 0, with_audio)
 
         def read_targets(i: int, crop=crop) -> tuple[int, int]:
             data = targets[i]
-            example = crop(i, cached.decode_record(data))
+            example = crop(i, targets_data.decode_record(data))
             return int(example["lengths"]), len(data)
 
         name = "ArrayRecord, targets + features" + (" + audio" if with_audio else "")
