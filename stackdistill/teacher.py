@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stackdistill import convert, sharding
+from stackdistill import convert, distributed
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -225,5 +225,5 @@ def prepare(c: Any, workdir: str | os.PathLike) -> str:
         write_random(path, EncoderConfig(**dict(c.random_arch)), c.random_seed)
         log.info("wrote a random %s teacher to %s", c.random_arch.get("model_type"), path)
 
-    sharding.make_once(lambda: (path / "config.json").is_file(), make, f"random teacher {path}")
+    distributed.make_once(lambda: (path / "config.json").is_file(), make, f"random teacher {path}")
     return str(path)
