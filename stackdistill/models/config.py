@@ -8,7 +8,7 @@ from typing import Any
 
 MODEL_TYPES = ("hubert", "wavlm")
 DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+REMAT_POLICIES = ("none", "dots_saveable", "nothing_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
