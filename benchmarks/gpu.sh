@@ -10,7 +10,7 @@
 #   - a full distillation step (teacher forward + student forward/backward + AdamW) of the
 #     12 x 384 student, then of DistilHuBERT if time is left;
 # each as step time (median of 10 after a warm-up), audio-seconds/s and MFU against the dense
-# bf16 peak (989 TFLOP/s, H100/H200 SXM) from the analytic FLOP count (benchmarks/flops.py).
+# bf16 peak (989 TFLOP/s, H100/H200 SXM) from the analytic FLOP count (stackdistill/flops.py).
 # Results: $OUT (if set) or ./gpu_results: gpu.json, step.log, env.txt.
 # Dry run on a CPU: GPU_BENCH_ALLOW_CPU=1 GPU_BENCH_BATCH=1 GPU_BENCH_SECONDS=1 GPU_BENCH_REPEATS=1
 set -euo pipefail

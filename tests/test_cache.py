@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-from test_train import _demo, _final_params
+from helpers import demo_config as _demo
+from helpers import final_params as _final_params
 
-from stackdistill import cache, models, optim, step, teacher, train
+from stackdistill import cache, distill, models, optim, teacher, train
 from stackdistill.data import audio, cached, sources
 from stackdistill.models import student
 
@@ -145,8 +146,8 @@ def _cached_setup(shared, fixed_cache, with_features: bool):
     examples = [crop(i, source[i]) for i in range(4)]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     s_cfg = student.student_encoder_config(c.student, t_cfg)
-    params = student.init_params(
-        jax.random.key(0), s_cfg.replace(num_layers=3), t_cfg, t_params, (4, 8, 12)
+    params = student.init_student(
+        s_cfg.replace(num_layers=3), jax.random.key(0), t_cfg, t_params, (4, 8, 12)
     )
     return t_cfg, t_params, batch, s_cfg, params
 
@@ -156,7 +157,7 @@ def _step_fn(c, t_cfg, s_cfg, shared_frontend: bool, cached: bool):
     schedule = optax.constant_schedule(1e-3)
     tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared_frontend)
     sources_ = {4: 1, 8: 2, 12: 3}
-    fn = step.make_train_step(
+    fn = distill.make_train_step(
         c.distill, t_cfg, s_cfg, sources_, tx, schedule, shared_frontend, cached=cached
     )
     return fn, tx
@@ -170,7 +171,7 @@ def test_cached_step_equals_live_step(shared, fixed_cache):
     for use_cache in (False, True):
         fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=False, cached=use_cache)
         inputs = batch if use_cache else {"audio": batch["audio"], "lengths": batch["lengths"]}
-        results[use_cache] = jax.jit(fn)(step.init_state(params, tx, 1), t_params, inputs)
+        results[use_cache] = jax.jit(fn)(distill.init_state(params, tx, 1), t_params, inputs)
     live, from_cache = results[False][1], results[True][1]
     for key in ("loss", "loss/layer_4", "loss/layer_12", "cos/layer_8", "grad_norm"):
         np.testing.assert_allclose(from_cache[key], live[key], rtol=1e-2, err_msg=key)
@@ -182,7 +183,7 @@ def test_cached_features_step_needs_no_audio_and_no_teacher(shared, fixed_cache)
     t_cfg, t_params, batch, s_cfg, params = _cached_setup(shared, fixed_cache, True)
     fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=True, cached=True)
     fn = jax.jit(fn)
-    state = step.init_state(params, tx, 1)
+    state = distill.init_state(params, tx, 1)
     _, full = fn(state, t_params, batch)
     _, lean = fn(state, {}, {k: v for k, v in batch.items() if k != "audio"})
     for key in ("loss", "grad_norm"):
