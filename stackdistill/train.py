@@ -49,7 +49,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list
 
 
 @dataclasses.dataclass(frozen=True)
-class _Run:
+class _Setup:
     """What every stage is built from: the config, mesh, both models, optimizer, batch shapes."""
 
     config: ml_collections.ConfigDict
@@ -90,6 +90,17 @@ class StageRecord:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """What the step loop reads and writes besides the state: batches, checkpoints, logs."""
+
+    data_iter: Any
+    ckpt: checkpoint.Checkpointer
+    writer: RunWriter
+    preemption: distributed.Preemption
+    run_config: dict[str, Any]  # the config as saved beside every checkpoint
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs distillation to config.total_steps (resuming from workdir); returns the summary."""
     workdir = epath.Path(workdir)  # local paths and gs:// alike
@@ -111,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = optim.make_optimizer(
         config.optim, schedule, frozen_frontend=config.student.frozen_shared_frontend
     )
-    run = _Run(
+    setup = _Setup(
         config=config,
         mesh=mesh,
         stages=stages,
@@ -136,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ------------------------------------------------------------------ restore
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-    state, stage_index = _restore_or_init(run, ckpt, fresh_state, data_iter)
+    state, stage_index = _restore_or_init(setup, ckpt, fresh_state, data_iter)
     if use_cache:  # the targets come from disk: the step needs no teacher params on device
         t_params = {}
 
@@ -146,21 +157,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_metrics: dict[str, float] = {}
     status = "completed"
     with distributed.Preemption() as preemption:
+        loop = _Loop(data_iter, ckpt, writer, preemption, config.to_dict())
         for stage in stages[stage_index:]:
-            record = _stage_record(run, stage)
-            step_fns = _compile(run, record, state, t_params, writer)
+            record = _stage_record(setup, stage)
+            step_fns = _compile(setup, record, state, t_params, writer)
             timer = Timer()
-            state, metrics, preempted = _run_stage(
-                run, record, state, t_params, step_fns, data_iter, ckpt, writer, preemption
-            )
+            state, metrics, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)
             stage_seconds[stage.index] = stage_seconds.get(stage.index, 0.0) + timer.lap()
             last_metrics = metrics or last_metrics
             if preempted:
                 status = "preempted"
                 break
             if stage.index + 1 < len(stages):
-                state = _grow(run, state, stages[stage.index + 1])
-        _save(ckpt, record, state, data_iter, config, step=int(state["step"]), force=True)
+                state = _grow(setup, state, stages[stage.index + 1])
+        _save(loop, record, state, step=int(state["step"]), force=True)
         ckpt.close()
     skipped = getattr(data_iter, "skipped_examples", [])
     if skipped:
@@ -240,16 +250,16 @@ def _batch_abstract(config, t_cfg: EncoderConfig, mesh, use_cache: bool) -> dict
 # ---------------------------------------------------------------------- restore
 
 
-def _restore_or_init(run: _Run, ckpt: checkpoint.Checkpointer, fresh_state, data_iter):
+def _restore_or_init(setup: _Setup, ckpt: checkpoint.Checkpointer, fresh_state, data_iter):
     """The latest checkpoint's state (and data position) and its stage, or a fresh state."""
     abstract = jax.eval_shape(fresh_state)
     latest = ckpt.latest_step()
     if latest is None:
-        return jax.jit(fresh_state, out_shardings=run.shardings(abstract))(), 0
+        return jax.jit(fresh_state, out_shardings=setup.shardings(abstract))(), 0
     stage_index = int(ckpt.restore_meta(latest)["stage"])
-    for s in run.stages[1 : stage_index + 1]:
-        abstract = jax.eval_shape(lambda st, s=s: _grown(st, s, run.config.stacking), abstract)
-    state = ckpt.restore(latest, _abstract(abstract, run.shardings(abstract)), data_iter)
+    for s in setup.stages[1 : stage_index + 1]:
+        abstract = jax.eval_shape(lambda st, s=s: _grown(st, s, setup.config.stacking), abstract)
+    state = ckpt.restore(latest, _abstract(abstract, setup.shardings(abstract)), data_iter)
     log.info("resumed from step %d (stage %d)", latest, stage_index)
     return state, stage_index
 
@@ -257,49 +267,49 @@ def _restore_or_init(run: _Run, ckpt: checkpoint.Checkpointer, fresh_state, data
 # ---------------------------------------------------------------------- a stage
 
 
-def _stage_record(run: _Run, stage: stacking.Stage) -> StageRecord:
+def _stage_record(setup: _Setup, stage: stacking.Stage) -> StageRecord:
     """Depth, lineage, target sources and step FLOPs of `stage`."""
-    c = run.config
-    lineage = np.arange(run.stages[0].depth)
-    for s in run.stages[1 : stage.index + 1]:
+    c = setup.config
+    lineage = np.arange(setup.stages[0].depth)
+    for s in setup.stages[1 : stage.index + 1]:
         lineage = stacking.lineage_after(lineage, c.stacking.method, s.num_new)
-    initial_layers = distill.initial_student_layers(c.distill, run.stages[0].depth)
+    initial_layers = distill.initial_student_layers(c.distill, setup.stages[0].depth)
     sources = distill.target_sources(c.distill, lineage, initial_layers, c.stacking.follow)
-    student_cfg = run.student_cfg.replace(num_layers=stage.depth)
+    student_cfg = setup.student_cfg.replace(num_layers=stage.depth)
     # Analytic: XLA's cost analysis counts a scanned layer stack only once.
     flops = flops_lib.step_flops(
-        run.teacher_cfg,
+        setup.teacher_cfg,
         student_cfg,
         c.batch_size,
         c.data.max_samples,
         len(c.distill.teacher_layers),
         shared_frontend=c.student.frozen_shared_frontend,
-        with_teacher=not run.use_cache,
+        with_teacher=not setup.use_cache,
     )
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 
 
-def _compile(run: _Run, record: StageRecord, state, t_params, writer: RunWriter):
+def _compile(setup: _Setup, record: StageRecord, state, t_params, writer: RunWriter):
     """The stage's step, jitted and compiled ahead for the batch shape; logs time and memory."""
     train_step = distill.make_train_step(
-        run.config.distill,
-        run.teacher_cfg,
-        run.student_cfg,
+        setup.config.distill,
+        setup.teacher_cfg,
+        setup.student_cfg,
         record.sources,
-        run.tx,
-        run.schedule,
-        run.config.student.frozen_shared_frontend,
-        cached=run.use_cache,
+        setup.tx,
+        setup.schedule,
+        setup.config.student.frozen_shared_frontend,
+        cached=setup.use_cache,
     )
-    st_sh = run.shardings(state)
+    st_sh = setup.shardings(state)
     jitted = jax.jit(
         train_step,
-        in_shardings=(st_sh, run.shardings(t_params), sharding.batch_sharding(run.mesh)),
-        out_shardings=(st_sh, sharding.replicated(run.mesh)),
+        in_shardings=(st_sh, setup.shardings(t_params), sharding.batch_sharding(setup.mesh)),
+        out_shardings=(st_sh, sharding.replicated(setup.mesh)),
         donate_argnums=0,
     )
     timer = Timer()
-    compiled = jitted.lower(_abstract(state, st_sh), t_params, run.batch_abstract).compile()
+    compiled = jitted.lower(_abstract(state, st_sh), t_params, setup.batch_abstract).compile()
     stage = record.stage
     writer.text(
         f"stage {stage.index}: depth {stage.depth}, steps {stage.start_step}-"
@@ -309,7 +319,7 @@ def _compile(run: _Run, record: StageRecord, state, t_params, writer: RunWriter)
     return compiled, jitted
 
 
-def _run_stage(run, record, state, t_params, step_fns, data_iter, ckpt, writer, preemption):
+def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, loop: _Loop):
     """Steps to the end of the stage (or a preemption): logs every window, saves on schedule.
 
     Returns the state, the last window's metrics ({} if none ended) and whether it stopped
@@ -317,9 +327,9 @@ def _run_stage(run, record, state, t_params, step_fns, data_iter, ckpt, writer, 
     """
     from stackdistill import data as data_lib
 
-    c = run.config
+    c = setup.config
     compiled, jitted = step_fns
-    batch_sh = sharding.batch_sharding(run.mesh)
+    batch_sh = sharding.batch_sharding(setup.mesh)
     stage = record.stage
     metrics: dict[str, float] = {}
     pending: list[tuple[int, dict]] = []  # device metrics not yet copied to the host
@@ -327,18 +337,18 @@ def _run_stage(run, record, state, t_params, step_fns, data_iter, ckpt, writer, 
     step = int(state["step"])
     preempted = False
     while step < stage.end_step:
-        if preemption.stop_before(step):
+        if loop.preemption.stop_before(step):
             preempted = True
             break
-        local = next(data_iter)
-        batch = data_lib.to_global({k: local[k] for k in run.batch_abstract}, batch_sh)
-        same = all(batch[k].shape == v.shape for k, v in run.batch_abstract.items())
+        local = next(loop.data_iter)
+        batch = data_lib.to_global({k: local[k] for k in setup.batch_abstract}, batch_sh)
+        same = all(batch[k].shape == v.shape for k, v in setup.batch_abstract.items())
         state, step_metrics = (compiled if same else jitted)(state, t_params, batch)
         step += 1
         window_steps += 1
         pending.append((step, step_metrics))
         log_now = step % c.log_every == 0 or step == stage.end_step
-        if log_now or ckpt.manager.should_save(step):
+        if log_now or loop.ckpt.manager.should_save(step):
             metrics = _check_finite(pending)
             pending = []
             if log_now:
@@ -346,18 +356,18 @@ def _run_stage(run, record, state, t_params, step_fns, data_iter, ckpt, writer, 
                     _speed(metrics, window_steps, window.lap(), record.flops, c.peak_flops)
                 )
                 metrics["depth"] = stage.depth
-                metrics["data_skipped"] = getattr(data_iter, "num_skipped", 0)
-                writer.scalars(step, metrics)
+                metrics["data_skipped"] = getattr(loop.data_iter, "num_skipped", 0)
+                loop.writer.scalars(step, metrics)
                 window_steps = 0
-            _save(ckpt, record, state, data_iter, c, step=step)
+            _save(loop, record, state, step=step)
     _check_finite(pending)  # a preemption between windows: no NaN goes into the last save
     return state, metrics, preempted
 
 
-def _grow(run: _Run, state: dict, stage: stacking.Stage) -> dict:
+def _grow(setup: _Setup, state: dict, stage: stacking.Stage) -> dict:
     """The state grown to `stage`, laid out on the mesh again."""
-    state = _grown(state, stage, run.config.stacking)
-    return jax.device_put(state, run.shardings(state))
+    state = _grown(state, stage, setup.config.stacking)
+    return jax.device_put(state, setup.shardings(state))
 
 
 def _grown(state: dict, stage: stacking.Stage, c: ml_collections.ConfigDict) -> dict:
@@ -381,11 +391,12 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 # ---------------------------------------------------------------------- checkpoints, metrics
 
 
-def _save(ckpt, record: StageRecord, state, data_iter, config, *, step: int, force=False):
+def _save(loop: _Loop, record: StageRecord, state, *, step: int, force: bool = False) -> None:
     """Checkpoints the state with the record's metadata; a forced save skips a saved step."""
-    if force and ckpt.latest_step() == step:
+    if force and loop.ckpt.latest_step() == step:
         return
-    ckpt.save(step, state, data_iter, record.checkpoint_meta(step), config.to_dict(), force=force)
+    meta = record.checkpoint_meta(step)
+    loop.ckpt.save(step, state, loop.data_iter, meta, loop.run_config, force=force)
 
 
 def _check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
