@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import flops  # noqa: E402
 import op_profile  # noqa: E402
 
-from stackdistill import models, optim, step  # noqa: E402
+from stackdistill import distill, models, optim  # noqa: E402
 from stackdistill.models import student  # noqa: E402
 
 CONFIGS = ("teacher", "live", "live_shared", "cached", "cached_shared")
@@ -81,14 +81,14 @@ def build(config: str, model: str, t_cfg, t_params, batch: int, samples: int, dt
     section = student.default_config()
     section.update(fields)
     s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=dtype)
-    params = student.init_params(jax.random.key(0), s_cfg, t_cfg, t_params, TEACHER_LAYERS)
-    distill = step.default_config()
-    distill.update(teacher_layers=TEACHER_LAYERS, loss=loss)
+    params = student.init_student(s_cfg, jax.random.key(0), t_cfg, t_params, TEACHER_LAYERS)
+    distill_cfg = distill.default_config()
+    distill_cfg.update(teacher_layers=TEACHER_LAYERS, loss=loss)
     schedule = optax.constant_schedule(2e-4)
     tx = optim.make_optimizer(optim.default_config(), schedule, frozen_frontend=shared)
-    fn = step.make_train_step(distill, t_run, s_cfg, sources, tx, schedule, shared, cached)
+    fn = distill.make_train_step(distill_cfg, t_run, s_cfg, sources, tx, schedule, shared, cached)
     # Fresh buffers: teacher-initialised leaves may alias the teacher's, and the step donates.
-    state = jax.tree_util.tree_map(jnp.copy, step.init_state(params, tx, seed=0))
+    state = jax.tree_util.tree_map(jnp.copy, distill.init_state(params, tx, seed=0))
     data: dict[str, Any] = {"lengths": jnp.asarray(lengths)}
     if not (cached and shared):
         data["audio"] = jnp.asarray(wav)

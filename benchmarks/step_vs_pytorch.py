@@ -48,10 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import flops  # noqa: E402
-
-from stackdistill import models, optim, step, teacher  # noqa: E402
+from stackdistill import distill, flops, models, optim, teacher  # noqa: E402
 from stackdistill.models import student  # noqa: E402
 
 TEACHER_LAYERS = (4, 8, 12)
@@ -97,16 +94,16 @@ def jax_setup(name: str, t_cfg, t_params, dtype: str) -> dict[str, Any]:
     s_section = student.default_config()
     s_section.update(fields)
     s_cfg = student.student_encoder_config(s_section, t_cfg).replace(dtype=dtype)
-    params = student.init_params(jax.random.key(0), s_cfg, t_cfg, t_params, TEACHER_LAYERS)
-    distill = step.default_config()
-    distill.update(teacher_layers=TEACHER_LAYERS, loss=loss)
+    params = student.init_student(s_cfg, jax.random.key(0), t_cfg, t_params, TEACHER_LAYERS)
+    distill_cfg = distill.default_config()
+    distill_cfg.update(teacher_layers=TEACHER_LAYERS, loss=loss)
     schedule = optax.constant_schedule(LEARNING_RATE)
     tx = optim.make_optimizer(optim.default_config(), schedule, frozen_frontend=False)
-    fn = step.make_train_step(
-        distill, t_cfg.replace(dtype=dtype), s_cfg, sources, tx, schedule, shared_frontend=False
+    fn = distill.make_train_step(
+        distill_cfg, t_cfg.replace(dtype=dtype), s_cfg, sources, tx, schedule, shared_frontend=False
     )
     # Fresh buffers: teacher-initialised leaves may alias the teacher's, and the step donates.
-    state = jax.tree_util.tree_map(jnp.copy, step.init_state(params, tx, seed=0))
+    state = jax.tree_util.tree_map(jnp.copy, distill.init_state(params, tx, seed=0))
     params = jax.device_get(params)  # host copy for the PyTorch reference
     return {"s_cfg": s_cfg, "params": params, "step": jax.jit(fn, donate_argnums=0),
             "state": state}  # fmt: skip

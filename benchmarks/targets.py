@@ -184,7 +184,7 @@ def time_steps(c, t_cfg, t_params, batch, cases, repeats: int, steps: int) -> di
     """Median seconds per step of each (cached, shared, depth) case, timed alternately."""
     import optax
 
-    from stackdistill import optim, step
+    from stackdistill import distill, optim
     from stackdistill.models import student
 
     s_cfg = student.student_encoder_config(c.student, t_cfg)
@@ -192,12 +192,12 @@ def time_steps(c, t_cfg, t_params, batch, cases, repeats: int, steps: int) -> di
     schedule = optax.constant_schedule(1e-4)
     runs = {}
     for cached, shared, depth in cases:
-        params = student.init_params(
-            jax.random.key(0), s_cfg.replace(num_layers=depth), t_cfg, t_params, layers
+        params = student.init_student(
+            s_cfg.replace(num_layers=depth), jax.random.key(0), t_cfg, t_params, layers
         )
         sources = {4: max(depth // 3, 1), 8: max(2 * depth // 3, 1), 12: depth}
         tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared)
-        fn = step.make_train_step(
+        fn = distill.make_train_step(
             c.distill, t_cfg, s_cfg, sources, tx, schedule, shared, cached=cached
         )
         keys = ("audio", "lengths") + (("targets",) if cached else ())
@@ -205,7 +205,7 @@ def time_steps(c, t_cfg, t_params, batch, cases, repeats: int, steps: int) -> di
         inputs = {k: batch[k] for k in keys}
         jitted = jax.jit(fn, donate_argnums=0)
         # Fresh buffers: teacher-initialised leaves may alias t_params, and state is donated.
-        state = step.init_state(jax.tree_util.tree_map(jnp.array, params), tx, 1)
+        state = distill.init_state(jax.tree_util.tree_map(jnp.array, params), tx, 1)
         for _ in range(2):  # compile and warm up
             state, metrics = jitted(state, t_params, inputs)
         jax.block_until_ready(metrics)

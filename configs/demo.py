@@ -5,7 +5,8 @@
 Needs no network: the teacher (12 x 48, HuBERT architecture, random) is written in
 transformers format into the workdir and loaded through the real conversion path; the
 data are 200 utterances synthesised with espeak-ng into the workdir. Meant for a laptop or
-this project's CI machine (2 CPU cores): about 2 minutes, 3 stage transitions, falling loss.
+this project's CI machine (2 CPU cores): 3 stage transitions and a falling loss (run times:
+benchmarks/RESULTS.md, "Persistent compilation cache").
 Variants: `:stacking=top` (middle, none), or any `--config.field=value`.
 """
 

@@ -7,8 +7,8 @@ Variants: `--config=configs/hubert_base.py:stacking=top` (or middle, none), `:ru
 a smoke test. Meant for a TPU v4-8 / 8 x A100 host (bfloat16); LibriSpeech 960 h, 200k steps
 at batch 24 of <= 15.6 s crops. The paper gives the method, not every hyper-parameter: the
 optimizer, schedule, batch and crop are DistilHuBERT's (s3prl): AdamW 2e-4, 7% warmup,
-linear decay, clip 10. Cost: one teacher forward + one student step per batch, 0.14 s per
-batch of 24 x 15.6 s on one H200 in bfloat16 (benchmarks/RESULTS.md): ~8 h for 200k steps.
+linear decay, clip 10. Cost: one teacher forward + one student step per batch; the measured
+time per step and per run on a GPU is in benchmarks/RESULTS.md ("GPU").
 """
 
 from stackdistill.config import apply_arg, base_config

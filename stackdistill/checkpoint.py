@@ -66,10 +66,6 @@ class Checkpointer:
         )
         return restored["state"]
 
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         """Finishes pending saves and releases the manager."""
         self.manager.wait_until_finished()

@@ -6,7 +6,7 @@ import ast
 
 import ml_collections
 
-from stackdistill import export, optim, paths, sharding, stacking, step, targets, teacher
+from stackdistill import distill, export, optim, paths, sharding, stacking, targets, teacher
 from stackdistill.data import config as data_config
 from stackdistill.models import student
 from stackdistill.superb import config as superb_config
@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.targets = targets.default_config()
     c.student = student.default_config()
     c.stacking = stacking.default_config()
-    c.distill = step.default_config()
+    c.distill = distill.default_config()
     c.optim = optim.default_config()
     c.data = data_config.default_config()
     c.mesh = sharding.default_config()

@@ -31,8 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from stackdistill import convert
-from stackdistill.models import num_layers_of
+from stackdistill import convert, stacking
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger("stackdistill")
@@ -79,7 +78,7 @@ def export_student(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder = jax.device_get(params["encoder"])
-    depth = num_layers_of(encoder)
+    depth = stacking.stack_depth(encoder)
     state = convert.params_to_state_dict(cfg.replace(num_layers=depth), encoder)
     # safetensors 0.8 writes a strided array's buffer as is (the weight-norm v is a transpose).
     state = {name: np.ascontiguousarray(x) for name, x in state.items()}

@@ -2,13 +2,11 @@
 
 glibc serves the 100+ MB buffers of a CPU training step with mmap, or from per-thread arenas
 that fall back to mmap, and unmaps them when they are freed, so each step faults them in
-again: ~0.4 M page faults and ~0.8 CPU-s of kernel time per DistilHuBERT step on 2 cores, a
-quarter of the tiny teacher's CPU time. STACKDISTILL_MALLOC=keep sets one arena, no mmap and
-no trimming: steps get faster (tiny teacher 419 -> 351 s), but XLA's multi-threaded compiles
-contend for the one arena and get slower (demo stage compiles 5.4-6.4 -> 7.3-8.7 s), so it is
-off by default (benchmarks/RESULTS.md, "Host allocator"). The settings take only if made
-before XLA's threads first allocate, before the JAX backend starts: the command-line entry
-points call `configure()` before anything else.
+again. STACKDISTILL_MALLOC=keep sets one arena, no mmap and no trimming: steps get faster,
+but XLA's multi-threaded compiles contend for the one arena and get slower, so it is off by
+default (the figures: benchmarks/RESULTS.md, "Host allocator"). The settings take only if
+made before XLA's threads first allocate, before the JAX backend starts: the command-line
+entry points call `configure()` before anything else.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from stackdistill import hostmem
+from stackdistill import distributed, hostmem
 
 # mode -> module whose run(config, workdir) does it (imported on use)
 MODES = {
@@ -27,23 +27,6 @@ _MODE = flags.DEFINE_enum("mode", "distill", list(MODES), "What to do with the c
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _maybe_start_distributed() -> None:
-    """jax.distributed on multi-host jobs (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set).
-
-    JAX reads JAX_COORDINATOR_ADDRESS itself but detects the process count and id only on
-    known clusters, so JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/gpu_multihost.sh) are
-    passed on here.
-    """
-    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-    if explicit or slurm or tpu_pod:
-        count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
-        jax.distributed.initialize(
-            num_processes=int(count) if count else None, process_id=int(index) if index else None
-        )
-
-
 def _use_compilation_cache(config) -> None:
     """XLA's persistent compilation cache in config.compilation_cache_dir ("": off).
 
@@ -58,7 +41,7 @@ def _use_compilation_cache(config) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _maybe_start_distributed()
+    distributed.initialize()
     _use_compilation_cache(_CONFIG.value)
     logging.getLogger("stackdistill").setLevel(logging.INFO)
     module = importlib.import_module(MODES[_MODE.value])

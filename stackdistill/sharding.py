@@ -7,13 +7,14 @@ key), so stacking growth never reshards the layer axis. Small leaves stay replic
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from stackdistill import stacking
 
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # the batch is split over every device
@@ -61,8 +62,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def _leaf_spec(path: tuple, shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
     if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
         return PartitionSpec()
-    in_layers = any(getattr(k, "key", None) == "layers" for k in path)
-    candidates = [i for i in range(1 if in_layers else 0, len(shape)) if shape[i] % fsdp == 0]
+    first = 1 if stacking.under_layers(path) else 0  # the layer axis is never sharded
+    candidates = [i for i in range(first, len(shape)) if shape[i] % fsdp == 0]
     if not candidates:
         return PartitionSpec()
     axis = max(candidates, key=lambda i: shape[i])
@@ -77,21 +78,3 @@ def tree_shardings(tree: Any, mesh: Mesh, mode: str) -> Any:
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: NamedSharding(mesh, _leaf_spec(path, np.shape(leaf), fsdp)), tree
     )
-
-
-def make_once(exists: Callable[[], bool], make: Callable[[], Any], tag: str) -> None:
-    """Makes a deterministic on-disk artefact (random teacher, synthetic corpus) exactly once.
-
-    Process 0 makes it while the others wait at a barrier; a process that still does not see
-    it afterwards (its host does not share the folder) makes its own, identical copy.
-    """
-    if exists():
-        return
-    if jax.process_index() == 0:
-        make()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"stackdistill:{tag}")
-        if not exists():
-            make()

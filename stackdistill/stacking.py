@@ -97,7 +97,7 @@ def new_layer_mask(depth: int, method: str, num_new: int | None = None) -> np.nd
 # ---------------------------------------------------------------- pytree growth
 
 
-def _under_layers(path: tuple[Any, ...]) -> bool:
+def under_layers(path: tuple[Any, ...]) -> bool:
     """Whether a key path passes through a dict key named `layers`."""
     return any(isinstance(k, jax.tree_util.DictKey) and k.key == LAYERS_KEY for k in path)
 
@@ -107,7 +107,7 @@ def stack_depth(tree: Any) -> int:
     leaves = [
         (jax.tree_util.keystr(path), leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-        if _under_layers(path)
+        if under_layers(path)
     ]
     if not leaves:
         raise ValueError(f"no leaves under a {LAYERS_KEY!r} key in this pytree")
@@ -120,7 +120,7 @@ def stack_depth(tree: Any) -> int:
 def _map_layer_leaves(fn, tree: Any) -> Any:
     """Applies fn to every leaf under a `layers` key; other leaves pass through as they are."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: fn(leaf) if _under_layers(path) else leaf, tree
+        lambda path, leaf: fn(leaf) if under_layers(path) else leaf, tree
     )
 
 

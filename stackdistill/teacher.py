@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stackdistill import convert, paths, sharding
+from stackdistill import convert, distributed, paths
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -212,5 +212,5 @@ def prepare(c: Any, workdir: str | os.PathLike) -> str:
         write_random(path, EncoderConfig(**dict(c.random_arch)), c.random_seed)
         log.info("wrote a random %s teacher to %s", c.random_arch.get("model_type"), path)
 
-    sharding.make_once(lambda: (path / "config.json").is_file(), make, f"random teacher {path}")
+    distributed.make_once(lambda: (path / "config.json").is_file(), make, f"random teacher {path}")
     return str(path)

@@ -1,17 +1,17 @@
-"""Distillation with stacking: mesh -> data -> teacher -> student -> step -> restore -> loop.
+"""Distillation with stacking: mesh -> data -> teacher -> student -> restore -> stages.
 
-`train_and_evaluate(config, workdir)` runs (or resumes) a whole run. At each stage boundary
-the student's params and optimizer state grow by `stacking.grow` and the step compiles once
-more. Checkpoints are exact: a run killed and restarted ends with bit-identical params.
+`train_and_evaluate(config, workdir)` runs (or resumes) a whole run. Each stage compiles its
+step, runs it to the stage's last step and grows the state for the next one (`stacking.grow`
+on params and optimizer state). Checkpoints are exact: a run killed and restarted ends with
+bit-identical params.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import pathlib
-import signal
-import threading
 import time
 from typing import Any
 
@@ -20,51 +20,27 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import checkpoint, optim, sharding, stacking, step, targets, teacher
+from stackdistill import (
+    checkpoint,
+    distill,
+    distributed,
+    optim,
+    sharding,
+    stacking,
+    targets,
+    teacher,
+)
 from stackdistill import flops as flops_lib
 from stackdistill.models import student
+from stackdistill.models.config import EncoderConfig
 from stackdistill.writers import RunWriter, Timer
 
 log = logging.getLogger("stackdistill")
 
 
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and returns.
-
-    With several processes a SIGTERM reaches them at different steps (or only one of them),
-    so JAX's preemption service (started by jax.distributed) catches it instead and the
-    processes stop at the step it agrees on; stopping alone would hang the others' step.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        self._multiprocess = jax.process_count() > 1
-
-    def __enter__(self):
-        if not self._multiprocess and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, *_):
-        self.requested = True
-
-    def stop_before(self, step: int) -> bool:
-        """Whether to save and return before `step` (every process asks at every step)."""
-        if self._multiprocess:
-            from jax.experimental import multihost_utils
-
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def __exit__(self, *_):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list[stacking.Stage]:
     """Refuses a config that cannot work before anything is loaded or compiled."""
-    step.validate(config)
+    distill.validate(config)
     stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
     if config.batch_size % jax.process_count():
         raise ValueError(
@@ -77,33 +53,61 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list
             "of the mesh (config.mesh.data x config.mesh.fsdp): the batch is split over all"
         )
     start = stages[0].depth
-    step.initial_student_layers(config.distill, start)
+    distill.initial_student_layers(config.distill, start)
     return stages
 
 
-def _lineage_at(stages: list[stacking.Stage], method: str, stage_index: int) -> np.ndarray:
-    lineage = np.arange(stages[0].depth)
-    for s in stages[1 : stage_index + 1]:
-        lineage = stacking.lineage_after(lineage, method, s.num_new)
-    return lineage
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What every stage is built from: the config, mesh, both models, optimizer, batch shapes."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    stages: list[stacking.Stage]
+    teacher_cfg: EncoderConfig
+    student_cfg: EncoderConfig  # at the final depth; each stage replaces num_layers
+    tx: Any  # optax.GradientTransformation
+    schedule: Any  # optax.Schedule
+    use_targets: bool  # teacher targets read from disk (config.targets.dir), not computed
+    batch_abstract: dict[str, jax.ShapeDtypeStruct]
+
+    def shardings(self, tree: Any) -> Any:
+        """Per-leaf shardings of params-like trees (state, teacher params) on the mesh."""
+        return sharding.tree_shardings(tree, self.mesh, self.config.mesh.params)
 
 
-def _grow_state(state: dict, stage: stacking.Stage, c: ml_collections.ConfigDict) -> dict:
-    """The state of the previous stage grown to `stage.depth` (params and moments)."""
-    return {
-        **state,
-        "params": stacking.grow(state["params"], c.method, stage.num_new),
-        "opt_state": stacking.grow_opt_state(
-            state["opt_state"], c.method, stage.num_new, c.reset_new_moments
-        ),
-        "stage": state["stage"] + 1,
-    }
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+    """One stage as its step and checkpoints see it: depth, lineage, targets, cost."""
+
+    stage: stacking.Stage
+    lineage: tuple[int, ...]  # the initial-stack layer each layer descends from
+    sources: dict[int, int]  # teacher layer -> student hidden state that predicts it
+    student_cfg: EncoderConfig  # the student at this stage's depth
+    flops: float  # analytic FLOPs of one step
+
+    def checkpoint_meta(self, step: int) -> dict[str, Any]:
+        """The metadata that says how to read a checkpoint at `step` back."""
+        return {
+            "step": step,
+            "stage": self.stage.index,
+            "depth": self.stage.depth,
+            "lineage": list(self.lineage),
+            "encoder_config": self.student_cfg.to_dict(),
+            "target_sources": {str(k): v for k, v in self.sources.items()},
+            "time": time.time(),
+        }
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
-    )
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """What the step loop reads and writes besides the state: batches, checkpoints, logs."""
+
+    data_iter: Any
+    ckpt: checkpoint.Checkpointer
+    writer: RunWriter
+    preemption: distributed.Preemption
+    run_config: dict[str, Any]  # the config as saved beside every checkpoint
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -112,179 +116,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh)
     stages = validate_config(config, mesh.size)
-    method = config.stacking.method
 
     # ------------------------------------------------------------------ data
-    from stackdistill import data as data_lib
-
-    data_cfg = copy.deepcopy(config.data)
-    data_cfg.batch_size = config.batch_size // jax.process_count()
-    if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
-        data_cfg.path = str(workdir / data_cfg.path)  # the offline corpus lives in the run
-    use_cache = bool(config.targets.dir)  # teacher targets read from disk, not computed
-    shard = dict(
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    if use_cache:
-        data_iter = targets.make_loader(config, data_cfg, workdir, **shard)
-    else:
-        data_iter = data_lib.make_loader(data_cfg, **shard)
+    use_targets = bool(config.targets.dir)  # teacher targets read from disk, not computed
+    data_iter = _make_loader(config, workdir, use_targets)
 
     # ------------------------------------------------------------------ teacher
-    teacher_path = teacher.prepare(config.teacher, workdir)
-    t_cfg, t_params = teacher.load(teacher_path)
-    t_cfg = t_cfg.replace(dtype=config.dtype)
-    if max(config.distill.teacher_layers) > t_cfg.num_layers:
-        raise ValueError(
-            f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
-            f"layers beyond the teacher's {t_cfg.num_layers}"
-        )
-    if use_cache:
-        targets.check_compatible(targets.read_meta(config, workdir), config, t_params)
-    rep = sharding.replicated(mesh)
+    t_cfg, t_params = _load_teacher(config, workdir, use_targets)
     t_params = jax.device_put(t_params, sharding.tree_shardings(t_params, mesh, config.mesh.params))
 
     # ------------------------------------------------------------------ student, optimizer
     s_cfg = student.student_encoder_config(config.student, t_cfg).replace(remat=config.remat)
-    initial_layers = step.initial_student_layers(config.distill, stages[0].depth)
     schedule = optim.make_schedule(config.optim, stages)
-    shared = config.student.frozen_shared_frontend
-    tx = optim.make_optimizer(config.optim, schedule, frozen_frontend=shared)
+    tx = optim.make_optimizer(
+        config.optim, schedule, frozen_frontend=config.student.frozen_shared_frontend
+    )
+    setup = _Setup(
+        config=config,
+        mesh=mesh,
+        stages=stages,
+        teacher_cfg=t_cfg,
+        student_cfg=s_cfg,
+        tx=tx,
+        schedule=schedule,
+        use_targets=use_targets,
+        batch_abstract=_batch_abstract(config, t_cfg, mesh, use_targets),
+    )
 
     def fresh_state():
-        params = student.init_params(
-            jax.random.key(config.seed),
+        params = student.init_student(
             s_cfg.replace(num_layers=stages[0].depth),
+            jax.random.key(config.seed),
             t_cfg,
             t_params,
             tuple(config.distill.teacher_layers),
             config.student.init_from_teacher,
         )
-        return step.init_state(params, tx, config.seed + 1)
-
-    def state_shardings(state):
-        return sharding.tree_shardings(state, mesh, config.mesh.params)
+        return distill.init_state(params, tx, config.seed + 1)
 
     # ------------------------------------------------------------------ restore
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    stage_index = 0
-    abstract = jax.eval_shape(fresh_state)
-    if latest is not None:
-        stage_index = int(ckpt.restore_meta(latest)["stage"])
-        for s in stages[1 : stage_index + 1]:
-            abstract = jax.eval_shape(lambda st, s=s: _grow_state(st, s, config.stacking), abstract)
-        state = ckpt.restore(latest, _abstract(abstract, state_shardings(abstract)), data_iter)
-        log.info("resumed from step %d (stage %d)", latest, stage_index)
-    else:
-        state = jax.jit(fresh_state, out_shardings=state_shardings(abstract))()
-    first_step = int(state["step"])
-    if use_cache:  # the targets come from disk: the step needs no teacher params on device
+    state, stage_index = _restore_or_init(setup, ckpt, fresh_state, data_iter)
+    if use_targets:  # the targets come from disk: the step needs no teacher params on device
         t_params = {}
 
-    # ------------------------------------------------------------------ loop
-    writer = RunWriter(workdir, config.total_steps, first_step)
-    batch_sh = sharding.batch_sharding(mesh)
-    n = config.batch_size
-    batch_abstract = {
-        "audio": jax.ShapeDtypeStruct((n, config.data.max_samples), np.float32, sharding=batch_sh),
-        "lengths": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sh),
-    }
-    if use_cache:  # + "targets" (and "features" for a shared front-end)
-        for key, (shape, dtype) in targets.batch_shapes(config, t_cfg, n).items():
-            batch_abstract[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
-        if "features" in batch_abstract:  # no CNN runs at all: the waveform stays on the host
-            del batch_abstract["audio"]
+    # ------------------------------------------------------------------ stages
+    writer = RunWriter(workdir, config.total_steps, int(state["step"]))
     stage_seconds: dict[int, float] = {}
     last_metrics: dict[str, float] = {}
     status = "completed"
-    with _Preemption() as preemption:
+    with distributed.Preemption() as preemption:
+        loop = _Loop(data_iter, ckpt, writer, preemption, config.to_dict())
         for stage in stages[stage_index:]:
-            if stage.index > int(state["stage"]):
-                state = _grow_state(state, stage, config.stacking)
-                state = jax.device_put(state, state_shardings(state))
-            lineage = _lineage_at(stages, method, stage.index)
-            sources = step.target_sources(
-                config.distill, lineage, initial_layers, config.stacking.follow
-            )
-            train_step = step.make_train_step(
-                config.distill, t_cfg, s_cfg, sources, tx, schedule, shared, cached=use_cache
-            )
-            st_sh = state_shardings(state)
-            jitted = jax.jit(
-                train_step,
-                in_shardings=(
-                    st_sh,
-                    sharding.tree_shardings(t_params, mesh, config.mesh.params),
-                    batch_sh,
-                ),
-                out_shardings=(st_sh, rep),
-                donate_argnums=0,
-            )
+            record = _stage_record(setup, stage)
+            step_fns = _compile(setup, record, state, t_params, writer)
             timer = Timer()
-            compiled = jitted.lower(_abstract(state, st_sh), t_params, batch_abstract).compile()
-            # Analytic: XLA's cost analysis counts a scanned layer stack only once.
-            flops = flops_lib.step_flops(
-                t_cfg,
-                s_cfg.replace(num_layers=stage.depth),
-                config.batch_size,
-                config.data.max_samples,
-                len(config.distill.teacher_layers),
-                shared_frontend=shared,
-                with_teacher=not use_cache,
-            )
-            writer.text(
-                f"stage {stage.index}: depth {stage.depth}, steps {stage.start_step}-"
-                f"{stage.end_step}, targets {sources} (teacher layer -> student hidden state), "
-                f"compiled in {timer.lap():.1f}s, {_memory(compiled)}"
-            )
-            stage_timer = Timer()
-            pending: list[tuple[int, dict]] = []
-            window = Timer()
-            window_steps = 0
-            current = int(state["step"])
-            while current < stage.end_step:
-                if preemption.stop_before(current):
-                    status = "preempted"
-                    break
-                local = next(data_iter)
-                batch = data_lib.to_global({k: local[k] for k in batch_abstract}, batch_sh)
-                same = all(batch[k].shape == v.shape for k, v in batch_abstract.items())
-                fn = compiled if same else jitted
-                state, metrics = fn(state, t_params, batch)
-                current += 1
-                window_steps += 1
-                pending.append((current, metrics))
-                log_now = current % config.log_every == 0 or current == stage.end_step
-                if log_now or ckpt.manager.should_save(current):
-                    last_metrics = _check_finite(pending)
-                    pending = []
-                    if log_now:
-                        dt = window.lap()
-                        last_metrics.update(
-                            _speed(last_metrics, window_steps, dt, flops, config.peak_flops)
-                        )
-                        last_metrics["depth"] = stage.depth
-                        last_metrics["data_skipped"] = getattr(data_iter, "num_skipped", 0)
-                        writer.scalars(current, last_metrics)
-                        window_steps = 0
-                    _save(ckpt, current, state, data_iter, stage, lineage, config, s_cfg, sources)
-            stage_seconds[stage.index] = stage_seconds.get(stage.index, 0.0) + stage_timer.lap()
-            if status == "preempted":
+            state, metrics, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)
+            stage_seconds[stage.index] = stage_seconds.get(stage.index, 0.0) + timer.lap()
+            last_metrics = metrics or last_metrics
+            if preempted:
+                status = "preempted"
                 break
-        _check_finite(pending)
-        _save(
-            ckpt,
-            int(state["step"]),
-            state,
-            data_iter,
-            stage,
-            lineage,
-            config,
-            s_cfg,
-            sources,
-            force=True,
-        )
+            if stage.index + 1 < len(stages):
+                state = _grow(setup, state, stages[stage.index + 1])
+        _save(loop, record, state, step=int(state["step"]), force=True)
         ckpt.close()
     skipped = getattr(data_iter, "skipped_examples", [])
     if skipped:
@@ -311,20 +206,206 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
     train_and_evaluate(config, workdir)
 
 
-def _save(ckpt, current, state, data_iter, stage, lineage, config, s_cfg, sources, force=False):
-    """Checkpoints the state with the metadata that says how to read it back."""
-    meta = {
-        "step": current,
-        "stage": stage.index,
-        "depth": stage.depth,
-        "lineage": [int(x) for x in lineage],
-        "encoder_config": s_cfg.replace(num_layers=stage.depth).to_dict(),
-        "target_sources": {str(k): v for k, v in sources.items()},
-        "time": time.time(),
+# ---------------------------------------------------------------------- data, teacher
+
+
+def _make_loader(config: ml_collections.ConfigDict, workdir: epath.Path, use_targets: bool):
+    """This process's share of the batches (audio, or audio and stored teacher targets)."""
+    from stackdistill import data as data_lib
+
+    data_cfg = copy.deepcopy(config.data)
+    data_cfg.batch_size = config.batch_size // jax.process_count()
+    if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
+        data_cfg.path = str(workdir / data_cfg.path)  # the offline corpus lives in the run
+    shard = dict(
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    if use_targets:
+        return targets.make_loader(config, data_cfg, workdir, **shard)
+    return data_lib.make_loader(data_cfg, **shard)
+
+
+def _load_teacher(config: ml_collections.ConfigDict, workdir: epath.Path, use_targets: bool):
+    """The teacher's config (in the run's dtype) and host params; checks stored targets match it."""
+    teacher_path = teacher.prepare(config.teacher, workdir)
+    t_cfg, t_params = teacher.load(teacher_path)
+    t_cfg = t_cfg.replace(dtype=config.dtype)
+    if max(config.distill.teacher_layers) > t_cfg.num_layers:
+        raise ValueError(
+            f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
+            f"layers beyond the teacher's {t_cfg.num_layers}"
+        )
+    if use_targets:
+        targets.check_compatible(targets.read_meta(config, workdir), config, t_params)
+    return t_cfg, t_params
+
+
+def _batch_abstract(config, t_cfg: EncoderConfig, mesh, use_targets: bool) -> dict[str, Any]:
+    """Shapes and shardings of one global batch: what the step is compiled for."""
+    batch_sh = sharding.batch_sharding(mesh)
+    n = config.batch_size
+    batch_abstract = {
+        "audio": jax.ShapeDtypeStruct((n, config.data.max_samples), np.float32, sharding=batch_sh),
+        "lengths": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sh),
     }
-    if force and ckpt.latest_step() == current:
+    if use_targets:  # + "targets" (and "features" for a shared front-end)
+        for key, (shape, dtype) in targets.batch_shapes(config, t_cfg, n).items():
+            batch_abstract[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+        if "features" in batch_abstract:  # no CNN runs at all: the waveform stays on the host
+            del batch_abstract["audio"]
+    return batch_abstract
+
+
+# ---------------------------------------------------------------------- restore
+
+
+def _restore_or_init(setup: _Setup, ckpt: checkpoint.Checkpointer, fresh_state, data_iter):
+    """The latest checkpoint's state (and data position) and its stage, or a fresh state."""
+    abstract = jax.eval_shape(fresh_state)
+    latest = ckpt.latest_step()
+    if latest is None:
+        return jax.jit(fresh_state, out_shardings=setup.shardings(abstract))(), 0
+    stage_index = int(ckpt.restore_meta(latest)["stage"])
+    for s in setup.stages[1 : stage_index + 1]:
+        abstract = jax.eval_shape(lambda st, s=s: _grown(st, s, setup.config.stacking), abstract)
+    state = ckpt.restore(latest, _abstract(abstract, setup.shardings(abstract)), data_iter)
+    log.info("resumed from step %d (stage %d)", latest, stage_index)
+    return state, stage_index
+
+
+# ---------------------------------------------------------------------- a stage
+
+
+def _stage_record(setup: _Setup, stage: stacking.Stage) -> StageRecord:
+    """Depth, lineage, target sources and step FLOPs of `stage`."""
+    c = setup.config
+    lineage = np.arange(setup.stages[0].depth)
+    for s in setup.stages[1 : stage.index + 1]:
+        lineage = stacking.lineage_after(lineage, c.stacking.method, s.num_new)
+    initial_layers = distill.initial_student_layers(c.distill, setup.stages[0].depth)
+    sources = distill.target_sources(c.distill, lineage, initial_layers, c.stacking.follow)
+    student_cfg = setup.student_cfg.replace(num_layers=stage.depth)
+    # Analytic: XLA's cost analysis counts a scanned layer stack only once.
+    flops = flops_lib.step_flops(
+        setup.teacher_cfg,
+        student_cfg,
+        c.batch_size,
+        c.data.max_samples,
+        len(c.distill.teacher_layers),
+        shared_frontend=c.student.frozen_shared_frontend,
+        with_teacher=not setup.use_targets,
+    )
+    return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
+
+
+def _compile(setup: _Setup, record: StageRecord, state, t_params, writer: RunWriter):
+    """The stage's step, jitted and compiled ahead for the batch shape; logs time and memory."""
+    train_step = distill.make_train_step(
+        setup.config.distill,
+        setup.teacher_cfg,
+        setup.student_cfg,
+        record.sources,
+        setup.tx,
+        setup.schedule,
+        setup.config.student.frozen_shared_frontend,
+        cached=setup.use_targets,
+    )
+    st_sh = setup.shardings(state)
+    jitted = jax.jit(
+        train_step,
+        in_shardings=(st_sh, setup.shardings(t_params), sharding.batch_sharding(setup.mesh)),
+        out_shardings=(st_sh, sharding.replicated(setup.mesh)),
+        donate_argnums=0,
+    )
+    timer = Timer()
+    compiled = jitted.lower(_abstract(state, st_sh), t_params, setup.batch_abstract).compile()
+    stage = record.stage
+    writer.text(
+        f"stage {stage.index}: depth {stage.depth}, steps {stage.start_step}-"
+        f"{stage.end_step}, targets {record.sources} (teacher layer -> student hidden state), "
+        f"compiled in {timer.lap():.1f}s, {_memory(compiled)}"
+    )
+    return compiled, jitted
+
+
+def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, loop: _Loop):
+    """Steps to the end of the stage (or a preemption): logs every window, saves on schedule.
+
+    Returns the state, the last window's metrics ({} if none ended) and whether it stopped
+    for a preemption.
+    """
+    from stackdistill import data as data_lib
+
+    c = setup.config
+    compiled, jitted = step_fns
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    stage = record.stage
+    metrics: dict[str, float] = {}
+    pending: list[tuple[int, dict]] = []  # device metrics not yet copied to the host
+    window, window_steps = Timer(), 0
+    step = int(state["step"])
+    preempted = False
+    while step < stage.end_step:
+        if loop.preemption.stop_before(step):
+            preempted = True
+            break
+        local = next(loop.data_iter)
+        batch = data_lib.to_global({k: local[k] for k in setup.batch_abstract}, batch_sh)
+        same = all(batch[k].shape == v.shape for k, v in setup.batch_abstract.items())
+        state, step_metrics = (compiled if same else jitted)(state, t_params, batch)
+        step += 1
+        window_steps += 1
+        pending.append((step, step_metrics))
+        log_now = step % c.log_every == 0 or step == stage.end_step
+        if log_now or loop.ckpt.manager.should_save(step):
+            metrics = _check_finite(pending)
+            pending = []
+            if log_now:
+                metrics.update(
+                    _speed(metrics, window_steps, window.lap(), record.flops, c.peak_flops)
+                )
+                metrics["depth"] = stage.depth
+                metrics["data_skipped"] = getattr(loop.data_iter, "num_skipped", 0)
+                loop.writer.scalars(step, metrics)
+                window_steps = 0
+            _save(loop, record, state, step=step)
+    _check_finite(pending)  # a preemption between windows: no NaN goes into the last save
+    return state, metrics, preempted
+
+
+def _grow(setup: _Setup, state: dict, stage: stacking.Stage) -> dict:
+    """The state grown to `stage`, laid out on the mesh again."""
+    state = _grown(state, stage, setup.config.stacking)
+    return jax.device_put(state, setup.shardings(state))
+
+
+def _grown(state: dict, stage: stacking.Stage, c: ml_collections.ConfigDict) -> dict:
+    """The state of the previous stage grown to `stage.depth` (params and moments)."""
+    return {
+        **state,
+        "params": stacking.grow(state["params"], c.method, stage.num_new),
+        "opt_state": stacking.grow_opt_state(
+            state["opt_state"], c.method, stage.num_new, c.reset_new_moments
+        ),
+        "stage": state["stage"] + 1,
+    }
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
+    )
+
+
+# ---------------------------------------------------------------------- checkpoints, metrics
+
+
+def _save(loop: _Loop, record: StageRecord, state, *, step: int, force: bool = False) -> None:
+    """Checkpoints the state with the record's metadata; a forced save skips a saved step."""
+    if force and loop.ckpt.latest_step() == step:
         return
-    ckpt.save(current, state, data_iter, meta, config.to_dict(), force=force)
+    meta = record.checkpoint_meta(step)
+    loop.ckpt.save(step, state, loop.data_iter, meta, loop.run_config, force=force)
 
 
 def _check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:

@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import DEMO, ROOT, demo_config
 from hf_fixtures import hf_hidden_states, padded_batch
-from test_train import DEMO, ROOT, _demo
 
 from stackdistill import checkpoint, export, models, teacher, train
 from stackdistill.models import student
@@ -27,7 +27,7 @@ def run(tmp_path_factory):
     """A demo run of 3 steps (depths 3, 6, 12), checkpoints at steps 2 (depth 6) and 3."""
     shared = tmp_path_factory.mktemp("shared")
     workdir = tmp_path_factory.mktemp("run")
-    config = _demo(shared, total_steps=3, checkpoint_every=2, **{"stacking.num_new": (3, 6)})
+    config = demo_config(shared, total_steps=3, checkpoint_every=2, **{"stacking.num_new": (3, 6)})
     train.train_and_evaluate(config, str(workdir))
     return config, workdir
 

@@ -1,22 +1,16 @@
-"""benchmarks/flops.py: the analytic FLOP count against XLA's cost analysis of the same code.
+"""stackdistill.flops: the analytic FLOP count against XLA's cost analysis of the same code.
 
 XLA counts a while loop's body once, whatever its trip count, so the scanned layer stack is
 compared with one layer; the analytic count leaves elementwise work out, so it may sit below
 XLA's by a few percent: at these Base-proportioned widths the bound is 10%.
 """
 
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import pytest
 
-from stackdistill import models, optim, stacking, step
+from stackdistill import distill, flops, models, optim, stacking
 from stackdistill.models import EncoderConfig, student
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import flops  # noqa: E402
 
 TEACHER = EncoderConfig(
     hidden_size=256, num_layers=1, num_heads=4, intermediate_size=1024, conv_dim=(256,) * 7
@@ -33,18 +27,18 @@ def _audio():
 
 
 def _xla_step_flops(loss: str, shared: bool) -> float:
-    distill = step.default_config()
-    distill.teacher_layers, distill.loss = (1,), loss
+    distill_cfg = distill.default_config()
+    distill_cfg.teacher_layers, distill_cfg.loss = (1,), loss
     teacher_params = jax.eval_shape(lambda: models.init_params(TEACHER, jax.random.key(0)))
     params = jax.eval_shape(
-        lambda: student.init_params(jax.random.key(0), STUDENT, TEACHER, None, (1,), False)
+        lambda: student.init_student(STUDENT, jax.random.key(0), TEACHER, None, (1,), False)
     )
     stacking_cfg = stacking.default_config()
     stacking_cfg.method = "none"
     schedule = optim.make_schedule(optim.default_config(), stacking.plan_stages(stacking_cfg, 8, 1))
     tx = optim.make_optimizer(optim.default_config(), schedule, shared)
-    state = jax.eval_shape(lambda p: step.init_state(p, tx, 0), params)
-    fn = step.make_train_step(distill, TEACHER, STUDENT, {1: 1}, tx, schedule, shared)
+    state = jax.eval_shape(lambda p: distill.init_state(p, tx, 0), params)
+    fn = distill.make_train_step(distill_cfg, TEACHER, STUDENT, {1: 1}, tx, schedule, shared)
     wav, lengths = _audio()
     lowered = jax.jit(fn).lower(state, teacher_params, {"audio": wav, "lengths": lengths})
     return flops.xla_flops(lowered)

@@ -161,3 +161,41 @@ def test_positional_conv_keeps_xla_gradient_off_cpu():
     for platform, xla_own in [("cpu", False), ("cuda", True), ("tpu", True)]:
         module = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
         assert ("batch_group_count = 4" in module) == xla_own, platform
+
+
+def test_attention_dropout_is_unbiased_and_off_in_eval():
+    """Eval: softmax(q k^T / sqrt(h)) v by hand; training: the mean over dropout draws."""
+    from stackdistill.models.encoder import Attention
+
+    cfg = EncoderConfig(hidden_size=8, num_heads=2, attention_dropout=0.3)
+    x_btd = jax.random.normal(jax.random.key(0), (1, 5, 8))
+    mask_bt = jnp.array([[True, True, True, True, False]])
+    attention = Attention(cfg)
+    variables = attention.init(jax.random.key(1), x_btd, mask_bt, None, True)
+    p = jax.tree_util.tree_map(np.asarray, variables["params"])
+
+    def proj(name, x):
+        return x @ p[name]["kernel"] + p[name]["bias"]
+
+    x = np.asarray(x_btd[0], np.float64)
+    q, k, v = (
+        proj(n, x).reshape(5, 2, 4).transpose(1, 0, 2) for n in ("q_proj", "k_proj", "v_proj")
+    )
+    logits = q @ k.transpose(0, 2, 1) / 2.0
+    logits[:, :, 4] = -np.inf  # the padded key
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = proj("out_proj", (weights @ v).transpose(1, 0, 2).reshape(5, 8))
+
+    eval_out = attention.apply(variables, x_btd, mask_bt, None, True)
+    np.testing.assert_allclose(eval_out[0], expected, atol=1e-5)
+
+    def draw(key):
+        return attention.apply(variables, x_btd, mask_bt, None, False, rngs={"dropout": key})
+
+    draws = jax.vmap(draw)(jax.random.split(jax.random.key(2), 4000))[:, 0]
+    assert not np.allclose(draws[0], draws[1])
+    # Inverted dropout keeps the expectation: the mean of the draws sits within 4 standard
+    # errors of it, element by element.
+    standard_error = np.asarray(draws.std(0)) / np.sqrt(len(draws))
+    assert (np.abs(draws.mean(0) - expected) <= 4 * standard_error).all()

@@ -16,12 +16,11 @@ import time
 
 import numpy as np
 import pytest
-from test_train import DEMO, _cli_args, _demo
+from helpers import DEMO, ROOT, cli_args, demo_config
 
 from stackdistill import data, teacher
 from stackdistill.data import pipeline
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
 OVERRIDES = {"total_steps": STEPS, "stacking.num_new": (3, 6), "checkpoint_every": 2}
 NUM_PROCESSES = 2
@@ -60,7 +59,7 @@ def reference_losses(shared: str, workdir: str) -> list[float]:
     from stackdistill import train
 
     data.make_loader = lambda cfg, *, seed, process_index, process_count: TwoShardLoader(cfg, seed)
-    summary = train.train_and_evaluate(_demo(pathlib.Path(shared), **OVERRIDES), workdir)
+    summary = train.train_and_evaluate(demo_config(pathlib.Path(shared), **OVERRIDES), workdir)
     return [loss for _, loss in summary["loss_history"]]
 
 
@@ -83,7 +82,7 @@ def _env(num_devices: int, cache: pathlib.Path, **extra: str) -> dict[str, str]:
 @pytest.mark.slow  # three runs compiling three stages each: about 2 min on 2 cores
 def test_two_processes_match_one_process(tmp_path):
     shared = tmp_path / "shared"
-    config = _demo(shared, **OVERRIDES)
+    config = demo_config(shared, **OVERRIDES)
     # Written once before the processes start: the random teacher and the espeak corpus.
     teacher.prepare(config.teacher, tmp_path)
     data.open_source(config.data)
@@ -106,7 +105,7 @@ def test_two_processes_match_one_process(tmp_path):
         f"--config={DEMO}",
         f"--workdir={workdir}",
         "--",
-        *_cli_args(config, workdir)[5:],  # the --config.field=value overrides
+        *cli_args(config, workdir)[5:],  # the --config.field=value overrides
         "--config.stacking.num_new=(3,6)",
     ]
     env = _env(2, tmp_path / "cache", PATH=f"{bin_dir}:{os.environ['PATH']}")
@@ -162,7 +161,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_process_shards_are_disjoint(tmp_path):
-    config = _demo(tmp_path / "shared", **OVERRIDES)
+    config = demo_config(tmp_path / "shared", **OVERRIDES)
     records, _ = data.open_source(config.data)
     cfg = config.data.copy_and_resolve_references()
     cfg.batch_size = config.batch_size // NUM_PROCESSES
@@ -181,10 +180,10 @@ def test_process_shards_are_disjoint(tmp_path):
 @pytest.mark.slow  # two processes compiling the full-depth step: about 1-2 min on 2 cores
 def test_sigterm_to_one_process_saves_on_both_and_exits_zero(tmp_path):
     shared = tmp_path / "shared"
-    config = _demo(shared, total_steps=400, checkpoint_every=2, **{"stacking.method": "none"})
+    config = demo_config(shared, total_steps=400, checkpoint_every=2, **{"stacking.method": "none"})
     # No teacher and no corpus yet: process 0 writes both while process 1 waits at a barrier.
     workdir = tmp_path / "run"
-    args = _cli_args(config, workdir) + ["--config.stacking.method=none"]
+    args = cli_args(config, workdir) + ["--config.stacking.method=none"]
     port = _free_port()
     procs = []
     for i in range(NUM_PROCESSES):

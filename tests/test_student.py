@@ -14,7 +14,7 @@ def _abstract_student(student_cfg):
     teacher_cfg = EncoderConfig()  # HuBERT Base
     cfg = student.student_encoder_config(student_cfg, teacher_cfg)
     shapes = jax.eval_shape(
-        lambda r: student.init_params(r, cfg, teacher_cfg, None, (4, 8, 12), False),
+        lambda r: student.init_student(cfg, r, teacher_cfg, None, (4, 8, 12), False),
         jax.random.key(0),
     )
     return cfg, shapes
@@ -50,7 +50,7 @@ def test_init_from_teacher_copies_what_fits(tiny_teacher):
     wide = student.student_encoder_config(
         _tiny_student_config(hidden_size=32, intermediate_size=64, num_heads=4), t_cfg
     )
-    p = student.init_params(jax.random.key(1), wide, t_cfg, t_params, (1, 3))
+    p = student.init_student(wide, jax.random.key(1), t_cfg, t_params, (1, 3))
     enc = p["encoder"]
     np.testing.assert_array_equal(
         enc["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
@@ -64,13 +64,13 @@ def test_init_from_teacher_copies_what_fits(tiny_teacher):
     assert set(p["heads"]) == {"layer_1", "layer_3"}
     # Thinner than the teacher: front-end copied, transformer random.
     thin = student.student_encoder_config(_tiny_student_config(), t_cfg)
-    q = student.init_params(jax.random.key(1), thin, t_cfg, t_params, (3,))
+    q = student.init_student(thin, jax.random.key(1), t_cfg, t_params, (3,))
     np.testing.assert_array_equal(
         q["encoder"]["feature_projection"]["layer_norm"]["scale"],
         t_params["feature_projection"]["layer_norm"]["scale"],
     )
     assert q["encoder"]["feature_projection"]["projection"]["kernel"].shape == (16, 16)
-    r = student.init_params(jax.random.key(1), thin, t_cfg, t_params, (3,), False)
+    r = student.init_student(thin, jax.random.key(1), t_cfg, t_params, (3,), False)
     assert not np.allclose(
         r["encoder"]["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
         t_params["feature_extractor"]["conv_layers_0"]["conv"]["kernel"],
@@ -80,7 +80,7 @@ def test_init_from_teacher_copies_what_fits(tiny_teacher):
 def test_shared_frontend_gives_the_same_outputs(tiny_teacher):
     t_cfg, t_params = tiny_teacher
     cfg = student.student_encoder_config(_tiny_student_config(), t_cfg)
-    p = student.init_params(jax.random.key(2), cfg, t_cfg, t_params, (3,))
+    p = student.init_student(cfg, jax.random.key(2), t_cfg, t_params, (3,))
     wav, lengths = padded_batch(4000)
     own = student.apply_encoder(cfg, p["encoder"], wav, lengths)
     t_out = models.encode(t_cfg, t_params, wav, lengths)
@@ -97,7 +97,7 @@ def test_shared_frontend_gives_the_same_outputs(tiny_teacher):
 def test_dropout_needs_rng_and_changes_outputs(tiny_teacher):
     t_cfg, t_params = tiny_teacher
     cfg = student.student_encoder_config(_tiny_student_config(dropout=0.5), t_cfg)
-    p = student.init_params(jax.random.key(2), cfg, t_cfg, t_params, (3,))
+    p = student.init_student(cfg, jax.random.key(2), t_cfg, t_params, (3,))
     wav, lengths = padded_batch(4000)
     a = student.apply_encoder(cfg, p["encoder"], wav, lengths).hidden_states
     b = student.apply_encoder(cfg, p["encoder"], wav, lengths, dropout_rng=jax.random.key(0))

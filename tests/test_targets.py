@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-from test_train import _demo, _final_params
+from helpers import demo_config as _demo
+from helpers import final_params as _final_params
 
-from stackdistill import models, optim, step, targets, teacher, train
+from stackdistill import distill, models, optim, targets, teacher, train
 from stackdistill.data import audio, recordio, sources
 from stackdistill.data import targets as stored
 from stackdistill.models import student
@@ -146,8 +147,8 @@ def _stored_setup(shared, fixed_targets, with_features: bool):
     examples = [crop(i, source[i]) for i in range(4)]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     s_cfg = student.student_encoder_config(c.student, t_cfg)
-    params = student.init_params(
-        jax.random.key(0), s_cfg.replace(num_layers=3), t_cfg, t_params, (4, 8, 12)
+    params = student.init_student(
+        s_cfg.replace(num_layers=3), jax.random.key(0), t_cfg, t_params, (4, 8, 12)
     )
     return t_cfg, t_params, batch, s_cfg, params
 
@@ -157,7 +158,7 @@ def _step_fn(c, t_cfg, s_cfg, shared_frontend: bool, cached: bool):
     schedule = optax.constant_schedule(1e-3)
     tx = optim.make_optimizer(c.optim, schedule, frozen_frontend=shared_frontend)
     sources_ = {4: 1, 8: 2, 12: 3}
-    fn = step.make_train_step(
+    fn = distill.make_train_step(
         c.distill, t_cfg, s_cfg, sources_, tx, schedule, shared_frontend, cached=cached
     )
     return fn, tx
@@ -171,7 +172,7 @@ def test_step_from_stored_targets_equals_live_step(shared, fixed_targets):
     for from_disk in (False, True):
         fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=False, cached=from_disk)
         inputs = batch if from_disk else {"audio": batch["audio"], "lengths": batch["lengths"]}
-        results[from_disk] = jax.jit(fn)(step.init_state(params, tx, 1), t_params, inputs)
+        results[from_disk] = jax.jit(fn)(distill.init_state(params, tx, 1), t_params, inputs)
     live, from_targets = results[False][1], results[True][1]
     for key in ("loss", "loss/layer_4", "loss/layer_12", "cos/layer_8", "grad_norm"):
         np.testing.assert_allclose(from_targets[key], live[key], rtol=1e-2, err_msg=key)
@@ -183,7 +184,7 @@ def test_stored_features_step_needs_no_audio_and_no_teacher(shared, fixed_target
     t_cfg, t_params, batch, s_cfg, params = _stored_setup(shared, fixed_targets, True)
     fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=True, cached=True)
     fn = jax.jit(fn)
-    state = step.init_state(params, tx, 1)
+    state = distill.init_state(params, tx, 1)
     _, full = fn(state, t_params, batch)
     _, lean = fn(state, {}, {k: v for k, v in batch.items() if k != "audio"})
     for key in ("loss", "grad_norm"):

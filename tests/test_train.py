@@ -2,74 +2,17 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from helpers import ROOT, cli_args, demo_config, final_params
 
 from stackdistill import checkpoint, models, train
 from stackdistill import config as config_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "demo.py")
-
-
-def _demo(shared: pathlib.Path, **overrides):
-    """configs/demo.py, made smaller, with teacher and corpus shared between runs."""
-    sys.path.insert(0, str(ROOT / "configs"))
-    import demo
-
-    c = demo.get_config()
-    c.teacher.name = str(shared / "teacher")
-    c.data.path = str(shared / "synth")
-    c.data.synth_num = 24
-    c.data.max_samples = 8000
-    c.batch_size = 4
-    c.total_steps = 16
-    c.log_every = 1
-    c.checkpoint_every = 2
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
-
-
-def _cli_args(c, workdir):
-    """The same config as command-line flags of stackdistill.main."""
-    flat = {
-        "teacher.name": c.teacher.name,
-        "data.path": c.data.path,
-        "data.synth_num": c.data.synth_num,
-        "data.max_samples": c.data.max_samples,
-        "batch_size": c.batch_size,
-        "total_steps": c.total_steps,
-        "log_every": c.log_every,
-        "checkpoint_every": c.checkpoint_every,
-        # not in $HOME
-        "compilation_cache_dir": str(pathlib.Path(c.data.path).parent / "xla_cache"),
-    }
-    return [
-        sys.executable,
-        "-m",
-        "stackdistill.main",
-        f"--config={DEMO}",
-        f"--workdir={workdir}",
-    ] + [f"--config.{k}={v}" for k, v in flat.items()]
-
-
-def _final_params(workdir):
-    ckpt = ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints")
-    step = ckpt.latest_step()
-    state = ckpt.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, state["state"]["params"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +21,7 @@ def shared(tmp_path_factory):
 
 
 def test_demo_runs_and_loss_falls(shared, tmp_path):
-    summary = train.train_and_evaluate(_demo(shared, total_steps=24), str(tmp_path))
+    summary = train.train_and_evaluate(demo_config(shared, total_steps=24), str(tmp_path))
     assert summary["status"] == "completed" and summary["steps"] == 24
     assert summary["final_depth"] == 12
     losses = [loss for _, loss in summary["loss_history"]]
@@ -95,10 +38,10 @@ def test_demo_runs_and_loss_falls(shared, tmp_path):
 
 
 def test_exact_resume_after_sigkill_across_a_stage_transition(shared, tmp_path):
-    c = _demo(shared)  # 16 steps: stages of 4 at depths 3, 6, 9, 12
+    c = demo_config(shared)  # 16 steps: stages of 4 at depths 3, 6, 9, 12
     train.train_and_evaluate(c, str(tmp_path / "a"))
     proc = subprocess.Popen(
-        _cli_args(c, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cli_args(c, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     ckpt_dir = tmp_path / "b" / "checkpoints"
     deadline = time.time() + 300
@@ -110,8 +53,8 @@ def test_exact_resume_after_sigkill_across_a_stage_transition(shared, tmp_path):
     steps_at_kill = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     assert steps_at_kill[-1] < 16
     train.train_and_evaluate(c, str(tmp_path / "b"))
-    step_a, params_a = _final_params(tmp_path / "a")
-    step_b, params_b = _final_params(tmp_path / "b")
+    step_a, params_a = final_params(tmp_path / "a")
+    step_b, params_b = final_params(tmp_path / "b")
     assert step_a == step_b == 16
     import jax
 
@@ -119,9 +62,9 @@ def test_exact_resume_after_sigkill_across_a_stage_transition(shared, tmp_path):
 
 
 def test_sigterm_saves_and_exits_zero(shared, tmp_path):
-    c = _demo(shared, total_steps=400)
+    c = demo_config(shared, total_steps=400)
     proc = subprocess.Popen(
-        _cli_args(c, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cli_args(c, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     ckpt_dir = tmp_path / "checkpoints"
     deadline = time.time() + 300
@@ -132,14 +75,14 @@ def test_sigterm_saves_and_exits_zero(shared, tmp_path):
     assert proc.wait(timeout=120) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "preempted" and 2 <= summary["steps"] < 400
-    assert _final_params(tmp_path)[0] == summary["steps"]
+    assert final_params(tmp_path)[0] == summary["steps"]
 
 
 def _losses_with_devices(shared, tmp_path, num_devices, mesh):
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_train import _demo; from stackdistill import train; import pathlib;"
-        f"c = _demo(pathlib.Path(sys.argv[2]), total_steps=4, batch_size=8, **{mesh!r});"
+        "from helpers import demo_config; from stackdistill import train; import pathlib;"
+        f"c = demo_config(pathlib.Path(sys.argv[2]), total_steps=4, batch_size=8, **{mesh!r});"
         "s = train.train_and_evaluate(c, sys.argv[3]);"
         "print(json.dumps(s['loss_history']))"
     )
@@ -174,7 +117,7 @@ def test_sharded_run_matches_single_device(shared, tmp_path):
 )
 def test_invalid_configs_fail_before_compiling(shared, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        train.validate_config(_demo(shared, **overrides), num_devices=4)
+        train.validate_config(demo_config(shared, **overrides), num_devices=4)
 
 
 def test_config_variants():

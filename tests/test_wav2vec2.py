@@ -137,8 +137,8 @@ def test_xlsr_config_loads_validates_and_fits_the_teacher():
     assert (student_cfg.num_layers, student_cfg.hidden_size) == (12, 384)
     assert (student_cfg.feat_extract_norm, student_cfg.conv_bias) == ("layer", True)
     shapes = jax.eval_shape(
-        lambda: student.init_params(
-            jax.random.key(0), student_cfg, teacher_cfg, None, c.distill.teacher_layers, False
+        lambda: student.init_student(
+            student_cfg, jax.random.key(0), teacher_cfg, None, c.distill.teacher_layers, False
         )
     )
     assert {k: v["kernel"].shape for k, v in shapes["heads"].items()} == {
@@ -153,8 +153,8 @@ def test_student_of_a_stable_wav2vec2_teacher_starts_from_its_front_end(tmp_path
     c = student.default_config()
     c.update(num_layers=2, hidden_size=16, intermediate_size=32, num_heads=2)
     student_cfg = student.student_encoder_config(c, teacher_cfg)
-    params = student.init_params(
-        jax.random.key(0), student_cfg, teacher_cfg, teacher_params, (1, 3)
+    params = student.init_student(
+        student_cfg, jax.random.key(0), teacher_cfg, teacher_params, (1, 3)
     )
     jax.tree_util.tree_map(
         np.testing.assert_array_equal,

@@ -163,10 +163,12 @@ def generate(
 
 def ensure_corpus(out_dir: str, num: int, seed: int = 0) -> str:
     """The manifest of the corpus in out_dir, generating it first if there is none."""
-    from stackdistill import sharding
+    from stackdistill import distributed
 
     manifest = epath.Path(out_dir) / MANIFEST_NAME
-    sharding.make_once(manifest.exists, lambda: generate(out_dir, num, seed), f"corpus {out_dir}")
+    distributed.make_once(
+        manifest.exists, lambda: generate(out_dir, num, seed), f"corpus {out_dir}"
+    )
     return str(manifest)
 
 

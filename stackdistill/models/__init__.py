@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stackdistill import stacking
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder, EncoderOutput, frame_lengths, frame_mask
 
@@ -19,16 +20,10 @@ __all__ = [
     "frame_lengths",
     "frame_mask",
     "init_params",
-    "num_layers_of",
     "param_count",
 ]
 
 Params = dict[str, Any]
-
-
-def num_layers_of(params: Params) -> int:
-    """Depth of the scanned layer stack in `params` (leading axis of `encoder/layers`)."""
-    return jax.tree_util.tree_leaves(params["encoder"]["layers"])[0].shape[0]
 
 
 def init_params(cfg: EncoderConfig, rng: jax.Array, num_samples: int = 16000) -> Params:
@@ -78,5 +73,5 @@ def encode(
     """
     wav, lengths = jnp.asarray(wav), jnp.asarray(lengths)
     _check_inputs(cfg, wav, lengths)
-    cfg = cfg.replace(num_layers=num_layers_of(params))
+    cfg = cfg.replace(num_layers=stacking.stack_depth(params))
     return Encoder(cfg).apply({"params": params}, wav, lengths, **apply_kwargs)

@@ -12,7 +12,7 @@ MODEL_TYPES = ("hubert", "wavlm", "wav2vec2")
 # The transformers class whose `save_pretrained` layout each model type reads and writes.
 HF_ARCHITECTURES = {"hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+REMAT_POLICIES = ("none", "dots_saveable", "nothing_saveable")
 
 
 @dataclasses.dataclass(frozen=True)

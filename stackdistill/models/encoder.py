@@ -220,25 +220,24 @@ class Attention(nn.Module):
             bias_bntt = (gate_bnt1 * position_bias_ntt[None]).astype(q_btnh.dtype)
         attn_mask = mask_bt[:, None, None, :]
         if cfg.attention_dropout > 0.0 and not deterministic:
-            out_btnh = _dropout_attention(
-                self, q_btnh, k_btnh, v_btnh, bias_bntt, attn_mask, cfg.attention_dropout
+            # Dropout on the attention weights, element-wise as torch does; softmax in float32.
+            out_btnh = nn.dot_product_attention(
+                q_btnh,
+                k_btnh,
+                v_btnh,
+                bias=bias_bntt,
+                mask=attn_mask,
+                broadcast_dropout=False,
+                dropout_rng=self.make_rng("dropout"),
+                dropout_rate=cfg.attention_dropout,
+                deterministic=False,
+                force_fp32_for_softmax=True,
             )
         else:
             out_btnh = jax.nn.dot_product_attention(
                 q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=attn_mask
             )
         return _dense(cfg, d, "out_proj")(out_btnh.reshape(b, t, d))
-
-
-def _dropout_attention(module, q, k, v, bias, mask, rate):
-    """Explicit attention with dropout on the weights (training a student with dropout only)."""
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        logits = logits + bias
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = nn.Dropout(rate)(weights, deterministic=False, rng=module.make_rng("dropout"))
-    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
 
 
 class FeedForward(nn.Module):
@@ -279,7 +278,6 @@ class EncoderLayer(nn.Module):
 
 
 _REMAT = {
-    "full": None,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
 }

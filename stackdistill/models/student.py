@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stackdistill import stacking
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder, EncoderOutput
 
@@ -67,25 +68,30 @@ def student_encoder_config(
     )
 
 
-def _copy_matching(student: Any, teacher: Any, path: tuple[str, ...] = ()) -> Any:
+def _copy_matching(student: Any, teacher: Any) -> Any:
     """Student tree with every teacher leaf of the same path and shape copied in."""
-    if isinstance(student, Mapping):
-        teacher = teacher if isinstance(teacher, Mapping) else {}
-        return {k: _copy_matching(v, teacher.get(k), path + (k,)) for k, v in student.items()}
-    if "layers" in path:
-        # Layer stacks: the student's first N teacher layers, as DistilHuBERT does.
-        n = student.shape[0]
-        if teacher is not None and teacher.shape[0] >= n and teacher.shape[1:] == student.shape[1:]:
-            return jnp.asarray(teacher[:n], student.dtype)
-        return student
-    if teacher is not None and teacher.shape == student.shape:
-        return jnp.asarray(teacher, student.dtype)
-    return student
+    by_path = dict(jax.tree_util.tree_leaves_with_path(teacher))
+
+    def copy(path, leaf):
+        source = by_path.get(path)
+        if source is None:
+            return leaf
+        if stacking.under_layers(path):
+            # Layer stacks: the student's first N teacher layers, as DistilHuBERT does.
+            n = leaf.shape[0]
+            if source.shape[0] >= n and source.shape[1:] == leaf.shape[1:]:
+                return jnp.asarray(source[:n], leaf.dtype)
+            return leaf
+        if source.shape == leaf.shape:
+            return jnp.asarray(source, leaf.dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(copy, student)
 
 
-def init_params(
-    rng: jax.Array,
+def init_student(
     cfg: EncoderConfig,
+    rng: jax.Array,
     teacher_cfg: EncoderConfig,
     teacher_params: Params | None,
     teacher_layer_ids: tuple[int, ...],
@@ -124,8 +130,7 @@ def apply_encoder(
     dropout_rng: jax.Array | None = None,
 ) -> EncoderOutput:
     """The student encoder on a waveform, or on precomputed CNN `features` (shared front-end)."""
-    depth = jax.tree_util.tree_leaves(encoder_params["encoder"]["layers"])[0].shape[0]
-    cfg = cfg.replace(num_layers=depth)
+    cfg = cfg.replace(num_layers=stacking.stack_depth(encoder_params))
     deterministic = dropout_rng is None
     module = Encoder(cfg, deterministic=deterministic)
     rngs = {} if deterministic else {"dropout": dropout_rng}

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from stackdistill import models
+from stackdistill import models, stacking
 from stackdistill.models.config import EncoderConfig
 
 
@@ -36,7 +36,7 @@ class Upstream:
     @property
     def num_layers(self) -> int:
         """Transformer layers (the hidden states are one more)."""
-        return models.num_layers_of(self.params)
+        return stacking.stack_depth(self.params)
 
 
 def _slug(text: str) -> str:
@@ -92,7 +92,7 @@ def load(spec: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
         info = {k: meta[k] for k in ("step", "stage", "depth") if k in meta}
         info["stacking"] = _stacking_method(source)
     cfg = cfg.replace(dtype=config.get("dtype", "float32"), dropout=0.0, attention_dropout=0.0)
-    info.update(num_layers=models.num_layers_of(params), hidden_size=cfg.hidden_size)
+    info.update(num_layers=stacking.stack_depth(params), hidden_size=cfg.hidden_size)
     info["encoder_params"] = models.param_count(params)
     return Upstream(name, kind, str(source), cfg, params, info)
 
