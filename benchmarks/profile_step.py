@@ -35,10 +35,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import flops  # noqa: E402
 import op_profile  # noqa: E402
 
-from stackdistill import distill, models, optim  # noqa: E402
+from stackdistill import distill, flops, models, optim  # noqa: E402
 from stackdistill.models import student  # noqa: E402
 
 CONFIGS = ("teacher", "live", "live_shared", "cached", "cached_shared")
