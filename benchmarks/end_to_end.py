@@ -28,7 +28,6 @@ import numpy as np
 from stackdistill import paths
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from targets import demo_config, table  # noqa: E402
 

@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import statistics
-import sys
 import time
 
 import jax
@@ -30,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
 
 BIG_TEACHER = dict(
     model_type="hubert",
@@ -48,9 +46,9 @@ HUBERT_BASE = dict(layers=3, hidden=768, conv=512)
 
 def demo_config(workdir: pathlib.Path, big: bool = False, **overrides):
     """configs/demo.py with teacher and corpus shared under workdir (big: bigger models)."""
-    import demo
+    from stackdistill import config as config_lib
 
-    c = demo.get_config()
+    c = config_lib.load_file(ROOT / "configs" / "demo.py")
     c.teacher.name = str(workdir / ("teacher_big" if big else "teacher"))
     c.data.path = str(workdir / "synth")
     if big:

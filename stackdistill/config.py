@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 
 import ml_collections
 
@@ -69,3 +71,13 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
         else:
             raise ValueError(f"config argument {item!r}: expected runlocal, stacking=M or a.b=v")
     return c
+
+
+def load_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, imported by path as `--config=PATH:ARG` does."""
+    spec = importlib.util.spec_from_file_location(f"config_{os.path.basename(path)[:-3]}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config file {path} cannot be imported (a .py file is expected)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)

@@ -1,11 +1,12 @@
 """Helpers the tests share: config files loaded by path, the small demo run, its checkpoints."""
 
-import importlib.util
 import pathlib
 import sys
 
 import ml_collections
 import orbax.checkpoint as ocp
+
+import stackdistill.config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.py")
@@ -13,11 +14,7 @@ DEMO = str(ROOT / "configs" / "demo.py")
 
 def load_config(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file, imported by path as `--config=PATH:ARG` does."""
-    path = pathlib.Path(path)
-    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
+    return stackdistill.config.load_file(path, arg)
 
 
 def demo_config(shared: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
