@@ -109,6 +109,8 @@ def asr(c: ml_collections.ConfigDict) -> Task:
 def ks(c: ml_collections.ConfigDict) -> Task:
     """KS: Speech Commands v0.01 folders, 12 classes, class-balanced sampling."""
     t = c.ks
+    if t.source != "folders":
+        raise ValueError(f"config.superb.ks.source is {t.source!r}, not 'folders' or 'tfds'")
     data = speech_commands.read(t.path, t.test_path)
     extra = (
         f"_silence_: {t.crop_views} fixed random 1 s crops per noise file, drawn at random "

@@ -87,12 +87,15 @@ def _features(task, splits, store, config, hp) -> tuple[dict[str, Any], dict[str
     return data, weights
 
 
-def _fit(task, data, weights, hp, config, up, selection, checkpoint_dir, head_config):
-    """One head on one upstream's features: its test metrics and how it was trained."""
+def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
+    """One head on one upstream's features: its test metrics and how it was trained.
+
+    With `out_dir`, the head is checkpointed in it and resumed from it.
+    """
     layer = -1 if selection == "last" else None
     head = heads.make_head(task, hp, layer)
-    checkpoint = training.HeadCheckpoint(checkpoint_dir, head_config)
-    title = f"{up.name} {checkpoint_dir.name}" if config.superb.progress else None
+    checkpoint = None if out_dir is None else training.HeadCheckpoint(out_dir, head_config)
+    title = f"{up.name} {head_config['name']}" if config.superb.progress else None
     try:
         params, history = training.train(
             head,
@@ -107,7 +110,8 @@ def _fit(task, data, weights, hp, config, up, selection, checkpoint_dir, head_co
             progress=title,
         )
     finally:
-        checkpoint.close()
+        if checkpoint is not None:
+            checkpoint.close()
     test = training.scores(head, params, data["test"], hp.batch_size)
     if task.kind == "utterance":
         baseline = majority_baseline(data["train"][1], data["test"][1])
@@ -145,11 +149,13 @@ def evaluate_task(
     up: upstream.Upstream | None = None,
     out_dir: pathlib.Path | None = None,
 ) -> dict[str, Any]:
-    """Trains the task's head(s) on one upstream's features; test metrics and the protocol."""
+    """Trains the task's head(s) on one upstream's features; test metrics and the protocol.
+
+    With `out_dir` (the upstream's results folder) heads are checkpointed under its heads/.
+    """
     c = config.superb
     hp = c[task.name]
     up = up or store.upstream
-    out_dir = out_dir or pathlib.Path(".")
     selections = ("weighted", "last") if c.layer_selection == "both" else (c.layer_selection,)
     folds = task.folds or {"": task.splits}
     runs: dict[str, dict[str, dict]] = {s: {} for s in selections}
@@ -161,6 +167,7 @@ def evaluate_task(
             suffix = "last" if selection == "last" else ""
             name = "-".join(x for x in (task.name, fold, suffix) if x)
             head_config = {
+                "name": name,
                 "task": task.name,
                 "fold": fold,
                 "layer_selection": selection,
@@ -171,10 +178,10 @@ def evaluate_task(
                 "sizes": sizes[fold or "splits"],
                 "classes": [len(g) for g in task.classes],
             }
+            head_dir = None if out_dir is None else out_dir / "heads" / name
             runs[selection][fold] = _fit(
-                task, data, weights, hp, config, up, selection, out_dir / "heads" / name,
-                head_config,
-            )  # fmt: skip
+                task, data, weights, hp, config, up, selection, head_dir, head_config
+            )
     combined = {s: _mean_over_folds(r) if task.folds else r[""] for s, r in runs.items()}
     first = next(iter(folds.values()))
     result = {
@@ -204,7 +211,7 @@ def evaluate_upstream(
     config: ml_collections.ConfigDict,
     out_dir: pathlib.Path | None = None,
 ) -> tuple[dict[str, Any], features.FeatureStore]:
-    """Every task on one upstream: the results dict written to results.json."""
+    """Every task on one upstream: the results dict written to results.json (see evaluate_task)."""
     c = config.superb
     start = time.perf_counter()
     store = features.FeatureStore(up, c.normalize_layers, c.max_feature_gb * 2**30)

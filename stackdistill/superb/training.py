@@ -25,8 +25,9 @@ from stackdistill.superb import metrics, sf_metrics
 from stackdistill.superb.features import StoredFrames
 from stackdistill.superb.heads import TaskHead
 
-# Head-config fields a resumed head may change (it continues to a new total, logs differently).
-RESUMABLE_CHANGES = ("hp.total_steps", "hp.log_every", "hp.checkpoint_every")
+# Head-config fields a resumed head may change: it continues to a new total, logs differently,
+# or other ER folds are run beside its own.
+RESUMABLE_CHANGES = ("hp.total_steps", "hp.log_every", "hp.checkpoint_every", "hp.folds")
 
 
 def size(data: Any) -> int:
