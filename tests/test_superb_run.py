@@ -36,7 +36,7 @@ def _config(shared: pathlib.Path, corpus_dir: str, num: int):
     c.superb.synth.test_fraction = 0.3
     c.superb.pad_ratio = 4.0  # two padded shapes, few compiles
     for name in ("ks_synth", "pr_synth", "ic"):
-        c.superb[name].update(steps=30, log_every=10, batch_size=8)
+        c.superb[name].update(total_steps=30, log_every=10, batch_size=8)
     c.superb.pr_synth.batch_size = 64  # every batch holds the longest utterance: one shape
     return c
 

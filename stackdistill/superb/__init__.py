@@ -5,9 +5,12 @@
     superb.plot_cka(matrix, "cka.png")
     from stackdistill.superb import run; run.run(config, workdir)  # what --mode=eval does
 
-Modules: `tasks` (data, splits, targets), `upstream` (what is evaluated), `features`
-(extraction), `heads` (weighted layer sum + head, training), `metrics`, `cka`, `report`, `run`;
-`probes` (layer-wise linear probes, the tiny teacher's probe table).
+Modules: `datasets` (readers of the SUPERB datasets' own layouts), `benchmark` (SUPERB's
+tasks built from them), `tasks` (the Task record, mini-SUPERB, alternative sources),
+`upstream` (what is evaluated), `features` (extraction), `heads` (weighted layer sum + head),
+`training` (training, scoring, resumable head checkpoints), `metrics`, `sf_metrics`, `score`
+(SUPERB's columns and superb_s), `cka`, `report`, `run`; `probes` (layer-wise linear probes,
+the tiny teacher's probe table).
 """
 
 import importlib

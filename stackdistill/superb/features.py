@@ -54,10 +54,25 @@ def bucket_length(num_samples: int, ratio: float) -> int:
 
 
 def read_audio(record: dict[str, Any], options: ReadOptions) -> np.ndarray:
-    """float32 16 kHz samples of a record; a long one is cropped where its name says."""
-    rng = np.random.default_rng([options.seed, zlib.crc32(str(record.get("name")).encode())])
-    samples = audio.load(record, rng, options.max_samples)
+    """float32 16 kHz samples of a record; a long one is cropped where its name says.
+
+    A record with `crop_samples` (s3prl's random crops: KS _silence_, SID training) is cut to
+    that length; its `crop_view` k picks the k-th random crop (default 0).
+    """
+    name = str(record.get("name")) + (f"#{record['crop_view']}" if "crop_view" in record else "")
+    rng = np.random.default_rng([options.seed, zlib.crc32(name.encode())])
+    max_samples = min(options.max_samples, record.get("crop_samples", options.max_samples))
+    samples = audio.load(record, rng, max_samples)
     return audio.normalize(samples) if options.normalize_audio else samples
+
+
+def crop_views(records: Sequence[dict[str, Any]], views: int) -> list[dict[str, Any]]:
+    """Each record with `crop_samples` as `views` records, one per random crop (`crop_view`)."""
+    out = []
+    for r in records:
+        count = views if "crop_samples" in r else 1
+        out += [dict(r, crop_view=k) if count > 1 else r for k in range(count)]
+    return out
 
 
 def mean_pool(x_btd: jax.Array, mask_bt: jax.Array) -> jax.Array:
@@ -126,8 +141,11 @@ def _batches(
 
 
 def record_key(record: dict[str, Any]) -> str:
-    """What identifies an utterance's audio across tasks: its path, else its name."""
-    return str(record.get("path") or record.get("name"))
+    """What identifies an utterance's audio across tasks: its path (else name) and crop."""
+    key = str(record.get("path") or record.get("name"))
+    if "crop_samples" in record:
+        key += f"#crop{record['crop_samples']}.{record.get('crop_view', 0)}"
+    return key
 
 
 def extract(

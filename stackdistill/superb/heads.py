@@ -8,8 +8,8 @@ applied at extraction). The heads, as in s3prl's downstream experts:
   one softmax per label group (Fluent Speech Commands: action, object, location), losses added;
 - PR: projection to 256, linear, CTC;  ASR: projection to 1024, 2-layer BiLSTM (1024 per
   direction, dropout 0.2), linear, CTC.
-Adam with global-norm clipping at 1, as s3prl's runner; the best dev step is kept when a dev
-split exists, otherwise the last step.
+`layer` replaces the weighted sum by one hidden state (layer_selection "last": -1). Training,
+scoring and the head checkpoints are in superb/training.py.
 
 The plain-parameter pieces (`linear_params`, `ctc_head`, `ctc_loss`) are shared with the layer
 probes (superb/probes.py) and the tiny teacher's own heads.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,8 +29,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from stackdistill.superb import metrics
-from stackdistill.superb.features import StoredFrames
 from stackdistill.superb.tasks import Task
 
 Params = dict[str, Any]
@@ -94,11 +91,15 @@ class Downstream(nn.Module):
     lstm_dim: int = 1024
     lstm_layers: int = 2
     dropout: float = 0.2
+    layer: int | None = None  # one hidden state (e.g. -1, the last) instead of the weighted sum
 
     @nn.compact
     def __call__(self, hidden: jax.Array, frames: jax.Array | None = None, train: bool = False):
-        layer_logits = self.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
-        x = jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
+        if self.layer is None:
+            layer_logits = self.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
+            x = jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
+        else:
+            x = hidden[self.layer]
         x = nn.Dense(self.proj_dim, name="projector")(x)
         if self.head == "bilstm":
             for i in range(self.lstm_layers):
@@ -107,9 +108,15 @@ class Downstream(nn.Module):
         return nn.Dense(self.out_dim, name="output")(x)
 
 
-def layer_weights(params: Any) -> np.ndarray:
-    """The learned softmax weights of the hidden states (L+1,)."""
-    return np.asarray(jax.nn.softmax(params["layer_logits"]))
+def layer_weights(params: Any, num_hidden: int | None = None, layer: int = -1) -> np.ndarray:
+    """The learned softmax weights of the hidden states (L+1,); one-hot for a fixed layer."""
+    if "layer_logits" in params:
+        return np.asarray(jax.nn.softmax(params["layer_logits"]))
+    if num_hidden is None:
+        raise ValueError("a head on one hidden state: give num_hidden for its weights")
+    weights = np.zeros(num_hidden, np.float32)
+    weights[layer] = 1.0
+    return weights
 
 
 def ctc_labels(targets: Sequence[Sequence[int]], multiple: int = 16) -> tuple[np.ndarray, ...]:
@@ -193,8 +200,8 @@ class TaskHead:
         )
 
 
-def make_head(task: Task, hp: ml_collections.ConfigDict) -> TaskHead:
-    """The downstream model of a task with its hyper-parameters."""
+def make_head(task: Task, hp: ml_collections.ConfigDict, layer: int | None = None) -> TaskHead:
+    """The downstream model of a task with its hyper-parameters (`layer`: see Downstream)."""
     out_dim = (
         sum(len(g) for g in task.classes) if task.kind == "utterance" else len(task.classes[0])
     )
@@ -205,114 +212,6 @@ def make_head(task: Task, hp: ml_collections.ConfigDict) -> TaskHead:
         lstm_dim=hp.get("lstm_dim", 1024),
         lstm_layers=hp.get("lstm_layers", 2),
         dropout=hp.get("dropout", 0.2),
+        layer=layer,
     )
     return TaskHead(task, model)
-
-
-def _size(data: Any) -> int:
-    return len(data[1]) if isinstance(data, tuple) else len(data)
-
-
-def evaluate(head: TaskHead, params: Any, data: Any, batch_size: int) -> float:
-    """The task's metric on a split (accuracy, or PER/WER over the whole split)."""
-    n = _size(data)
-    if head.task.kind == "ctc" and isinstance(data, StoredFrames):
-        order = np.argsort([s.shape[1] for s in data.sequences])  # less padding per batch
-    else:
-        order = np.arange(n)
-    predictions: list[Any] = [None] * n
-    references: list[Any] = [None] * n
-    for start in range(0, n, batch_size):
-        chunk = order[start : start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk))])
-        batch = head.batch(data, padded)
-        ids = np.asarray(head.predict_jit(params, batch))[: len(chunk)]
-        if head.task.kind == "ctc":
-            decoded = metrics.ctc_greedy_decode(ids, batch["frames"][: len(chunk)])
-            refs = metrics.unpad(batch["labels"], batch["label_paddings"])[: len(chunk)]
-        else:
-            decoded, refs = list(ids), list(batch["labels"][: len(chunk)])
-        for i, d, r in zip(chunk, decoded, refs):
-            predictions[i], references[i] = d, r
-    if head.task.metric == "accuracy":
-        return metrics.accuracy(np.stack(references), np.stack(predictions))
-    if head.task.metric == "per":
-        return metrics.error_rate(references, predictions)
-    vocab = head.task.classes[0]
-    text = lambda ids: "".join(vocab[i] for i in ids).replace("|", " ")
-    return metrics.word_error_rate([text(r) for r in references], [text(p) for p in predictions])
-
-
-def _index_stream(n: int, batch_size: int, rng: np.random.Generator, lengths=None):
-    """Endless batches of indices: shuffled epochs, back to back.
-
-    With `lengths`, each window of 16 batches is sorted by length before it is cut, so a batch
-    holds utterances of similar length (less padding), and the batches are shuffled again.
-    """
-    buffer = np.zeros(0, np.int64)
-    while True:
-        while len(buffer) < batch_size:
-            epoch = rng.permutation(n)
-            if lengths is not None:
-                window = 16 * batch_size
-                chunks = [epoch[i : i + window] for i in range(0, n, window)]
-                epoch = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
-                batches = [epoch[i : i + batch_size] for i in range(0, n, batch_size)]
-                epoch = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
-            buffer = np.concatenate([buffer, epoch])
-        yield buffer[:batch_size]
-        buffer = buffer[batch_size:]
-
-
-def train(
-    head: TaskHead,
-    train_data: Any,
-    dev_data: Any | None,
-    hp: ml_collections.ConfigDict,
-    seed: int,
-    log: Callable[[str], None] = print,
-) -> tuple[Any, dict[str, Any]]:
-    """Trains the featurizer and head; returns (params kept, history)."""
-    higher_better = head.task.metric == "accuracy"
-    lengths = train_data.lengths() if isinstance(train_data, StoredFrames) else None
-    rng = np.random.default_rng(seed)
-    batches = _index_stream(_size(train_data), hp.batch_size, rng, lengths)
-    first = head.batch(train_data, next(batches))
-    key = jax.random.key(seed)
-    params = head.model.init(key, first["hidden"], first.get("frames"))["params"]
-    tx = optax.chain(optax.clip_by_global_norm(hp.clip_norm), optax.adam(hp.lr))
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch, rng):
-        loss, grads = jax.value_and_grad(head.loss)(params, batch, rng)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    history: dict[str, Any] = {"loss": [], "dev": []}
-    best_score, best_step, best_params = None, hp.steps, params
-    start_time, losses = time.perf_counter(), []
-    for i in range(1, hp.steps + 1):
-        batch = first if i == 1 else head.batch(train_data, next(batches))
-        params, opt_state, loss = step(params, opt_state, batch, jax.random.fold_in(key, i))
-        losses.append(loss)
-        if i % hp.log_every == 0 or i == hp.steps:
-            mean_loss = float(np.mean(jax.device_get(losses)))
-            if not np.isfinite(mean_loss):
-                raise FloatingPointError(f"{head.task.name}: loss {mean_loss} at step {i}")
-            history["loss"].append((i, mean_loss))
-            log(f"{head.task.name} step {i}/{hp.steps} loss {mean_loss:.4f}")
-            losses = []
-        if dev_data is not None and (i % hp.eval_every == 0 or i == hp.steps):
-            score = evaluate(head, params, dev_data, hp.batch_size)
-            history["dev"].append((i, score))
-            log(f"{head.task.name} step {i} dev {head.task.metric} {score:.4f}")
-            if best_score is None or (score > best_score if higher_better else score < best_score):
-                best_score, best_step = score, i
-                best_params = jax.tree_util.tree_map(np.array, jax.device_get(params))
-    if dev_data is None:
-        best_params = params
-    history.update(
-        best_step=best_step, dev_score=best_score, seconds=time.perf_counter() - start_time
-    )
-    return best_params, history

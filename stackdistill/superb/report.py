@@ -1,4 +1,10 @@
-"""SUPERB reports: per-upstream results (markdown + JSON), layer-weight plots, comparisons."""
+"""SUPERB reports: per-upstream results (markdown + JSON), layer-weight plots, comparisons.
+
+`superb_scores` puts the SUPERB tasks' test metrics in the units SUPERB prints and computes
+superb_s (superb/score.py) for the weighted-sum and the last-layer heads: the full score
+(None while QbE, ASV or SD, which stackdistill does not run, are missing), the score over
+the tasks present (labelled partial) and over the interleaved-stacking paper's four tasks.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,85 @@ from typing import Any
 
 import numpy as np
 
-METRIC_NAMES = {"accuracy": "acc %", "per": "PER %", "wer": "WER %"}
+from stackdistill.superb import score
+
+METRIC_NAMES = {
+    "accuracy": "acc %",
+    "per": "PER %",
+    "wer": "WER %",
+    "slot_type_f1": "slot F1 %",
+    "slot_value_cer": "slot CER %",
+}
+SCORE_CAVEAT = (
+    "superb_s maps each metric so that FBANK is 0 and the state of the art 1; the reference "
+    "points in stackdistill/superb/score.py were transcribed without access to the papers: "
+    "check them before publishing a score."
+)
+
+
+def _of_selection(r: dict[str, Any], selection: str) -> dict[str, Any] | None:
+    if r.get("layer_selection", "weighted") == selection:
+        return r
+    return r.get("last_layer") if selection == "last" else None
+
+
+def superb_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per layer selection: SUPERB's values of the tasks run and superb_s (full/partial/paper)."""
+    out: dict[str, Any] = {}
+    for selection in ("weighted", "last"):
+        values = {}
+        for name, r in task_results.items():
+            run = _of_selection(r, selection)
+            if run is None or name not in score.TASKS:
+                continue
+            values[name] = {
+                m.name: score.published(m, run["metrics"][m.name]) for m in score.metrics_of(name)
+            }
+        if not values:
+            continue
+        present = score.ordered(values)
+        paper = all(t in values for t in score.PAPER_TASKS)
+        out[selection] = {
+            "values": {t: values[t] for t in present},
+            "superb_s": score.score(values),
+            "missing": [list(m) for m in score.missing(values)],
+            "partial_superb_s": score.score(values, tasks=present),
+            "partial_tasks": present,
+            "paper_superb_s": score.score(values, score.PAPER_TASKS) if paper else None,
+        }
+    return out
+
+
+def _score_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def superb_table(scores: dict[str, Any]) -> list[str]:
+    """SUPERB's columns in order, one row per layer selection, and the scores."""
+    if not scores:
+        return []
+    tasks = score.ordered({t for s in scores.values() for t in s["values"]})
+    columns = [m for t in tasks for m in score.metrics_of(t)]
+    header = [f"{m.task.upper()} {METRIC_NAMES.get(m.name, m.name)}" for m in columns]
+    lines = [
+        "## SUPERB",
+        "",
+        "| features | " + " | ".join(header) + " | superb_s | partial superb_s | paper's 4 |",
+        "|---|" + "---|" * (len(columns) + 3),
+    ]
+    for selection, s in scores.items():
+        cells = [
+            f"{s['values'][m.task][m.name]:.2f}" if m.task in s["values"] else "—" for m in columns
+        ]
+        lines.append(
+            f"| {selection} | " + " | ".join(cells) + f" | {_score_text(s['superb_s'])} | "
+            f"{_score_text(s['partial_superb_s'])} ({', '.join(s['partial_tasks'])}) | "
+            f"{_score_text(s['paper_superb_s'])} |"
+        )
+    missing = next(iter(scores.values()))["missing"]
+    lines += ["", f"superb_s needs every task: missing {', '.join(t for t, _ in missing)}."]
+    lines += ["The partial score averages over the tasks listed only. " + SCORE_CAVEAT, ""]
+    return lines
 
 
 def _percent(value: float | None) -> str:
@@ -27,22 +111,32 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"- features: {results['extract_seconds']:.1f} s extraction, "
         f"{results['total_seconds']:.1f} s in all",
         "",
-        "| task | metric | test | baseline | train / test utts | steps (kept) | lr | head s |"
-        " top layers (weight) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | metric | test | last layer | baseline | train / dev / test utts | steps (kept) |"
+        " lr | head s | top layers (weight) | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["tasks"].items():
         weights = np.asarray(r["layer_weights"])
         top = np.argsort(weights)[::-1][:3]
         top_text = ", ".join(f"{i} ({weights[i]:.2f})" for i in top)
+        last = r.get("last_layer")
+        notes = "; ".join(r.get("deviations", []))
+        notes = notes or ("as s3prl" if name in score.TASKS else "mini-SUPERB, not SUPERB")
+        metric = METRIC_NAMES[r["metric"]]
+        extra = {k: v for k, v in r.get("metrics", {}).items() if k != r["metric"]}
+        if extra:  # SF: slot-value CER beside the F1
+            metric += "".join(f", {METRIC_NAMES[k]} {_percent(v)}" for k, v in extra.items())
         lines.append(
-            f"| {name} | {METRIC_NAMES[r['metric']]} | {_percent(r['test'])} | "
-            f"{_percent(r['baseline'])} | {r['num_train']} / {r['num_test']} | "
+            f"| {name} | {metric} | {_percent(r['test'])} | "
+            f"{_percent(last['test']) if last else '—'} | {_percent(r['baseline'])} | "
+            f"{r['num_train']} / {r.get('num_dev', 0)} / {r['num_test']} | "
             f"{r['steps']} ({r['best_step']}) | {r['lr']:g} | {r['seconds']:.1f} | {top_text} |"
+            f" {notes} |"
         )
     lines += ["", "Baseline: majority class of the training labels (accuracy), or an empty"]
     lines += ["hypothesis (PER/WER = 100%). Notes:", ""]
     lines += [f"- {name}: {r['notes']}" for name, r in results["tasks"].items()]
+    lines += ["", *superb_table(results.get("superb", {}))]
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +197,13 @@ def compare_markdown(all_results: Sequence[dict[str, Any]]) -> str:
         ]
         lines.append(f"| {task} | {METRIC_NAMES[metric]} | " + " | ".join(cells) + " |")
     lines.append("")
+    for r in all_results:
+        for selection, s in r.get("superb", {}).items():
+            lines.append(
+                f"- {r['upstream']['name']} ({selection}): superb_s "
+                f"{_score_text(s['superb_s'])}, partial {_score_text(s['partial_superb_s'])} "
+                f"over {', '.join(s['partial_tasks'])}"
+            )
     for r in all_results:
         info = ", ".join(f"{k} {v}" for k, v in r["upstream"]["info"].items() if v is not None)
         lines.append(f"- {r['upstream']['name']}: {r['upstream']['kind']} ({info})")

@@ -3,8 +3,11 @@
     python -m stackdistill.main --config=configs/demo.py --workdir=/tmp/sd_demo --mode=eval
 
 For every upstream of `config.superb.upstreams` and every task of `config.superb.tasks`: features
-once, a weighted-layer-sum head trained on the train split, its metric on the test split.
-Writes `<workdir>/superb/<upstream>/results.{md,json}` and `layer_weights.png`; for students,
+once, a head on the weighted layer sum and/or the last hidden state (`layer_selection`) trained
+on the train split (checkpointed under `<upstream>/heads/<task>/`, resumed after an
+interruption), its metrics on the test split; ER trains one head per fold and averages.
+Writes `<workdir>/superb/<upstream>/results.{md,json}` (SUPERB's table, its score where every
+task it needs is there, the protocol and deviations per task) and `layer_weights.png`; for students,
 `cka.png`/`cka.json` (linear CKA of every layer against every teacher layer); with several
 upstreams (or --mode=compare) `<workdir>/superb/compare.{md,json}`.
 """
@@ -16,15 +19,18 @@ import json
 import logging
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from stackdistill.superb import cka, features, heads, report, tasks, upstream
+from stackdistill.superb import benchmark, cka, features, heads, report, tasks, training, upstream
+from stackdistill.superb.config import LAYER_SELECTIONS
 
 log = logging.getLogger(__name__)
-EVAL_MAX_SAMPLES = 480_000  # dev/test utterances (and CKA's) are cropped to 30 s at most
+EVAL_MAX_SAMPLES = 480_000  # CKA's utterances are cropped to 30 s at most
+WHOLE = 2**31 - 1  # eval_max_samples 0: utterances read whole
 
 
 def _read_options(config: ml_collections.ConfigDict, max_samples: int) -> features.ReadOptions:
@@ -47,65 +53,172 @@ def majority_baseline(train_targets: np.ndarray, test_targets: np.ndarray) -> fl
     return float((test_targets == np.array(guess)[None, :]).all(axis=1).mean())
 
 
+def _views(task: tasks.Task, records: Sequence[dict], views: int):
+    """Records with one entry per random crop, and their sampling weights (None: uniform)."""
+    expanded = features.crop_views(records, views)
+    if task.weight_fn is None:
+        return expanded, None
+    counts = [views if "crop_samples" in r else 1 for r in records]
+    weights = [w / k for w, k in zip(task.weight_fn(records), counts) for _ in range(k)]
+    return expanded, np.array(weights)
+
+
+def _features(task, splits, store, config, hp) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each split's features, and the train/dev weights of class-balanced tasks."""
+    train_options = _read_options(config, hp.max_samples)
+    eval_options = _read_options(config, hp.eval_max_samples or WHOLE)
+    data, weights = {}, {}
+    for split, records in splits.items():
+        if not len(records):
+            continue
+        options = train_options if split == "train" else eval_options
+        if not isinstance(records, list):  # a TFDS source: no crops, no weights
+            expanded, w = records, None
+        else:
+            expanded, w = _views(task, records, hp.crop_views if split != "test" else 1)
+        weights[split] = w
+        if task.kind == "utterance":
+            data[split] = store.pooled(expanded, task.target_fn, options)
+        else:
+            data[split] = store.frames(expanded, task.target_fn, options)
+    if hp.standardize:
+        names = list(data)
+        data = dict(zip(names, features.standardize(*(data[k] for k in names))))
+    return data, weights
+
+
+def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
+    """One head on one upstream's features: its test metrics and how it was trained.
+
+    With `out_dir`, the head is checkpointed in it and resumed from it.
+    """
+    layer = -1 if selection == "last" else None
+    head = heads.make_head(task, hp, layer)
+    checkpoint = None if out_dir is None else training.HeadCheckpoint(out_dir, head_config)
+    title = f"{up.name} {head_config['name']}" if config.superb.progress else None
+    try:
+        params, history = training.train(
+            head,
+            data["train"],
+            data.get("dev"),
+            hp,
+            config.superb.seed,
+            log.info,
+            weights=weights.get("train"),
+            dev_weights=weights.get("dev"),
+            checkpoint=checkpoint,
+            progress=title,
+        )
+    finally:
+        if checkpoint is not None:
+            checkpoint.close()
+    test = training.scores(head, params, data["test"], hp.batch_size)
+    if task.kind == "utterance":
+        baseline = majority_baseline(data["train"][1], data["test"][1])
+    else:
+        baseline = 1.0 if task.metric in ("per", "wer") else 0.0  # an empty hypothesis
+    return {
+        "test": test[task.metric],
+        "metrics": test,
+        "baseline": baseline,
+        "dev": history["dev_score"],
+        "best_step": history["best_step"],
+        "seconds": history["seconds"],
+        "final_loss": history["loss"][-1][1] if history["loss"] else None,
+        "resumed_from": history["resumed_from"],
+        "layer_weights": heads.layer_weights(params, up.num_layers + 1).tolist(),
+    }
+
+
+def _mean_over_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """ER: the folds' metrics averaged (SUPERB's number), each fold kept."""
+    runs = list(per_fold.values())
+    mean = lambda key: float(np.mean([r[key] for r in runs]))
+    out = dict(runs[0])
+    out.update({k: mean(k) for k in ("test", "baseline", "seconds")})
+    out["metrics"] = {m: float(np.mean([r["metrics"][m] for r in runs])) for m in out["metrics"]}
+    out["layer_weights"] = np.mean([r["layer_weights"] for r in runs], axis=0).tolist()
+    out["folds"] = per_fold
+    return out
+
+
 def evaluate_task(
     task: tasks.Task,
     store: features.FeatureStore,
     config: ml_collections.ConfigDict,
+    up: upstream.Upstream | None = None,
+    out_dir: pathlib.Path | None = None,
 ) -> dict[str, Any]:
-    """Trains the task's head on one upstream's features; its test metric and diagnostics."""
-    hp = config.superb[task.name]
-    train_options = _read_options(config, hp.max_samples)
-    eval_options = _read_options(config, max(hp.max_samples, EVAL_MAX_SAMPLES))
-    data: dict[str, Any] = {}
-    for split, records in task.splits.items():
-        if not len(records):
-            continue
-        options = train_options if split == "train" else eval_options
-        if task.kind == "utterance":
-            data[split] = store.pooled(records, task.target_fn, options)
-        else:
-            data[split] = store.frames(records, task.target_fn, options)
-    if hp.standardize:
-        splits = list(data)
-        data = dict(zip(splits, features.standardize(*(data[k] for k in splits))))
-    head = heads.make_head(task, hp)
-    params, history = heads.train(
-        head, data["train"], data.get("dev"), hp, config.superb.seed, log.info
-    )
-    test = heads.evaluate(head, params, data["test"], hp.batch_size)
-    if task.kind == "utterance":
-        baseline = majority_baseline(data["train"][1], data["test"][1])
-    else:
-        baseline = 1.0  # an empty hypothesis: every reference token deleted
-    return {
+    """Trains the task's head(s) on one upstream's features; test metrics and the protocol.
+
+    With `out_dir` (the upstream's results folder) heads are checkpointed under its heads/.
+    """
+    c = config.superb
+    hp = c[task.name]
+    up = up or store.upstream
+    selections = ("weighted", "last") if c.layer_selection == "both" else (c.layer_selection,)
+    folds = task.folds or {"": task.splits}
+    runs: dict[str, dict[str, dict]] = {s: {} for s in selections}
+    sizes = {}
+    for fold, splits in folds.items():
+        sizes[fold or "splits"] = {k: len(v) for k, v in splits.items()}
+        data, weights = _features(task, splits, store, config, hp)
+        for selection in selections:
+            suffix = "last" if selection == "last" else ""
+            name = "-".join(x for x in (task.name, fold, suffix) if x)
+            head_config = {
+                "name": name,
+                "task": task.name,
+                "fold": fold,
+                "layer_selection": selection,
+                "upstream": {"name": up.name, "kind": up.kind, "source": up.source},
+                "hp": hp.to_dict(),
+                "seed": c.seed,
+                "normalize_layers": bool(c.normalize_layers),
+                "sizes": sizes[fold or "splits"],
+                "classes": [len(g) for g in task.classes],
+            }
+            head_dir = None if out_dir is None else out_dir / "heads" / name
+            runs[selection][fold] = _fit(
+                task, data, weights, hp, config, up, selection, head_dir, head_config
+            )
+    combined = {s: _mean_over_folds(r) if task.folds else r[""] for s, r in runs.items()}
+    first = next(iter(folds.values()))
+    result = {
         "metric": task.metric,
-        "test": test,
-        "baseline": baseline,
-        "dev": history["dev_score"],
-        "num_train": len(task.splits["train"]),
-        "num_test": len(task.splits["test"]),
-        "steps": hp.steps,
-        "best_step": history["best_step"],
+        **combined[selections[0]],
+        "layer_selection": selections[0],
+        "num_train": len(first["train"]),
+        "num_dev": len(first.get("dev", ())),
+        "num_test": len(first["test"]),
+        "sizes": sizes,
+        "classes": [len(g) for g in task.classes],
+        "steps": hp.total_steps,
         "lr": hp.lr,
         "batch_size": hp.batch_size,
-        "seconds": history["seconds"],
-        "final_loss": history["loss"][-1][1],
-        "layer_weights": heads.layer_weights(params).tolist(),
+        "protocol": {"data": task.protocol, "head": benchmark.head_protocol(task, hp)},
+        "deviations": list(task.deviations),
         "notes": task.notes,
     }
+    if "last" in combined and selections[0] != "last":
+        result["last_layer"] = combined["last"]
+    return result
 
 
 def evaluate_upstream(
-    up: upstream.Upstream, task_list: list[tasks.Task], config: ml_collections.ConfigDict
+    up: upstream.Upstream,
+    task_list: list[tasks.Task],
+    config: ml_collections.ConfigDict,
+    out_dir: pathlib.Path | None = None,
 ) -> tuple[dict[str, Any], features.FeatureStore]:
-    """Every task on one upstream: the results dict written to results.json."""
+    """Every task on one upstream: the results dict written to results.json (see evaluate_task)."""
     c = config.superb
     start = time.perf_counter()
     store = features.FeatureStore(up, c.normalize_layers, c.max_feature_gb * 2**30)
     results = {}
     for task in task_list:
         log.info("superb %s: %s", up.name, task.name)
-        results[task.name] = evaluate_task(task, store, config)
+        results[task.name] = evaluate_task(task, store, config, up, out_dir)
         r = results[task.name]
         log.info(
             "superb %s %s: test %s %.4f (baseline %.4f)",
@@ -118,6 +231,8 @@ def evaluate_upstream(
     return {
         "upstream": {"name": up.name, "kind": up.kind, "source": up.source, "info": up.info},
         "tasks": results,
+        "superb": report.superb_scores(results),
+        "layer_selection": c.layer_selection,
         "extract_seconds": store.seconds,
         "total_seconds": time.perf_counter() - start,
         "normalize_layers": bool(c.normalize_layers),
@@ -176,6 +291,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
     c = config.superb
     out_root = pathlib.Path(workdir) / "superb"
     _check_upstreams(c.upstreams, workdir)
+    if c.layer_selection not in LAYER_SELECTIONS:
+        raise ValueError(
+            f"config.superb.layer_selection is {c.layer_selection!r}, not one of {LAYER_SELECTIONS}"
+        )
     task_names = list(c.tasks)
     task_list = [tasks.build(name, c, workdir) for name in task_names]
     teacher_up = None
@@ -189,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
                 all_results.append(reused)
                 continue
         up = upstream.load(spec, config, workdir)
-        results, _ = evaluate_upstream(up, task_list, config)
+        results, _ = evaluate_upstream(up, task_list, config, out_dir)
         if up.kind == "teacher":
             teacher_up = up
         elif c.cka:

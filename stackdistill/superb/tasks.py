@@ -8,14 +8,10 @@ Mini-SUPERB on the espeak-ng corpus (offline):
 - `pr_synth`: espeak's phonemes (stress marks dropped, no word boundaries), CTC, PER; the
   split is by a hash of the file name.
 
-Real tasks (their data are not shipped; see `default_config` in superb/config.py):
-- `pr`, `asr`: LibriSpeech folders (train-clean-100 / dev-clean / test-clean). PR targets are
-  espeak-ng's en-us phonemes of the transcript — a deviation from SUPERB, which reads the
-  phones from a lexicon (CMUdict + g2p), so PER is not comparable with published numbers.
-- `ks`: Speech Commands from TFDS (`speech_commands`, which is v0.02, 12 classes); SUPERB
-  uses v0.01, so accuracies are close to but not the published protocol.
-- `sid`, `ic`, `er`: a labelled manifest (VoxCeleb1 with its iden_split, Fluent Speech
-  Commands with action/object/location, IEMOCAP with one fold as test).
+SUPERB's own tasks (`pr`, `asr`, `ks`, `sid`, `er`, `ic`, `sf`) read the datasets' own
+layouts (superb/benchmark.py). The alternatives kept here are labelled as not SUPERB's
+protocol: PR with espeak-ng phones when no lexicon is set, KS from TFDS (v0.02), and
+SID/IC/ER from a labelled JSONL manifest.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ from typing import Any
 import ml_collections
 
 from stackdistill.data import manifest, synth
-from stackdistill.data.labels import BLANK, build_vocab, phoneme_tokens
+from stackdistill.data.labels import build_vocab, phoneme_tokens
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -50,12 +46,22 @@ class Task:
 
     name: str
     kind: str  # "utterance": mean-pool + linear, accuracy | "ctc": frame-level CTC
-    metric: str  # "accuracy" | "per" | "wer"
+    metric: str  # the primary one: "accuracy" | "per" | "wer" | "slot_type_f1" (SF)
     splits: dict[str, Sequence[dict[str, Any]]]  # "train", "test" and optionally "dev"
     target_fn: Callable[[dict[str, Any]], Any]  # record -> class ids (one per group) or token ids
     classes: tuple[tuple[str, ...], ...]  # class names per label group; ctc: one vocabulary
-    head: str = "linear"  # "linear" (projection + linear) | "bilstm" (ASR)
+    head: str = "linear"  # "linear" (projection + linear) | "bilstm" (ASR, SF)
     notes: str = ""
+    protocol: str = ""  # the data rules applied, and where they come from
+    deviations: tuple[str, ...] = ()  # where this differs from SUPERB's protocol
+    folds: dict[str, dict[str, Sequence[dict[str, Any]]]] | None = None  # ER: one per fold
+    weight_fn: Callable[[Sequence[dict]], Sequence[float]] | None = None  # balanced sampling
+    eos: int | None = None  # CTC targets end with this id; decoding stops at it (s3prl)
+
+    @property
+    def higher_better(self) -> bool:
+        """Whether the primary metric improves upwards (model selection on dev)."""
+        return self.metric in ("accuracy", "slot_type_f1")
 
 
 def hash_unit(text: str) -> float:
@@ -166,15 +172,7 @@ def pr_synth(c: ml_collections.ConfigDict, workdir: str) -> Task:
     return _phoneme_recognition("pr_synth", splits, records, notes)
 
 
-# ---------------------------------------------------------------- real data
-
-
-def _librispeech_splits(t: ml_collections.ConfigDict) -> dict[str, list[dict]]:
-    from stackdistill.data.sources import librispeech_records
-
-    if not t.path:
-        raise ValueError("set the LibriSpeech root folder (config.superb.<task>.path)")
-    return {split: librispeech_records(t.path, t[split]) for split in ("train", "dev", "test")}
+# ---------------------------------------------------------------- alternatives to SUPERB's
 
 
 def _phonemize(records: list[dict], voice: str, cache_file: pathlib.Path) -> None:
@@ -193,48 +191,37 @@ def _phonemize(records: list[dict], voice: str, cache_file: pathlib.Path) -> Non
         r["phonemes"] = cache[r["name"]]
 
 
-def pr(c: ml_collections.ConfigDict, workdir: str) -> Task:
-    """SUPERB PR on LibriSpeech, with espeak-ng phonemes in place of the lexicon's."""
+def pr_espeak(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """PR on LibriSpeech with espeak-ng phonemes of the transcripts (no lexicon set)."""
+    from stackdistill.superb.datasets import librispeech
+
     t = c.pr
-    splits = _librispeech_splits(t)
+    splits = librispeech.read_splits("pr", t.path, None)
     for split, records in splits.items():
         _phonemize(records, t.voice, pathlib.Path(workdir) / "superb" / f"phonemes_{split}.json")
     all_records = [r for records in splits.values() for r in records]
     notes = f"LibriSpeech; phones from espeak-ng {t.voice} (SUPERB: lexicon phones)"
-    return _phoneme_recognition("pr", splits, all_records, notes)
-
-
-def characters(text: str) -> list[str]:
-    """ASR targets: upper-case characters, '|' between words (s3prl's char.dict)."""
-    return list("|".join(text.upper().split()))
-
-
-def asr(c: ml_collections.ConfigDict, workdir: str) -> Task:
-    """SUPERB ASR: LibriSpeech characters, 2-layer BiLSTM + CTC, WER (greedy, no LM)."""
-    vocab = (BLANK, "|", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    return Task(
-        "asr",
-        "ctc",
-        "wer",
-        _librispeech_splits(c.asr),
-        _encoder(vocab, lambda r: characters(r["text"])),
-        (vocab,),
-        head="bilstm",
-        notes="LibriSpeech characters, greedy CTC decoding without a language model",
+    task = _phoneme_recognition("pr", splits, all_records, notes)
+    task.deviations = (
+        "phones from espeak-ng, not s3prl's lexicon: PER not comparable with SUPERB "
+        "(set config.superb.pr.lexicon)",
     )
+    return task
 
 
-def ks(c: ml_collections.ConfigDict, workdir: str) -> Task:
-    """SUPERB KS from TFDS speech_commands (v0.02; SUPERB uses v0.01)."""
+def ks_tfds(c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """KS from TFDS speech_commands (v0.02; SUPERB uses v0.01)."""
     from stackdistill.data.sources import TfdsSource
 
     t = c.ks
+    data_dir = t.tfds_dir or None
     splits = {
-        name: TfdsSource(t.tfds_name, t[name], t.path or None) for name in ("train", "dev", "test")
+        name: TfdsSource(t.tfds_name, split, data_dir)
+        for name, split in (("train", "train"), ("dev", "validation"), ("test", "test"))
     }
     import tensorflow_datasets as tfds  # importable: TfdsSource has opened the splits
 
-    info = tfds.builder(t.tfds_name, data_dir=t.path or None).info
+    info = tfds.builder(t.tfds_name, data_dir=data_dir).info
     names = tuple(info.features["label"].names)
     return Task(
         "ks",
@@ -243,14 +230,16 @@ def ks(c: ml_collections.ConfigDict, workdir: str) -> Task:
         splits,
         lambda r: [int(r["label"])],
         (names,),
-        notes=f"TFDS {t.tfds_name} (v0.02; SUPERB's KS uses Speech Commands v0.01)",
+        notes=f"TFDS {t.tfds_name}",
+        deviations=(
+            f"TFDS {t.tfds_name} is Speech Commands v0.02 (SUPERB: v0.01 folders); "
+            "no class-balanced sampling, _silence_ as TFDS cuts it",
+        ),
     )
 
 
 def manifest_task(name: str, t: ml_collections.ConfigDict) -> Task:
     """Utterance classification from a labelled JSONL manifest (SID, IC, ER)."""
-    if not t.manifest:
-        raise ValueError(f"set config.superb.{name}.manifest (a JSONL file with labels)")
     records = manifest.read_manifest(t.manifest)
     label_keys = tuple(t.label_keys)
     missing = [k for k in label_keys if any(k not in r for r in records)]
@@ -272,21 +261,25 @@ def manifest_task(name: str, t: ml_collections.ConfigDict) -> Task:
         lambda r: [idx[str(r[k])] for idx, k in zip(index, label_keys)],
         classes,
         notes=f"{t.manifest}: labels {', '.join(label_keys)}",
+        deviations=(f"a user manifest ({t.manifest}), not the dataset's own lists",),
     )
+
+
+MINI = {"ks_synth": ks_synth, "sid_synth": sid_synth, "pr_synth": pr_synth}
 
 
 def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
     """The task called `name`, from the superb config section `c`."""
-    builders = {
-        "ks_synth": ks_synth,
-        "sid_synth": sid_synth,
-        "pr_synth": pr_synth,
-        "pr": pr,
-        "asr": asr,
-        "ks": ks,
-    }
-    if name in builders:
-        return builders[name](c, workdir)
-    if name in ("sid", "ic", "er"):
+    from stackdistill.superb import benchmark
+
+    if name in MINI:
+        return MINI[name](c, workdir)
+    if name in ("sid", "ic", "er") and c[name].manifest:
         return manifest_task(name, c[name])
-    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*builders, 'sid', 'ic', 'er'])}")
+    if name == "ks" and c.ks.source == "tfds":
+        return ks_tfds(c, workdir)
+    if name == "pr" and not c.pr.lexicon:
+        return pr_espeak(c, workdir)
+    if name in benchmark.BUILDERS:
+        return benchmark.BUILDERS[name](c)
+    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*MINI, *benchmark.BUILDERS])}")

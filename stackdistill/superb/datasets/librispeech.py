@@ -48,9 +48,10 @@ PHONES_WITHOUT_STRESS = tuple(dict.fromkeys(re.sub(r"\d$", "", p) for p in PHONE
 CHARACTERS = tuple("|ETAONIHSRDLUMCWFGYPBVK'XJQZ")
 
 
-def _splits(
+def read_splits(
     task: str, path: str, subsets: dict[str, Sequence[str]] | None
 ) -> dict[str, list[dict[str, Any]]]:
+    """The utterances of each split's subsets; errors name `config.superb.<task>.path`."""
     root = require_dir(path, task, "path", "the LibriSpeech root (train-clean-100/, ...)")
     splits = {}
     for split, names in (subsets or SUBSETS).items():
@@ -103,7 +104,7 @@ def read_pr(
 ) -> Dataset:
     """LibriSpeech + lexicon -> PR splits; records carry `text` and `phones`."""
     words = read_lexicon(lexicon)
-    splits = _splits("pr", path, subsets)
+    splits = read_splits("pr", path, subsets)
     missing = sorted(
         {w for rs in splits.values() for r in rs for w in r["text"].split() if w not in words}
     )
@@ -138,7 +139,7 @@ def characters(text: str) -> list[str]:
 
 def read_asr(path: str, *, subsets: dict[str, Sequence[str]] | None = None) -> Dataset:
     """LibriSpeech -> ASR splits; records carry `text` and `characters`."""
-    splits = _splits("asr", path, subsets)
+    splits = read_splits("asr", path, subsets)
     for records in splits.values():
         for r in records:
             r["characters"] = characters(r["text"])
