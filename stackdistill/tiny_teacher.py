@@ -8,8 +8,11 @@ the top layer (a confusion loss) pushes voice out of the upper layers. It is wri
 transformers format to DIR/teacher (`teacher.load` and `HubertModel.from_pretrained` read
 it), with DIR/vocab.json, DIR/train.json (loss history) and DIR/probe.md: linear probes on
 every layer of a held-out corpus -- ridge speaker accuracy on mean-pooled frames and the
-phoneme error rate of a linear CTC probe (`stackdistill.superb.probes`) -- beside the same probes
-on a random init. Times and tables of the current teacher: benchmarks/RESULTS.md, "Tiny teacher".
+phoneme error rate of a linear CTC probe (`stackdistill.superb.probes`), each with its 95%
+bootstrap interval -- beside the same probes on a random init (`--probe_only` reruns them on
+the teacher already in DIR). Training runs exactly `total_steps` steps: the weights are a
+function of the config and its seed, never of the machine's speed.
+Times and tables of the current teacher: benchmarks/RESULTS.md, "Tiny teacher".
 """
 
 from __future__ import annotations
@@ -160,7 +163,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     loader = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
 
     history, window, started = [], [], time.perf_counter()
-    status = "completed"
     for step in range(1, config.total_steps + 1):
         batch = next(loader)
         ids, paddings = label_ids(batch["phonemes"], vocab, config.max_label_length)
@@ -182,10 +184,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
                 ", ".join(f"{k}={v:.4g}" for k, v in mean.items()),
             )
             window = []
-            if elapsed > config.max_train_seconds and step < config.total_steps:
-                status = f"stopped by max_train_seconds at step {step}"
-                log.warning("tiny teacher: %s", status)
-                break
     seconds = time.perf_counter() - started
     teacher.save(workdir / "teacher", cfg, params["encoder"])
     np.savez(
@@ -193,8 +191,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         **{f"{h}_{k}": np.asarray(v) for h in ("ctc", "speaker") for k, v in params[h].items()},
     )
     summary = {
-        "status": status,
-        "steps": history[-1]["step"],
+        "steps": config.total_steps,
         "train_seconds": seconds,
         "history": history,
         "num_phonemes": len(vocab) - 1,
@@ -204,31 +201,56 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     return {**summary, "params": params, "cfg": cfg, "vocab": vocab}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Trains, writes the teacher and, if config.probe.num, the layer-wise probe tables."""
+def load_trained(workdir: str | pathlib.Path) -> dict[str, Any]:
+    """The teacher trained in workdir: {"cfg", "params" (encoder, ctc, speaker), "vocab"}."""
     workdir = pathlib.Path(workdir)
-    result = train(config, workdir)
-    summary = {k: v for k, v in result.items() if k not in ("params", "cfg", "vocab")}
+    cfg, encoder = teacher.load(str(workdir / "teacher"), use_cache=False)
+    heads = np.load(workdir / "heads.npz")
+    params = {"encoder": encoder}
+    for h in ("ctc", "speaker"):
+        params[h] = {k: jnp.asarray(heads[f"{h}_{k}"]) for k in ("kernel", "bias")}
+    vocab = json.loads((workdir / "vocab.json").read_text())
+    return {"cfg": cfg, "params": params, "vocab": vocab}
+
+
+def probe(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, trained: dict[str, Any]
+) -> dict[str, Any]:
+    """The layer-wise probe tables of the trained teacher and of its random init; probe.md."""
+    workdir = pathlib.Path(workdir)
+    probe_data = ml_collections.ConfigDict(config.data.to_dict())
+    probe_data.update(
+        path=str(workdir / "probe_corpus"), synth_num=config.probe.num, synth_seed=config.probe.seed
+    )
+    rows = _corpus_rows(probe_data)
+    cfg, vocab, max_samples = trained["cfg"], trained["vocab"], config.data.max_samples
+    initial = init_model(cfg, len(vocab), 1, config.seed)["encoder"]
+    started = time.perf_counter()
+    hidden = probes.layer_features(cfg, trained["params"]["encoder"], rows, max_samples)
+    tables = {"trained": probes.probe_layers(*hidden, rows, vocab, config, trained["params"])}
+    random_init = probes.layer_features(cfg, initial, rows, max_samples)
+    tables["random init"] = probes.probe_layers(*random_init, rows, vocab, config)
+    num_train = int(round(config.probe.train_fraction * len(rows)))
+    markdown = probes.probe_markdown(tables, num_train, len(rows) - num_train)
+    (workdir / "probe.md").write_text(markdown)
+    print(markdown)
+    return {"probe": tables, "probe_seconds": time.perf_counter() - started}
+
+
+def run(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, probe_only: bool = False
+) -> dict[str, Any]:
+    """Trains (unless probe_only: the teacher already in workdir), writes the teacher and,
+    if config.probe.num, the layer-wise probe tables."""
+    workdir = pathlib.Path(workdir)
+    if probe_only:
+        summary = json.loads((workdir / "train.json").read_text())
+        trained = load_trained(workdir)
+    else:
+        trained = train(config, workdir)
+        summary = {k: v for k, v in trained.items() if k not in ("params", "cfg", "vocab")}
     if config.probe.num:
-        probe_data = ml_collections.ConfigDict(config.data.to_dict())
-        probe_data.update(
-            path=str(workdir / "probe_corpus"),
-            synth_num=config.probe.num,
-            synth_seed=config.probe.seed,
-        )
-        rows = _corpus_rows(probe_data)
-        cfg, vocab, max_samples = result["cfg"], result["vocab"], config.data.max_samples
-        initial = init_model(cfg, len(vocab), 1, config.seed)["encoder"]
-        started = time.perf_counter()
-        trained = probes.layer_features(cfg, result["params"]["encoder"], rows, max_samples)
-        tables = {"trained": probes.probe_layers(*trained, rows, vocab, config, result["params"])}
-        random_init = probes.layer_features(cfg, initial, rows, max_samples)
-        tables["random init"] = probes.probe_layers(*random_init, rows, vocab, config)
-        num_train = int(round(config.probe.train_fraction * len(rows)))
-        markdown = probes.probe_markdown(tables, num_train, len(rows) - num_train)
-        (workdir / "probe.md").write_text(markdown)
-        summary.update(probe=tables, probe_seconds=time.perf_counter() - started)
-        print(markdown)
+        summary.update(probe(config, workdir, trained))
     (workdir / "train.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -239,7 +261,7 @@ def _main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("stackdistill").setLevel(logging.INFO)
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
+    run(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.probe_only)
 
 
 if __name__ == "__main__":
@@ -250,6 +272,7 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "configs/tiny_teacher.py")
     flags.DEFINE_string("workdir", None, "output folder (teacher/, probe.md, train.json)")
+    flags.DEFINE_bool("probe_only", False, "probe the teacher already trained in --workdir")
     flags.mark_flags_as_required(["config", "workdir"])
     hostmem.configure()  # before the JAX backend starts
     app.run(_main)

@@ -123,3 +123,42 @@ def test_short_training_lowers_the_loss_and_exports_for_transformers(tmp_path):
     assert [r["layer"] for r in table] == [*range(cfg.num_layers + 1), "heads"]
     for r in table:
         assert 0 <= r["speaker_acc"] <= 1 and r["phoneme_error"] >= 0, r
+
+
+def test_fixed_steps_and_the_same_seed_give_bit_identical_params(tmp_path):
+    """No wall-clock decides the weights: two runs of one config end in the same params."""
+    from stackdistill.data import synth
+
+    corpus = synth.generate(str(tmp_path / "corpus"), 16, seed=0)
+    c = _quick_config(str(pathlib.Path(corpus).parent))
+    c.total_steps, c.log_every, c.data.synth_num = 4, 2, 16
+    runs = [tiny_teacher.train(c, tmp_path / name) for name in ("a", "b")]
+    assert [r["steps"] for r in runs] == [4, 4]
+    leaves = [jax.tree_util.tree_leaves(r["params"]) for r in runs]
+    assert all(np.array_equal(x, y) for x, y in zip(*leaves, strict=True))
+    c.seed = 1  # and the seed matters
+    other = jax.tree_util.tree_leaves(tiny_teacher.train(c, tmp_path / "c")["params"])
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves[0], other, strict=True))
+
+
+def test_bootstrap_interval_matches_the_normal_approximation_and_pairs_layers():
+    rng = np.random.default_rng(0)
+    correct = (rng.random(2000) < 0.7).astype(float)
+    p = correct.mean()
+    half = 1.96 * np.sqrt(p * (1 - p) / len(correct))  # the binomial's normal approximation
+    lo, hi = probes.bootstrap_ci(correct, indices=probes.bootstrap_indices(2000, 2000, seed=1))
+    np.testing.assert_allclose([lo, hi], [p - half, p + half], atol=0.004)
+    # A ratio statistic (PER): total edits over total reference length, resampled by utterance.
+    edits, lengths = np.array([1.0, 0.0, 3.0, 2.0]), np.array([10.0, 5.0, 10.0, 5.0])
+    idx = np.array([[0, 0, 2, 3], [1, 1, 1, 1]])
+    stats = [(edits[i].sum() / lengths[i].sum()) for i in idx]  # by hand: 7/35, 0/20
+    lo, hi = probes.bootstrap_ci(edits, lengths, idx, level=0.0)  # the median of the two
+    np.testing.assert_allclose([lo, hi], [np.median(stats)] * 2)
+    # Per layer (rows), from the same resamples: a layer 0.3 worse than the best on every
+    # utterance has a paired interval at -0.3 exactly, and is not "tied with the best".
+    table = [
+        {"layer": 0, "speaker_acc": 0.9, "speaker_acc_minus_best_ci": (0.0, 0.0)},
+        {"layer": 1, "speaker_acc": 0.6, "speaker_acc_minus_best_ci": (-0.3, -0.3)},
+        {"layer": 2, "speaker_acc": 0.85, "speaker_acc_minus_best_ci": (-0.1, 0.02)},
+    ]
+    assert probes.tied_with_best(table, "speaker_acc") == [0, 2]

@@ -1,0 +1,432 @@
+"""The paper's table in miniature: every stacking method, downstream quality and cost, over seeds.
+
+    python benchmarks/paper_table.py [--workdir DIR] [--quick] [--ablations] [--seeds 0 1 2]
+
+Cells are method x stage schedule x seed, every one at the same step budget, batch and
+learning rate: Full (12 layers from step 0, the stacked runs' targets), Full-L2L (12 layers,
+every teacher layer matched to the student layer at the same relative depth), GradStack (top),
+MIDAS (middle) and Interleaved, the stacked ones 3 -> 6 -> 9 -> 12 with the "equal" and the
+"prop" (stage length proportional to depth) schedule. Per cell: wall-clock (steps and compiles
+separately), the final distillation losses per target, mini-SUPERB (PR-synth PER, SID-synth
+and KS-synth accuracy; the same weighted-layer-sum heads and steps for every upstream) at
+several checkpoints, the per-layer ridge probe profile (speaker, keyword) correlated with the
+teacher's at the same relative depth, and the student-teacher linear-CKA diagonal.
+
+Each finished cell is a JSON in DIR/cells/; a rerun skips those (an interrupted cell starts
+over, so that its wall-clock is one run's). DIR/table.md (the paper's shape, mean [95% CI] over
+seeds, paired comparisons of interleaved against each baseline, time to Full's quality),
+DIR/table.json (the same numbers and every cell) and DIR/table.png (score vs wall-clock, one
+point per cell; loss curves). `--ablations` adds interleaved cells with targets following the
+first descendant, intermediate weight 0 and 1, and reset Adam moments of the copies.
+`--spec FILE.json` overrides spec fields (dotted keys), e.g. for tests.
+Sizes, times and results: benchmarks/RESULTS.md, "Paper table".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import re
+import runpy
+import shutil
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import table_stats as stats  # noqa: E402  (benchmarks/ is not a package)
+
+METHODS = ("full", "full_l2l", "top", "middle", "interleaved")
+STACKED = ("top", "middle", "interleaved")
+NAMES = {
+    "full": "Full",
+    "full_l2l": "Full-L2L",
+    "top": "GradStack (top)",
+    "middle": "MIDAS (middle)",
+    "interleaved": "Interleaved",
+}
+SCHEDULES = {"equal": "equal", "prop": "proportional"}  # name -> stacking.stage_lengths
+ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
+    "follow_first": {"stacking.follow": "first"},
+    "weight_0": {"distill.intermediate_weight": 0.0},
+    "weight_1": {"distill.intermediate_weight": 1.0},
+    "reset_moments": {"stacking.reset_new_moments": True},
+}
+_STEP_LINE = re.compile(r"^step (\d+): (.*)$")
+_COMPILE_LINE = re.compile(r"compiled in ([0-9.]+)s")
+
+
+def table_spec(quick: bool = False) -> ml_collections.ConfigDict:
+    """What the table runs: teacher, student, budget, cells and evaluation sizes."""
+    s = ml_collections.ConfigDict()
+    # The teacher's folder; "" = $STACKDISTILL_CACHE/tiny_teacher (--quick: WORKDIR/teacher),
+    # trained there by configs/<teacher_config> when missing (with its probe table if asked).
+    s.teacher_dir = ""
+    s.teacher_config = "tiny_teacher.py"
+    s.teacher_probe = True
+    s.corpus_num = 1000  # distillation corpus: the teacher's own (teacher_dir/synth, seed 0)
+    s.methods = METHODS
+    s.schedules = tuple(SCHEDULES)
+    s.seeds = (0, 1, 2)
+    s.ablations = ()
+    s.steps = 400
+    s.batch_size = 8
+    s.learning_rate = 2e-3
+    s.max_samples = 24_000  # 1.5 s crops
+    s.student = dict(num_layers=12, hidden_size=96, intermediate_size=384, num_heads=2)
+    s.start_depth, s.num_new = 3, 3
+    s.log_every = 10
+    s.eval_fractions = (0.5, 1.0)  # checkpoints scored downstream (fractions of the steps)
+    s.superb_num = 500  # mini-SUPERB corpus (seed 1, never distilled on)
+    s.head_steps = dict(ks_synth=500, sid_synth=500, pr_synth=300)
+    s.cka_utterances = 32
+    s.probe_alpha = 10.0
+    s.pad_ratio = 1.25  # mini-SUPERB extraction buckets (fewer shapes: fewer compiles)
+    if quick:
+        s.teacher_config = "tiny_teacher.py:quick"
+        s.teacher_probe = False
+        s.pad_ratio = 2.0
+        s.corpus_num = 48
+        s.methods = ("full", "top", "interleaved")
+        s.schedules = ("equal",)
+        s.seeds = (0,)
+        s.steps = 40
+        s.log_every = 5
+        s.superb_num = 96
+        s.head_steps = dict(ks_synth=60, sid_synth=60, pr_synth=40)
+        s.cka_utterances = 8
+    return s
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One distillation run of the table."""
+
+    method: str
+    schedule: str  # "-" for the full-depth methods
+    seed: int
+    ablation: str = ""
+
+    @property
+    def row(self) -> str:
+        """The table row this cell belongs to (all its seeds)."""
+        name = NAMES[self.method] + ("" if self.schedule == "-" else f", {self.schedule}")
+        return name + (f", {self.ablation}" if self.ablation else "")
+
+    @property
+    def key(self) -> str:
+        """File-name key of the cell."""
+        parts = (self.method, self.schedule, self.ablation, f"s{self.seed}")
+        return "-".join(p for p in parts if p and p != "-")
+
+
+def cells_of(spec: ml_collections.ConfigDict) -> list[Cell]:
+    """Every cell of the table, seeds innermost per row; ablation cells last."""
+    cells = []
+    for method in spec.methods:
+        for schedule in spec.schedules if method in STACKED else ("-",):
+            cells += [Cell(method, schedule, seed) for seed in spec.seeds]
+    for ablation in spec.ablations:
+        cells += [Cell("interleaved", "equal", seed, ablation) for seed in spec.seeds]
+    return cells
+
+
+def _config_file(name: str) -> ml_collections.ConfigDict:
+    file, _, arg = name.partition(":")
+    return runpy.run_path(str(ROOT / "configs" / file))["get_config"](arg or None)
+
+
+def ensure_teacher(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+    """The teacher's folder (teacher/ in transformers format), trained first if missing."""
+    from stackdistill import paths
+
+    default = workdir / "teacher" if "quick" in spec.teacher_config else paths.cache_home()
+    folder = pathlib.Path(spec.teacher_dir or default / "tiny_teacher").expanduser()
+    if not (folder / "teacher" / "config.json").is_file():
+        from stackdistill import tiny_teacher
+
+        print(f"training the teacher into {folder} (configs/{spec.teacher_config})", flush=True)
+        config = _config_file(spec.teacher_config)
+        config.probe.num = config.probe.num if spec.teacher_probe else 0
+        tiny_teacher.run(config, folder)
+    return folder
+
+
+def teacher_layers(num_teacher_layers: int, l2l: bool) -> tuple[int, ...]:
+    """Supervised teacher layers: all of them (L2L), else three at 1/3, 2/3 and the top."""
+    if l2l:
+        return tuple(range(1, num_teacher_layers + 1))
+    return tuple((j + 1) * num_teacher_layers // 3 for j in range(3))
+
+
+def distill_config(
+    spec: ml_collections.ConfigDict, cell: Cell, teacher_dir: pathlib.Path, num_teacher_layers: int
+) -> ml_collections.ConfigDict:
+    """The run config of one cell."""
+    from stackdistill.config import apply_arg, base_config
+
+    c = base_config()
+    c.seed = cell.seed
+    c.teacher.name = str(teacher_dir / "teacher")
+    c.student.update(dict(spec.student))
+    c.stacking.method = cell.method if cell.method in STACKED else "none"
+    c.stacking.start_depth, c.stacking.num_new = spec.start_depth, spec.num_new
+    c.stacking.stage_lengths = SCHEDULES.get(cell.schedule, "equal")
+    c.distill.teacher_layers = teacher_layers(num_teacher_layers, cell.method == "full_l2l")
+    c.data.source = "synthetic"
+    c.data.path = str(teacher_dir / "synth")
+    c.data.synth_num = spec.corpus_num
+    c.data.max_samples = spec.max_samples
+    c.data.min_samples = 4_000
+    c.total_steps, c.batch_size = spec.steps, spec.batch_size
+    c.optim.learning_rate = spec.learning_rate
+    c.optim.warmup_fraction = 0.05
+    c.log_every = spec.log_every
+    steps = eval_steps(spec)
+    c.checkpoint_every = int(np.gcd.reduce(steps))
+    c.keep_checkpoints = spec.steps // c.checkpoint_every + 1
+    c.compilation_cache_dir = ""  # every cell pays its own compiles (they are reported)
+    overrides = ABLATIONS.get(cell.ablation, {})
+    return apply_arg(c, ",".join(f"{k}={v!r}" for k, v in overrides.items()))
+
+
+def eval_steps(spec: ml_collections.ConfigDict) -> list[int]:
+    """The checkpoint steps scored downstream; each a multiple of log_every."""
+    steps = sorted({int(round(f * spec.steps)) for f in spec.eval_fractions})
+    if not steps or steps[-1] != spec.steps or any(s % spec.log_every for s in steps):
+        raise ValueError(
+            f"spec.eval_fractions={tuple(spec.eval_fractions)} must end at 1.0 and give steps "
+            f"that are multiples of log_every={spec.log_every} (steps={spec.steps})"
+        )
+    return steps
+
+
+def superb_config(spec: ml_collections.ConfigDict, teacher_dir: pathlib.Path, workdir):
+    """The mini-SUPERB evaluation config shared by every upstream of the table."""
+    from stackdistill.config import base_config
+
+    c = base_config()
+    c.teacher.name = str(teacher_dir / "teacher")
+    c.superb.tasks = ("pr_synth", "sid_synth", "ks_synth")
+    c.superb.synth.path = str(pathlib.Path(workdir) / "superb_corpus")
+    c.superb.synth.num = spec.superb_num
+    for task, steps in dict(spec.head_steps).items():
+        c.superb[task].steps = steps
+    c.superb.cka_utterances = spec.cka_utterances
+    c.superb.cka = False
+    c.superb.pad_ratio = spec.pad_ratio
+    return c
+
+
+class _LogTimes(logging.Handler):
+    """Times of the training log's step lines and the stages' compile seconds."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.start = time.perf_counter()
+        self.points: list[tuple[float, int, float]] = []  # (seconds, step, loss)
+        self.compiles: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if match := _STEP_LINE.match(message):
+            loss = dict(kv.split("=", 1) for kv in match.group(2).split(", "))["loss"]
+            self.points.append((time.perf_counter() - self.start, int(match.group(1)), float(loss)))
+        elif match := _COMPILE_LINE.search(message):
+            self.compiles.append(float(match.group(1)))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def downstream(up, task_list, config) -> tuple[dict[str, float], Any]:
+    """Mini-SUPERB of one upstream: PER, accuracies, the score; and its feature store."""
+    from stackdistill.superb import run as superb_run
+
+    results, store = superb_run.evaluate_upstream(up, task_list, config)
+    t = {name: r["test"] for name, r in results["tasks"].items()}
+    scores = {"pr_per": t["pr_synth"], "sid_acc": t["sid_synth"], "ks_acc": t["ks_synth"]}
+    scores["score"] = stats.superb_score(scores)
+    return scores, store
+
+
+def profile(store, task_list, alpha: float) -> dict[str, list[float]]:
+    """Per hidden state: ridge accuracy of speaker (SID split) and keyword (KS split)."""
+    from stackdistill.superb import features, probes
+
+    options = features.ReadOptions(max_samples=480_000, batch_size=16, pad_ratio=1.25)
+    out = {}
+    for task in task_list:
+        if task.kind != "utterance":
+            continue
+        train, test = task.splits["train"], task.splits["test"]
+        x, y = store.pooled([*train, *test], task.target_fn, options)
+        idx = np.arange(len(train)), np.arange(len(train), len(train) + len(test))
+        correct = probes.ridge_profile(x, y[:, 0], *idx, alpha)
+        out["speaker" if task.name == "sid_synth" else "keyword"] = correct.mean(1).tolist()
+    return out
+
+
+def evaluate_teacher(spec, teacher_dir, workdir) -> dict[str, Any]:
+    """The teacher's own mini-SUPERB scores and probe profile (the reference row)."""
+    from stackdistill.superb import tasks, upstream
+
+    config = superb_config(spec, teacher_dir, workdir)
+    task_list = [tasks.build(name, config.superb, str(workdir)) for name in config.superb.tasks]
+    started = time.perf_counter()
+    up = upstream.load("teacher", config, str(workdir))
+    scores, store = downstream(up, task_list, config)
+    return {
+        "key": "teacher",
+        "num_layers": up.num_layers,
+        "downstream": scores,
+        "profile": profile(store, task_list, spec.probe_alpha),
+        "eval_s": time.perf_counter() - started,
+    }
+
+
+def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, Any]:
+    """Distils one cell from scratch, then scores its checkpoints; the cell's JSON record."""
+    from stackdistill import train
+    from stackdistill.superb import run as superb_run
+    from stackdistill.superb import tasks, upstream
+
+    run_dir = pathlib.Path(workdir) / "runs" / cell.key
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over
+    config = distill_config(spec, cell, teacher_dir, teacher_cell["num_layers"])
+    logger = logging.getLogger("stackdistill")
+    logger.setLevel(logging.INFO)
+    times = _LogTimes()
+    logger.addHandler(times)
+    try:
+        summary = train.train_and_evaluate(config, str(run_dir))
+    finally:
+        logger.removeHandler(times)
+    wall = time.perf_counter() - times.start
+    if summary["status"] != "completed":  # SIGTERM: the cell is not finished, nor written
+        raise SystemExit(f"cell {cell.key} {summary['status']}; rerun to continue the table")
+    steps_s = sum(summary["stage_seconds"].values())
+    record: dict[str, Any] = {
+        "key": cell.key,
+        "row": cell.row,
+        **dataclasses.asdict(cell),
+        "wall_s": wall,
+        "steps_s": steps_s,
+        "compile_s": sum(times.compiles),
+        "other_s": wall - steps_s - sum(times.compiles),
+        "final_losses": {k: v for k, v in summary["final_metrics"].items() if k.startswith("loss")},
+        "curve": times.points,
+        "teacher_layers": list(config.distill.teacher_layers),
+    }
+    ev_config = superb_config(spec, teacher_dir, workdir)
+    task_list = [tasks.build(n, ev_config.superb, str(workdir)) for n in ev_config.superb.tasks]
+    at = {step: t for t, step, _ in times.points}
+    record["evals"] = []
+    started = time.perf_counter()
+    for step in eval_steps(spec):
+        up = upstream.load(f"{cell.key}=student:{run_dir}@{step}", ev_config, str(workdir))
+        scores, store = downstream(up, task_list, ev_config)
+        record["evals"].append({"step": step, "wall_s": at[step], "depth": up.num_layers, **scores})
+    record["downstream"] = record["evals"][-1]
+    record["profile"] = profile(store, task_list, spec.probe_alpha)
+    teacher_up = upstream.load("teacher", ev_config, str(workdir))
+    cka_records = superb_run.cka_records(ev_config, str(workdir))
+    matrix = superb_run.layer_similarity(up, teacher_up, cka_records, ev_config)
+    match = stats.relative_depth_index(up.num_layers, teacher_up.num_layers)
+    record["cka_diagonal"] = [float(matrix[s, t]) for t, s in enumerate(match)]
+    record["profile_r"] = stats.profile_correlation(
+        record["profile"], teacher_cell["profile"], match
+    )
+    record["eval_s"] = time.perf_counter() - started
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the JSON holds what counts
+    return record
+
+
+def _jsonable(data: Any) -> Any:
+    return json.loads(json.dumps(data))
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+    """Writes atomically: a reader (or a kill) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def run_table(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+    """Runs (or resumes) every cell, then writes table.md, table.json and table.png."""
+    from tqdm import tqdm
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_file = workdir / "spec.json"
+    if spec_file.is_file() and json.loads(spec_file.read_text()) != _jsonable(spec.to_dict()):
+        raise SystemExit(f"{workdir} holds a table of another spec ({spec_file}); use another dir")
+    _write_json(spec_file, spec.to_dict())
+    teacher_dir = ensure_teacher(spec, workdir)
+    cells = cells_of(spec)
+    done = {c.key for c in cells if (workdir / "cells" / f"{c.key}.json").is_file()}
+    teacher_file = workdir / "cells" / "teacher.json"
+    print(f"{len(done)} of {len(cells)} cells done; load average {os.getloadavg()[0]:.2f}")
+    if not teacher_file.is_file():
+        _write_json(teacher_file, evaluate_teacher(spec, teacher_dir, workdir))
+    teacher_cell = json.loads(teacher_file.read_text())
+    pending = [c for c in cells if c.key not in done]
+    bar = tqdm(pending, unit="cell", desc="paper table", file=sys.stdout, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(cell.key)
+        record = run_cell(spec, cell, teacher_dir, teacher_cell, workdir)
+        record["load_average"] = os.getloadavg()[0]
+        _write_json(workdir / "cells" / f"{cell.key}.json", record)
+        bar.write(
+            f"{cell.key}: score {record['downstream']['score']:.1f}, loss "
+            f"{record['final_losses']['loss']:.4g}, train {record['wall_s']:.0f} s "
+            f"(compiles {record['compile_s']:.0f} s), eval {record['eval_s']:.0f} s"
+        )
+    records = [json.loads((workdir / "cells" / f"{c.key}.json").read_text()) for c in cells]
+    table = stats.summarise(records, teacher_cell, spec)
+    _write_json(workdir / "table.json", {"spec": spec.to_dict(), **table, "cells": records})
+    (workdir / "table.md").write_text(stats.markdown(table, spec))
+    stats.plot(table, records, workdir / "table.png")
+    print((workdir / "table.md").read_text())
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/stackdistill_paper_table")
+    parser.add_argument("--quick", action="store_true", help="3 cells, 1 seed, 40 steps")
+    parser.add_argument("--ablations", action="store_true", help="add the ablation cells")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the spec's seeds")
+    parser.add_argument("--steps", type=int, help="override the spec's step budget")
+    parser.add_argument("--teacher-dir", help="the teacher's folder (teacher/ inside)")
+    parser.add_argument("--spec", help="JSON of dotted spec overrides")
+    args = parser.parse_args(argv)
+    spec = table_spec(args.quick)
+    if args.ablations:
+        spec.ablations = tuple(ABLATIONS)
+    if args.seeds:
+        spec.seeds = tuple(args.seeds)
+    if args.steps:
+        spec.steps = args.steps
+    if args.teacher_dir:
+        spec.teacher_dir = args.teacher_dir
+    if args.spec:
+        for key, value in json.loads(pathlib.Path(args.spec).read_text()).items():
+            node, *parents, leaf = [spec, *key.split(".")]
+            for p in parents:
+                node = node[p]
+            node[leaf] = tuple(value) if isinstance(value, list) else value
+    run_table(spec, pathlib.Path(args.workdir).expanduser())
+
+
+if __name__ == "__main__":
+    main()
