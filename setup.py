@@ -37,6 +37,11 @@ EXTRAS = {
     ],
     # TFDS's audio builders (librispeech, speech_commands) need TensorFlow even to construct.
     "tfds": ["tensorflow-cpu>=2.17"],
+    # Evaluating exports with s3prl (tests/test_export_s3prl.py; README "Evaluate a student
+    # with s3prl"): s3prl's pure-python dependency only. s3prl==0.4.18 and torchaudio==2.8.0
+    # themselves go in with `pip install --no-deps`: with their dependencies pip would
+    # replace the pinned CPU torch (every torchaudio wheel pins its own torch build).
+    "s3prl": ["omegaconf>=2.1"],
 }
 
 setup(

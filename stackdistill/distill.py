@@ -102,7 +102,7 @@ def make_train_step(
     `cached`: the teacher's targets (and CNN features) come from the batch, not a forward.
     """
     output_layer = int(distill.teacher_layers[-1])
-    use_dropout = student_cfg.dropout > 0 or student_cfg.attention_dropout > 0
+    use_dropout = student_cfg.has_dropout
 
     def teacher_outputs(teacher_params, batch):
         """(supervised hidden states indexable by teacher layer, frame mask, CNN features)."""

@@ -1,22 +1,39 @@
-"""Export a trained student as a transformers `HubertModel` directory (`--mode=export`).
+"""Export a trained student (`--mode=export`): transformers `HubertModel` or s3prl distiller.
 
     python -m stackdistill.main --config=configs/demo.py --workdir=/tmp/demo --mode=export
 
 reads the run's latest checkpoint (or `config.export.step`) and writes, into
-`<workdir>/export/` (or `config.export.out_dir`):
+`<workdir>/export/` (or `config.export.out_dir`), with `config.export.format`:
 
+"transformers" (default):
 - `config.json`, `model.safetensors`: the student encoder in the `save_pretrained` layout,
-  so `transformers.HubertModel.from_pretrained(dir)` (PyTorch) and s3prl-style upstreams
-  that wrap it load it as they load HuBERT Base. `output_hidden_states=True` gives the
-  student's hidden states; `teacher.load(dir)` reads it back into our params.
-- `stackdistill_heads.safetensors`: the prediction heads, which HubertModel has no place
-  for, in `torch.nn.Linear` layout: `layer_<k>.weight` (teacher width, student width) and
-  `layer_<k>.bias` (teacher width) for every supervised teacher layer k.
-- `stackdistill_heads.json`: how to use them. `{"format": 1, "teacher_layers": [k, ...],
-  "target_sources": {"<k>": s, ...}, "step": ..., "depth": ..., "teacher": ...}`; the head
-  of teacher layer k reads `hidden_states[s]` of the exported model (entry 0 is the input
-  to the first layer, as in transformers), so the prediction of teacher layer k is
-  `hidden_states[s] @ weight.T + bias`.
+  SpecAugment off (so `HubertModel` expects no `masked_spec_embed`: every tensor it wants
+  is in the file), the dropouts it was distilled with, no layer drop.
+  `transformers.HubertModel.from_pretrained(dir)` and s3prl's `hf_hubert_custom` load it;
+  `output_hidden_states=True` gives the student's hidden states; `teacher.load(dir)` reads
+  it back into our params.
+- `preprocessor_config.json`: `Wav2Vec2FeatureExtractor` at 16 kHz, `do_normalize` =
+  `config.data.normalize`, `return_attention_mask` as transformers sets it for the
+  front-end's norm (False for "group", True for "layer"; s3prl always asks for the mask,
+  and the student was distilled with padded frames masked).
+- `README.md`: a model card (hub front matter, the run's facts; stackdistill/model_card.py).
+- `stackdistill_heads.safetensors` + `stackdistill_heads.json`: the prediction heads, which
+  HubertModel has no place for, in `torch.nn.Linear` layout. Linear heads:
+  `layer_<k>.weight` (teacher width, student width), `layer_<k>.bias`; mlp heads:
+  `layer_<k>.fc1.{weight,bias}` and `layer_<k>.fc2.{weight,bias}`. The json:
+  `{"format": 1, "head": "linear"|"mlp", "teacher_layers": [k, ...], "target_sources":
+  {"<k>": s, ...}, "step", "depth", "teacher", ...}`; the head of teacher layer k reads
+  `hidden_states[s]` of the exported model (entry 0 is the input to the first layer, as in
+  transformers): `hidden_states[s] @ weight.T + bias`, or `fc2(gelu(fc1(hidden_states[s])))`.
+
+"s3prl_distiller": `distiller.ckpt`, the file s3prl's `distiller_local` loads
+(stackdistill/export_s3prl.py; DistilHuBERT-shaped students only).
+
+Both write `stackdistill_export.json` (run, step, formats). Exporting into a directory that
+holds another run's or step's export, or files that are no export, is refused unless
+`config.export.overwrite=True`. `config.export.push_to_hub="ORG/NAME"` then uploads the
+directory with huggingface_hub (needs the network and `hf auth login`; offline it fails with
+one error naming the hub, and the export on disk stays complete).
 """
 
 from __future__ import annotations
@@ -31,7 +48,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from stackdistill import convert, stacking
+from stackdistill import convert, export_s3prl, model_card, resume, stacking
+from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger("stackdistill")
@@ -39,13 +57,40 @@ log = logging.getLogger("stackdistill")
 HEADS_WEIGHTS = "stackdistill_heads.safetensors"
 HEADS_INFO = "stackdistill_heads.json"
 HEADS_FORMAT = 1
+EXPORT_INFO = "stackdistill_export.json"
+PREPROCESSOR = "preprocessor_config.json"
+FORMATS = ("transformers", "s3prl_distiller")
+# What each format writes (an overwrite removes these, and only these).
+FILES = {
+    "transformers": (
+        "config.json",
+        "model.safetensors",
+        PREPROCESSOR,
+        "README.md",
+        HEADS_WEIGHTS,
+        HEADS_INFO,
+    ),
+    "s3prl_distiller": (export_s3prl.CKPT_NAME,),
+}
+_IDENTITY = ("workdir", "step", "depth", "teacher")
+
+
+class ExportMismatch(ValueError):
+    """The output directory holds something other than this run's export of this step."""
+
+
+class HubUploadError(RuntimeError):
+    """The export could not be uploaded to the Hugging Face hub."""
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Where `--mode=export` writes and which checkpoint it reads."""
+    """Where `--mode=export` writes, in which format, and which checkpoint it reads."""
     c = ml_collections.ConfigDict()
     c.out_dir = ""  # "" means <workdir>/export
     c.step = ml_collections.FieldReference(None, field_type=int)  # None: the latest checkpoint
+    c.format = "transformers"  # "transformers" | "s3prl_distiller"
+    c.overwrite = False  # True: replace an export of another run/step in out_dir
+    c.push_to_hub = ""  # "ORG/NAME": upload the transformers export (needs the network)
     return c
 
 
@@ -59,9 +104,30 @@ def hf_config(cfg: EncoderConfig, depth: int) -> dict[str, Any]:
         "dtype": "float32",
         # The dropouts the student was distilled with; no layer drop (it never had any).
         "hidden_dropout": cfg.dropout,
-        "activation_dropout": cfg.dropout,
+        "activation_dropout": cfg.activation_dropout,
         "attention_dropout": cfg.attention_dropout,
+        "feat_proj_dropout": 0.0,
+        "final_dropout": 0.0,
         "layerdrop": 0.0,
+        # No SpecAugment: the student was never trained with it, and with zero mask
+        # probabilities HubertModel builds no masked_spec_embed (nothing left random).
+        "apply_spec_augment": False,
+        "mask_time_prob": 0.0,
+        "mask_feature_prob": 0.0,
+    }
+
+
+def preprocessor_config(cfg: EncoderConfig, normalize: bool) -> dict[str, Any]:
+    """preprocessor_config.json: the Wav2Vec2FeatureExtractor the student expects."""
+    return {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": bool(normalize),
+        # transformers' convention: group-norm front-ends take no attention mask by default.
+        "return_attention_mask": cfg.feat_extract_norm == "layer",
     }
 
 
@@ -71,6 +137,7 @@ def export_student(
     out_dir: str | pathlib.Path,
     target_sources: Mapping[str | int, int],
     info: Mapping[str, Any] | None = None,
+    normalize: bool = False,
 ) -> pathlib.Path:
     """Writes student `params` ({"encoder", "heads"}) to `out_dir`; returns the directory."""
     from safetensors.numpy import save_file
@@ -84,6 +151,7 @@ def export_student(
     state = {name: np.ascontiguousarray(x) for name, x in state.items()}
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(cfg, depth), indent=1))
+    (out / PREPROCESSOR).write_text(json.dumps(preprocessor_config(cfg, normalize), indent=1))
 
     heads = jax.device_get(params["heads"])
     teacher_layers = sorted(int(name.removeprefix("layer_")) for name in heads)
@@ -92,14 +160,23 @@ def export_student(
         raise ValueError(f"target_sources {sources} do not name the heads {sorted(heads)}")
     if any(not 0 <= s <= depth for s in sources.values()):
         raise ValueError(f"target_sources {sources}: a hidden state beyond depth {depth}")
+    kinds = {student.head_type(heads[f"layer_{k}"]) for k in teacher_layers}
+    if len(kinds) != 1:
+        raise ValueError(f"heads of mixed types {sorted(kinds)}")
+    (kind,) = kinds
     head_tensors = {}
     for k in teacher_layers:
         head = heads[f"layer_{k}"]
-        head_tensors[f"layer_{k}.weight"] = np.ascontiguousarray(np.asarray(head["kernel"]).T)
-        head_tensors[f"layer_{k}.bias"] = np.asarray(head["bias"])
+        linears = {"": head} if kind == "linear" else {".fc1": head["fc1"], ".fc2": head["fc2"]}
+        for suffix, p in linears.items():
+            head_tensors[f"layer_{k}{suffix}.weight"] = np.ascontiguousarray(
+                np.asarray(p["kernel"]).T
+            )
+            head_tensors[f"layer_{k}{suffix}.bias"] = np.asarray(p["bias"])
     save_file(head_tensors, out / HEADS_WEIGHTS, metadata={"format": "pt"})
     head_info = {
         "format": HEADS_FORMAT,
+        "head": kind,
         "teacher_layers": teacher_layers,
         "target_sources": sources,
         "depth": depth,
@@ -120,14 +197,77 @@ def load_heads(
     if info.get("format") != HEADS_FORMAT:
         raise ValueError(f"{export_dir / HEADS_INFO}: unknown heads format {info.get('format')}")
     tensors = load_file(export_dir / HEADS_WEIGHTS)
-    heads = {
-        f"layer_{k}": {
-            "kernel": np.ascontiguousarray(tensors[f"layer_{k}.weight"].T),
-            "bias": tensors[f"layer_{k}.bias"],
+
+    def linear(name: str) -> dict[str, np.ndarray]:
+        return {
+            "kernel": np.ascontiguousarray(tensors[f"{name}.weight"].T),
+            "bias": tensors[f"{name}.bias"],
         }
-        for k in info["teacher_layers"]
-    }
+
+    heads = {}
+    for k in info["teacher_layers"]:
+        name = f"layer_{k}"
+        if info.get("head", "linear") == "linear":
+            heads[name] = linear(name)
+        else:
+            heads[name] = {"fc1": linear(f"{name}.fc1"), "fc2": linear(f"{name}.fc2")}
     return heads, info
+
+
+def check_out_dir(out: pathlib.Path, identity: Mapping[str, Any], overwrite: bool) -> None:
+    """Refuses (ExportMismatch) to export into a dir holding another run's/step's export.
+
+    With `overwrite` the files an earlier export wrote are removed instead.
+    """
+    if not out.exists() or not any(out.iterdir()):
+        return
+    manifest = out / EXPORT_INFO
+    way_out = (
+        "choose another config.export.out_dir, or set config.export.overwrite=True to replace it"
+    )
+    if not manifest.exists():
+        if not overwrite:
+            raise ExportMismatch(f"{out} is not empty and holds no stackdistill export; {way_out}")
+        return
+    old = json.loads(manifest.read_text())
+    changes = resume.diff({k: old.get(k) for k in _IDENTITY}, dict(identity))
+    if not changes:
+        return
+    if not overwrite:
+        lines = "\n".join(f"  {name}: {a!r} -> {b!r}" for name, a, b in changes)
+        raise ExportMismatch(f"{out} holds the export of another run or step:\n{lines}\n{way_out}")
+    for fmt in old.get("formats", FORMATS):
+        for name in FILES.get(fmt, ()):
+            (out / name).unlink(missing_ok=True)
+    manifest.unlink()
+
+
+def _write_manifest(out: pathlib.Path, identity: Mapping[str, Any], fmt: str) -> None:
+    """stackdistill_export.json: which run and step the directory holds, in which formats."""
+    manifest = out / EXPORT_INFO
+    formats = set()
+    if manifest.exists():
+        formats = set(json.loads(manifest.read_text()).get("formats", []))
+    data = {**identity, "formats": sorted(formats | {fmt})}
+    manifest.write_text(json.dumps(data, indent=1))
+
+
+def push_to_hub(out_dir: str | pathlib.Path, repo_id: str) -> str:
+    """Uploads an export directory to the hub model repo `repo_id`; returns the commit url."""
+    import huggingface_hub
+
+    try:
+        api = huggingface_hub.HfApi()
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="model")
+    except Exception as e:  # offline, no token, no permission: one message, the cause chained
+        raise HubUploadError(
+            f"could not upload {out_dir} to the Hugging Face hub "
+            f"({huggingface_hub.constants.ENDPOINT}) as {repo_id}: {type(e).__name__}: {e}. "
+            "The export on disk is complete; from a machine online, after `hf auth login`: "
+            f"hf upload {repo_id} {out_dir}"
+        ) from e
+    return str(getattr(info, "commit_url", info))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "export") -> pathlib.Path:
@@ -136,15 +276,50 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "export") -
 
     del mode
     c = config.get("export") or default_config()
+    fmt = c.get("format", "transformers")
+    if fmt not in FORMATS:
+        raise ValueError(f"config.export.format must be one of {FORMATS}, got {fmt!r}")
+    repo_id = c.get("push_to_hub", "")
+    if repo_id and fmt != "transformers":
+        raise ValueError("config.export.push_to_hub uploads the transformers format only")
     cfg, params, meta = checkpoint.load_student(workdir, step=c.step)
     out = pathlib.Path(c.out_dir or pathlib.Path(workdir) / "export")
+    identity = {
+        "workdir": str(pathlib.Path(workdir).resolve()),
+        "step": int(meta["step"]),
+        "depth": int(meta["depth"]),
+        "teacher": config.teacher.name,
+    }
     if jax.process_index() == 0:
-        info = {
-            "step": int(meta["step"]),
-            "stage": int(meta["stage"]),
-            "lineage": meta["lineage"],
-            "teacher": config.teacher.name,
-        }
-        export_student(cfg, params, out, meta["target_sources"], info)
-        log.info("exported step %d (depth %d) to %s", meta["step"], meta["depth"], out)
+        check_out_dir(out, identity, bool(c.get("overwrite", False)))
+        if fmt == "s3prl_distiller":
+            teacher_info = {"model": config.teacher.name}
+            path = export_s3prl.export_distiller(
+                cfg,
+                params,
+                out,
+                meta["target_sources"],
+                teacher=teacher_info,
+                cosine_loss=float(config.distill.get("cos_weight", 1.0)),
+                step=int(meta["step"]),
+            )
+            log.info("exported step %d as s3prl's distiller to %s", meta["step"], path)
+        else:
+            info = {
+                "step": int(meta["step"]),
+                "stage": int(meta["stage"]),
+                "lineage": meta["lineage"],
+                "teacher": config.teacher.name,
+            }
+            normalize = bool(config.data.get("normalize", False))
+            export_student(cfg, params, out, meta["target_sources"], info, normalize)
+            depth_cfg = cfg.replace(num_layers=int(meta["depth"]))
+            card = model_card.render(
+                config, workdir, depth_cfg, student.encoder_param_count(params), identity
+            )
+            (out / "README.md").write_text(card)
+            log.info("exported step %d (depth %d) to %s", meta["step"], meta["depth"], out)
+        _write_manifest(out, identity, fmt)
+        if repo_id:
+            log.info("pushed %s to the hub: %s", out, push_to_hub(out, repo_id))
     return out

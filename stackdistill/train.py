@@ -151,6 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t_params,
             tuple(config.distill.teacher_layers),
             config.student.init_from_teacher,
+            head=config.student.head,
+            copy_teacher_encoder_norm=config.student.copy_teacher_encoder_norm,
         )
         return distill.init_state(params, tx, config.seed + 1)
 

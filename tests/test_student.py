@@ -1,5 +1,7 @@
 """Students: published sizes, teacher initialisation, shared front-end, heads."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +110,70 @@ def test_shared_frontend_requires_teacher_init():
     c = _tiny_student_config(frozen_shared_frontend=True, init_from_teacher=False)
     with pytest.raises(ValueError, match="frozen_shared_frontend"):
         student.student_encoder_config(c, EncoderConfig())
+
+
+def _distilhubert_tiny(t_cfg, t_params, **kw):
+    c = student.distilhubert_config()
+    c.update(num_layers=2, hidden_size=32, intermediate_size=64, num_heads=4, **kw)
+    cfg = student.student_encoder_config(c, t_cfg)
+    p = student.init_student(
+        cfg,
+        jax.random.key(3),
+        t_cfg,
+        t_params,
+        (1, 3),
+        head=c.head,
+        copy_teacher_encoder_norm=c.copy_teacher_encoder_norm,
+    )
+    return cfg, p
+
+
+def test_distilhubert_mlp_heads_and_no_frontend_layer_norm(tiny_teacher):
+    t_cfg, t_params = tiny_teacher
+    cfg, p = _distilhubert_tiny(t_cfg, t_params)
+    assert not cfg.feat_proj_layer_norm
+    assert "layer_norm" not in p["encoder"]["feature_projection"]
+    # s3prl copies the teacher's projection, pos_conv and layers, not the encoder LayerNorm.
+    np.testing.assert_array_equal(
+        p["encoder"]["feature_projection"]["projection"]["kernel"],
+        t_params["feature_projection"]["projection"]["kernel"],
+    )
+    np.testing.assert_array_equal(p["encoder"]["encoder"]["layer_norm"]["scale"], np.ones(32))
+    # Linear(D, D) -> GELU -> Linear(D, teacher D) per target (s3prl's expand-last).
+    shapes = jax.tree_util.tree_map(lambda x: x.shape, p["heads"])
+    head = {"fc1": {"kernel": (32, 32), "bias": (32,)}, "fc2": {"kernel": (32, 32), "bias": (32,)}}
+    assert shapes == {"layer_1": head, "layer_3": head}
+    x = jax.random.normal(jax.random.key(0), (2, 5, 32))
+    h = p["heads"]["layer_3"]
+    manual = jax.nn.gelu(x @ h["fc1"]["kernel"] + h["fc1"]["bias"], approximate=False)
+    manual = manual @ h["fc2"]["kernel"] + h["fc2"]["bias"]
+    np.testing.assert_allclose(student.predict(p["heads"], x[None], {3: 0})[3], manual, atol=1e-5)
+
+
+def test_distilhubert_dropouts_reach_the_encoder(tiny_teacher):
+    t_cfg, _ = tiny_teacher
+    cfg = student.student_encoder_config(student.distilhubert_config(), t_cfg)
+    assert (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout) == (0.1, 0.1, 0.1)
+    assert cfg.feature_grad_mult == 0.1 and cfg.has_dropout
+
+
+def test_feature_grad_mult_scales_the_frontend_gradient(tiny_teacher):
+    t_cfg, t_params = tiny_teacher
+    cfg, p = _distilhubert_tiny(t_cfg, t_params, dropout=0.0, attention_dropout=0.0)
+    cfg = cfg.replace(activation_dropout=0.0)
+    wav, lengths = padded_batch(4000)
+
+    def loss(params, mult):
+        out = student.apply_encoder(cfg.replace(feature_grad_mult=mult), params, wav, lengths)
+        return jnp.sum(out.hidden_states[-1] ** 2 * out.mask[..., None])
+
+    g1 = jax.grad(loss)(p["encoder"], 1.0)
+    g01 = jax.grad(loss)(p["encoder"], 0.1)
+    assert loss(p["encoder"], 0.1) == loss(p["encoder"], 1.0)  # the forward is unchanged
+    conv = ("feature_extractor", "conv_layers_0", "conv", "kernel")
+    get = lambda g, path: functools.reduce(lambda t, k: t[k], path, g)  # noqa: E731
+    # float32 rounding through the CNN backward: the same gradient to ~1e-5 relative
+    np.testing.assert_allclose(get(g01, conv), 0.1 * get(g1, conv), rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(get(g1, conv)).max()) > 0
+    proj = ("feature_projection", "projection", "kernel")  # after the scale: untouched
+    np.testing.assert_array_equal(get(g01, proj), get(g1, proj))

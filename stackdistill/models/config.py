@@ -38,8 +38,10 @@ class EncoderConfig:
     max_bucket_distance: int = 800
     dtype: str = "float32"  # compute dtype; params stay float32
     remat: str = "none"  # jax.checkpoint policy for each scanned layer
-    dropout: float = 0.0  # hidden and activation dropout inside the layers (training only)
-    attention_dropout: float = 0.0
+    dropout: float = 0.0  # hidden dropout: after attention, FFN and the encoder's LayerNorm
+    attention_dropout: float = 0.0  # on the attention weights
+    activation_dropout: float = 0.0  # after the FFN's GELU
+    feature_grad_mult: float = 1.0  # scales the gradient into the CNN front-end (fairseq's)
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -56,10 +58,17 @@ class EncoderConfig:
             raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult {self.feature_grad_mult} must be >= 0")
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def has_dropout(self) -> bool:
+        """True when any of the three dropouts is on (the step then needs a dropout rng)."""
+        return max(self.dropout, self.attention_dropout, self.activation_dropout) > 0
 
     @property
     def hf_architecture(self) -> str:

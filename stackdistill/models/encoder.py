@@ -85,8 +85,29 @@ class FeatureExtractor(nn.Module):
         return x_btc
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def scale_gradient(x: Array, scale: float) -> Array:
+    """Identity forward; the gradient times `scale` backward (fairseq's GradMultiply)."""
+    return x
+
+
+def _scale_gradient_fwd(x, scale):
+    return x, None
+
+
+def _scale_gradient_bwd(scale, _, dy):
+    return (dy * jnp.asarray(scale, dy.dtype),)
+
+
+scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+
+
 class FeatureProjection(nn.Module):
-    """LayerNorm + Linear from the CNN width to the transformer width."""
+    """[LayerNorm] + Linear from the CNN width to the transformer width.
+
+    HuBERT makes the LayerNorm optional (`feat_proj_layer_norm`; DistilHuBERT has none);
+    WavLM and wav2vec2 always have it.
+    """
 
     cfg: EncoderConfig
 
@@ -248,7 +269,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x_btd: Array, deterministic: bool) -> Array:
         y = _gelu(_dense(self.cfg, self.cfg.intermediate_size, "intermediate_dense")(x_btd))
-        y = nn.Dropout(self.cfg.dropout)(y, deterministic=deterministic)
+        y = nn.Dropout(self.cfg.activation_dropout)(y, deterministic=deterministic)
         return _dense(self.cfg, self.cfg.hidden_size, "output_dense")(y)
 
 
@@ -347,6 +368,8 @@ class Encoder(nn.Module):
 
     def __call__(self, wav_bs: Array, lengths_b: Array) -> EncoderOutput:
         features_btc = self.feature_extractor(wav_bs)
+        if self.cfg.feature_grad_mult != 1.0:
+            features_btc = scale_gradient(features_btc, self.cfg.feature_grad_mult)
         return self.from_features(features_btc, lengths_b)
 
     def from_features(self, features_btc: Array, lengths_b: Array) -> EncoderOutput:

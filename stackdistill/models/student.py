@@ -1,10 +1,14 @@
-"""Students: the shared encoder at student size plus one linear head per supervised layer.
+"""Students: the shared encoder at student size plus one prediction head per supervised layer.
 
 Two families, both built from the teacher's config:
-- deep-thin (the paper): 12 layers x 384, FFN 1536, 6 heads, the teacher's CNN front-end;
-- DistilHuBERT: 2 layers x 768 whose three heads all read the last layer.
-Params are `{"encoder": <Encoder params>, "heads": {"layer_<k>": {"kernel", "bias"}}}` with
-one head per supervised teacher layer k; the layer stack is `encoder/encoder/layers`.
+- deep-thin (the paper): 12 layers x 384, FFN 1536, 6 heads, the teacher's CNN front-end and
+  its LayerNorm before the projection, one linear head per target, no dropout;
+- DistilHuBERT as s3prl trains it (pretrain/distiller/config_model.yaml): 2 layers x 768, no
+  LayerNorm between the CNN and the projection, the three dropouts 0.1, the front-end's
+  gradient scaled by 0.1, Linear -> GELU -> Linear heads that all read the last layer.
+Params are `{"encoder": <Encoder params>, "heads": {"layer_<k>": head}}` with one head per
+supervised teacher layer k, a head being `{"kernel", "bias"}` (linear) or
+`{"fc1": {...}, "fc2": {...}}` (mlp); the layer stack is `encoder/encoder/layers`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from stackdistill.models.encoder import Encoder, EncoderOutput
 
 Params = dict[str, Any]
 FRONTEND_FIELDS = ("conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm")
+HEADS = ("linear", "mlp")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,15 +39,27 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_heads = 6
     c.init_from_teacher = True  # copy every teacher tensor whose name and shape match
     c.frozen_shared_frontend = False  # reuse the teacher's frozen CNN output, skip our own
-    c.dropout = 0.0
+    c.copy_teacher_encoder_norm = True  # with init_from_teacher: the encoder's LayerNorm too
+    c.feat_proj_layer_norm = True  # LayerNorm between the CNN front-end and the projection
+    c.dropout = 0.0  # hidden dropout (s3prl/fairseq `dropout`)
     c.attention_dropout = 0.0
+    c.activation_dropout = 0.0
+    c.feature_grad_mult = 1.0  # gradient scale into the CNN front-end
+    c.head = "linear"  # "linear" | "mlp" (Linear -> GELU -> Linear, s3prl's expand-last)
     return c
 
 
 def distilhubert_config() -> ml_collections.ConfigDict:
-    """DistilHuBERT (Chang et al., 2022): 2 x 768 layers, init from the teacher."""
+    """DistilHuBERT as s3prl's pretrain/distiller/config_model.yaml builds it.
+
+    2 x 768 layers initialised from the teacher's front-end, projection, positional conv and
+    first two layers (not its encoder LayerNorm: s3prl copies `pos_conv` and `layers` only);
+    no LayerNorm before the projection; dropouts 0.1; `feature_grad_mult: 0.1`; mlp heads.
+    """
     c = default_config()
     c.update(num_layers=2, hidden_size=768, intermediate_size=3072, num_heads=12)
+    c.update(copy_teacher_encoder_norm=False, feat_proj_layer_norm=False, head="mlp")
+    c.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, feature_grad_mult=0.1)
     return c
 
 
@@ -62,19 +79,28 @@ def student_encoder_config(
         intermediate_size=student.intermediate_size,
         num_heads=student.num_heads,
         do_stable_layer_norm=False,
-        feat_proj_layer_norm=True,
+        feat_proj_layer_norm=student.get("feat_proj_layer_norm", True),
         dropout=student.dropout,
         attention_dropout=student.attention_dropout,
+        activation_dropout=student.get("activation_dropout", student.dropout),
+        feature_grad_mult=student.get("feature_grad_mult", 1.0),
     )
 
 
-def _copy_matching(student: Any, teacher: Any) -> Any:
-    """Student tree with every teacher leaf of the same path and shape copied in."""
+ENCODER_NORM = ("encoder", "layer_norm")
+
+
+def _copy_matching(student: Any, teacher: Any, skip: tuple[tuple[str, ...], ...] = ()) -> Any:
+    """Student tree with every teacher leaf of the same path and shape copied in.
+
+    Leaves under a path prefix in `skip` (tuples of keys) keep their fresh init.
+    """
     by_path = dict(jax.tree_util.tree_leaves_with_path(teacher))
 
     def copy(path, leaf):
         source = by_path.get(path)
-        if source is None:
+        keys = tuple(getattr(k, "key", None) for k in path)
+        if source is None or any(keys[: len(p)] == p for p in skip):
             return leaf
         if stacking.under_layers(path):
             # Layer stacks: the student's first N teacher layers, as DistilHuBERT does.
@@ -96,29 +122,58 @@ def init_student(
     teacher_params: Params | None,
     teacher_layer_ids: tuple[int, ...],
     init_from_teacher: bool = True,
+    head: str = "linear",
+    copy_teacher_encoder_norm: bool = True,
 ) -> Params:
     """Student params: encoder (teacher-initialised where shapes allow) and one head per target."""
+    if head not in HEADS:
+        raise ValueError(f"config.student.head must be one of {HEADS}, got {head!r}")
     enc_rng, head_rng = jax.random.split(rng)
     wav = jnp.zeros((1, max(cfg.receptive_field, 16000)), jnp.float32)
     encoder = Encoder(cfg).init(enc_rng, wav, jnp.array([wav.shape[1]]))["params"]
     if init_from_teacher:
         if teacher_params is None:
             raise ValueError("init_from_teacher needs the teacher params")
-        encoder = _copy_matching(encoder, teacher_params)
+        skip = () if copy_teacher_encoder_norm else (ENCODER_NORM,)
+        encoder = _copy_matching(encoder, teacher_params, skip)
     heads = {}
     for k, key in zip(teacher_layer_ids, jax.random.split(head_rng, len(teacher_layer_ids))):
-        # torch nn.Linear's default init (uniform +-1/sqrt(fan_in)), as DistilHuBERT's heads.
-        bound = 1.0 / np.sqrt(cfg.hidden_size)
-        w_key, b_key = jax.random.split(key)
-        heads[f"layer_{k}"] = {
-            "kernel": jax.random.uniform(
-                w_key, (cfg.hidden_size, teacher_cfg.hidden_size), jnp.float32, -bound, bound
-            ),
-            "bias": jax.random.uniform(
-                b_key, (teacher_cfg.hidden_size,), jnp.float32, -bound, bound
-            ),
-        }
+        fc1_key, fc2_key = jax.random.split(key)
+        d, t = cfg.hidden_size, teacher_cfg.hidden_size
+        if head == "linear":
+            heads[f"layer_{k}"] = _torch_linear(fc2_key, d, t)
+        else:  # s3prl: Linear(D, D) -> GELU -> SplitLinear(D -> teacher D), one slice per task
+            heads[f"layer_{k}"] = {
+                "fc1": _torch_linear(fc1_key, d, d),
+                "fc2": _torch_linear(fc2_key, d, t),
+            }
     return {"encoder": encoder, "heads": heads}
+
+
+def _torch_linear(key: jax.Array, fan_in: int, fan_out: int) -> Params:
+    """torch nn.Linear's default init (uniform +-1/sqrt(fan_in)), as DistilHuBERT's heads."""
+    bound = 1.0 / np.sqrt(fan_in)
+    w_key, b_key = jax.random.split(key)
+    return {
+        "kernel": jax.random.uniform(w_key, (fan_in, fan_out), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(b_key, (fan_out,), jnp.float32, -bound, bound),
+    }
+
+
+def head_type(head: Params) -> str:
+    """ "linear" or "mlp", read from one head's params."""
+    return "mlp" if "fc1" in head else "linear"
+
+
+def apply_head(head: Params, h_btd: jax.Array) -> jax.Array:
+    """One head on hidden states: x W + b, or (GELU(x W1 + b1)) W2 + b2 for an mlp head."""
+
+    def linear(p, x):
+        return x @ p["kernel"].astype(x.dtype) + p["bias"].astype(x.dtype)
+
+    if head_type(head) == "linear":
+        return linear(head, h_btd)
+    return linear(head["fc2"], jax.nn.gelu(linear(head["fc1"], h_btd), approximate=False))
 
 
 def apply_encoder(
@@ -144,12 +199,7 @@ def predict(
     heads: Params, hidden_lbtd: jax.Array, source_layers: Mapping[int, int]
 ) -> dict[int, jax.Array]:
     """Predictions of each teacher layer k from the student hidden state source_layers[k]."""
-    preds = {}
-    for k, s in source_layers.items():
-        head = heads[f"layer_{k}"]
-        h_btd = hidden_lbtd[s]
-        preds[k] = h_btd @ head["kernel"].astype(h_btd.dtype) + head["bias"].astype(h_btd.dtype)
-    return preds
+    return {k: apply_head(heads[f"layer_{k}"], hidden_lbtd[s]) for k, s in source_layers.items()}
 
 
 def encoder_param_count(params: Params) -> int:
