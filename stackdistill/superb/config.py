@@ -13,6 +13,18 @@ from __future__ import annotations
 
 import ml_collections
 
+# ASR's and SF's recipe: batch 32, eval_step 2000, project_dim 1024, 2-layer bidirectional
+# LSTM 1024 per direction, dropout 0.2 (downstream/asr/config.yaml, downstream/ctc/snips.yaml).
+_BILSTM_CTC = dict(
+    lr=1e-4,
+    total_steps=200_000,
+    batch_size=32,
+    eval_every=2_000,
+    proj_dim=1024,
+    lstm_dim=1024,
+    lstm_layers=2,
+    dropout=0.2,
+)
 # s3prl's runner/optimizer/model settings per task (all: Adam, gradient clipping 1).
 S3PRL: dict[str, dict] = {
     # downstream/ctc/libriphone.yaml: batch 16 x 2 accumulated, eval_step 1000,
@@ -20,16 +32,7 @@ S3PRL: dict[str, dict] = {
     "pr": dict(lr=1e-2, total_steps=100_000, batch_size=32, eval_every=1_000, proj_dim=256),
     # downstream/asr/config.yaml: batch 32, eval_step 2000, project_dim 1024, RNNs: 2-layer
     # bidirectional LSTM 1024 per direction, dropout 0.2, no layer norm / projection
-    "asr": dict(
-        lr=1e-4,
-        total_steps=200_000,
-        batch_size=32,
-        eval_every=2_000,
-        proj_dim=1024,
-        lstm_dim=1024,
-        lstm_layers=2,
-        dropout=0.2,
-    ),
+    "asr": _BILSTM_CTC,
     # downstream/speech_commands/config.yaml: batch 32, eval_step 4000, projector_dim 256,
     # UtteranceLevel MeanPooling
     "ks": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
@@ -40,16 +43,7 @@ S3PRL: dict[str, dict] = {
     # downstream/emotion/config.yaml: batch 4 x 8 accumulated, 30k steps, eval_step 1000
     "er": dict(lr=1e-4, total_steps=30_000, batch_size=32, eval_every=1_000, proj_dim=256),
     # downstream/ctc/snips.yaml: batch 32, eval_step 2000, project_dim 1024, RNNs as ASR
-    "sf": dict(
-        lr=1e-4,
-        total_steps=200_000,
-        batch_size=32,
-        eval_every=2_000,
-        proj_dim=1024,
-        lstm_dim=1024,
-        lstm_layers=2,
-        dropout=0.2,
-    ),
+    "sf": _BILSTM_CTC,
 }
 S3PRL_FILES = {
     "pr": "s3prl/downstream/ctc/libriphone.yaml",
