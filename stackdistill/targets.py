@@ -120,9 +120,7 @@ def _utterances(config, records, process_index, process_count):
             yield (f"{name}@{epoch}" if mode == "fixed_crop" else name), pcm, None
 
 
-def _teacher_fn(
-    t_cfg: EncoderConfig, layer_ids: tuple[int, ...], with_features: bool, dtype: str
-):
+def _teacher_fn(t_cfg: EncoderConfig, layer_ids: tuple[int, ...], with_features: bool, dtype: str):
     """Jitted (params, wav, lengths) -> (targets (B, K, T, D), features (B, T, C)).
 
     bfloat16 for bfloat16 storage; float32 for the 8-bit types (quantised on the host).
