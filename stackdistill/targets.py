@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import teacher
+from stackdistill import fastpath, teacher
 from stackdistill.data import audio, recordio, sources
 from stackdistill.data import targets as stored  # their records on disk and the reader
 from stackdistill.models.config import EncoderConfig
@@ -188,7 +188,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     pi, pc = jax.process_index(), jax.process_count()
 
     t_cfg, t_params = teacher.load(teacher.prepare(config.teacher, workdir))
-    t_cfg = t_cfg.replace(dtype=config.dtype)
+    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
     layer_ids = tuple(int(k) for k in config.distill.teacher_layers)
     if max(layer_ids) > t_cfg.num_layers:
         raise ValueError(f"config.distill.teacher_layers={layer_ids} exceed the teacher's depth")
