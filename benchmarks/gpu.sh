@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Everything issue 18 measures on one H100/H200, in one invocation of about 8 minutes (no
-# network needed there).
+# Everything issue 18 measures on one H100/H200, in two invocations of at most ~8.5 and ~4.5
+# minutes (no network needed there):
 #
 #   bash benchmarks/gpu.sh --prepare   # HERE, once: copies ml_collections (pure Python, absent
 #                                      # from the GPU image) into .gpu_deps/ (git-ignored)
-#   bash benchmarks/gpu.sh [--out DIR] # THERE, from the repo root, with .gpu_deps carried along
+#   bash benchmarks/gpu.sh [--out DIR] # THERE, from the repo root, with .gpu_deps carried along:
+#                                      # parts 1, 2 and 4 (GPU_BENCH_PARTS=profile,ab)
+#   GPU_BENCH_PARTS=torch bash benchmarks/gpu.sh   # THERE, second call: part 3
 #
 # In bfloat16 at the paper's batch (24 x 15.6 s = 250,000 samples each), random weights:
 #   1. benchmarks/profile_step.py, 12 x 384 student: the teacher forward, the live step, live +
@@ -13,9 +15,14 @@
 #   2. the same for DistilHuBERT (live, cached + shared);
 #   3. benchmarks/step_vs_pytorch.py --device cuda: our step against transformers' HubertModel
 #      teacher + the same student and loss in PyTorch (bf16 autocast, eager and torch.compile),
-#      in the same process, 12 x 384 then DistilHuBERT; the teacher forwards of both too.
+#      in the same process, 12 x 384 then DistilHuBERT; the teacher forwards of both too;
+#   4. the fast-path A/B (stackdistill/fastpath.py), each option alone against part 1's
+#      default (same flags, batch, dtype): attention=cudnn (teacher forward + cached/shared
+#      step), frontend_norm=compute (teacher forward: also the cache-building pass), MaxText's
+#      XLA GPU flags, remat=dots_saveable and per-device batch 48 (cached/shared step).
 # Outputs (at most 8 files, the device tool's limit): $OUT, else --out DIR, else ./gpu_results:
-# env.txt, profile_<student>.md/.json, trace_12x384_live.json.gz (perfetto), torch.log/.json.
+# env.txt, profile_<student>.md/.json, trace_12x384_live.json.gz (perfetto), ab.md/.json
+# (first call); env.txt, torch.log/.json (second call).
 # Each part has its own timeout and writes its JSON as it goes: a part cut short keeps what
 # it measured and the next still runs. Traces go to a scratch folder (too deep to come back).
 # Dry run on a CPU: GPU_BENCH_ALLOW_CPU=1 GPU_BENCH_BATCH=1 GPU_BENCH_SECONDS=1 GPU_BENCH_REPEATS=1
@@ -39,6 +46,7 @@ mkdir -p "$out_dir"
 scratch="$(mktemp -d)"
 py="${PYTHON:-python3}"
 batch="${GPU_BENCH_BATCH:-24}"
+parts="${GPU_BENCH_PARTS:-profile,ab}"
 seconds="${GPU_BENCH_SECONDS:-15.625}"
 repeats="${GPU_BENCH_REPEATS:-5}"
 export GPU_BENCH_ALLOW_CPU="${GPU_BENCH_ALLOW_CPU:-0}"
@@ -76,16 +84,51 @@ profile() {  # profile <student> <timeout s> <configs>
     2>&1 | tee "$out_dir/profile_$1.md" || status=$?
   cp "$scratch/$1/profile.json" "$out_dir/profile_$1.json" 2>/dev/null || true
 }
-profile 12x384 150 teacher,live,live_shared,cached,cached_shared
-trace="$(find "$scratch/12x384/trace_live" -name perfetto_trace.json.gz 2>/dev/null | head -n 1)"
-if [[ -n "$trace" ]]; then cp "$trace" "$out_dir/trace_12x384_live.json.gz"; fi
-profile distilhubert 75 live,cached_shared
+ab() {  # ab <name> <timeout s> <configs> <profile_step options...>: one fast-path option
+  local name="$1" limit="$2" configs="$3"
+  shift 3
+  echo "### A/B: $name (batch $batch, $*)" | tee -a "$out_dir/ab.md"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout "$limit" "$py" \
+    benchmarks/profile_step.py --model "${GPU_BENCH_MODEL:-12x384}" \
+    --teacher "${GPU_BENCH_TEACHER:-base}" --batch "$batch" --seconds "$seconds" \
+    --dtype bfloat16 --steps 3 --configs "$configs" --peak-flops 989e12 \
+    --out "$scratch/ab_$name" "$@" 2>&1 | grep -v '^|' | tee -a "$out_dir/ab.md" || status=$?
+  "$py" - "$scratch/ab_$name/profile.json" "$out_dir/ab.json" "$name" <<'EOF' || true
+import json, os, sys
+src, dst, name = sys.argv[1:]
+merged = json.load(open(dst)) if os.path.exists(dst) else {}
+if os.path.exists(src):
+    r = json.load(open(src))
+    keep = ("step_s", "mfu", "compile_s", "remat")
+    merged[name] = {"fastpath": r["fastpath"], "batch": r["batch"],
+                    "configs": {k: {f: v.get(f) for f in keep} for k, v in r["configs"].items()}}
+json.dump(merged, open(dst, "w"), indent=1)
+EOF
+}
 
-# PyTorch on the same GPU in the same process (JAX does not preallocate then).
-timeout 240 "$py" benchmarks/step_vs_pytorch.py --device "${GPU_BENCH_DEVICE:-cuda}" \
-  --autocast bf16 --compile --dtype bfloat16 --batch "$batch" --seconds "$seconds" \
-  --repeats "$repeats" --students 12x384,distilhubert --peak-flops 989e12 \
-  --json "$out_dir/torch.json" 2>&1 | tee "$out_dir/torch.log" || status=$?
+if [[ ",$parts," == *",profile,"* ]]; then
+  profile 12x384 150 teacher,live,live_shared,cached,cached_shared
+  trace="$(find "$scratch/12x384/trace_live" -name perfetto_trace.json.gz | head -n 1)" || true
+  if [[ -n "$trace" ]]; then cp "$trace" "$out_dir/trace_12x384_live.json.gz"; fi
+  profile distilhubert 75 live,cached_shared
+fi
+if [[ ",$parts," == *",ab,"* ]]; then  # each against part 1's teacher / cached_shared rows
+  ab cudnn_attention 75 teacher,cached_shared --attention cudnn
+  ab bf16_frontend_norm 50 teacher --frontend-norm compute
+  ab xla_gpu_flags 50 cached_shared --xla-gpu-flags
+  ab remat_dots 50 cached_shared --remat dots_saveable
+  base_batch="$batch"
+  batch=$((2 * base_batch))
+  ab batch_x2 60 cached_shared
+  batch="$base_batch"
+fi
+if [[ ",$parts," == *",torch,"* ]]; then
+  # PyTorch on the same GPU in the same process (JAX does not preallocate then).
+  timeout 240 "$py" benchmarks/step_vs_pytorch.py --device "${GPU_BENCH_DEVICE:-cuda}" \
+    --autocast bf16 --compile --dtype bfloat16 --batch "$batch" --seconds "$seconds" \
+    --repeats "$repeats" --students 12x384,distilhubert --peak-flops 989e12 \
+    --json "$out_dir/torch.json" 2>&1 | tee "$out_dir/torch.log" || status=$?
+fi
 
 echo
 if [[ -f "$out_dir/torch.json" ]]; then
@@ -105,7 +148,7 @@ for name in ("12x384", "distilhubert"):
             line += f"; PyTorch {v} {t['step_s']:.3f} s ({t['ratio']:.2f}x ours)"
         print(line)
 EOF
-else
+elif [[ ",$parts," == *",torch,"* ]]; then
   echo "no PyTorch comparison written (see $out_dir/torch.log)"
 fi
 rm -rf "$scratch"

@@ -31,13 +31,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import op_profile  # noqa: E402
 
-from stackdistill import distill, flops, models, optim  # noqa: E402
+from stackdistill import distill, fastpath, flops, models, optim  # noqa: E402
 from stackdistill.models import student  # noqa: E402
 
 CONFIGS = ("teacher", "live", "live_shared", "cached", "cached_shared")
@@ -62,7 +63,16 @@ MODELS = {
 }  # fmt: skip
 
 
-def build(config: str, model: str, t_cfg, t_params, batch: int, samples: int, dtype: str):
+def build(
+    config: str,
+    model: str,
+    t_cfg,
+    t_params,
+    batch: int,
+    samples: int,
+    dtype: str,
+    remat: str = "none",
+):
     """(jitted fn, its arguments, analytic FLOPs per call) for one configuration."""
     rng = np.random.default_rng(0)
     wav = (0.1 * rng.standard_normal((batch, samples))).astype(np.float32)
@@ -79,7 +89,7 @@ def build(config: str, model: str, t_cfg, t_params, batch: int, samples: int, dt
     shared, cached = config.endswith("_shared"), config.startswith("cached")
     section = student.default_config()
     section.update(fields)
-    s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=dtype)
+    s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=dtype, remat=remat)
     params = student.init_student(s_cfg, jax.random.key(0), t_cfg, t_params, TEACHER_LAYERS)
     distill_cfg = distill.default_config()
     distill_cfg.update(teacher_layers=TEACHER_LAYERS, loss=loss)
@@ -179,13 +189,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--peak-flops", type=float, default=0.0, help="0: by backend")
     parser.add_argument("--out", default="/tmp/stackdistill_profile")
+    # The fast-path options (stackdistill/fastpath.py), for benchmarks/gpu.sh's A/B runs.
+    parser.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
+    parser.add_argument("--frontend-norm", default="float32", choices=["float32", "compute"])
+    parser.add_argument("--remat", default="none", help="a policy, or auto (by size)")
+    parser.add_argument("--xla-gpu-flags", action="store_true", help="fastpath.GPU_FLAGS")
     args = parser.parse_args(argv)
+    if args.xla_gpu_flags:  # before the first jax call starts the backend
+        os.environ["XLA_FLAGS"] = fastpath.xla_flags(os.environ.get("XLA_FLAGS", ""))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpu = jax.default_backend() == "gpu"
     peak = args.peak_flops or (flops.H100_BF16_PEAK_FLOPS if gpu else flops.CPU_PEAK_FLOPS)
     samples = int(round(args.seconds * 16000))
-    t_cfg = models.EncoderConfig(**TEACHERS[args.teacher])
+    t_cfg = models.EncoderConfig(
+        **TEACHERS[args.teacher], attention=args.attention, frontend_norm=args.frontend_norm
+    )
     t_params = jax.device_put(models.init_params(t_cfg, jax.random.key(0)))
     device = jax.devices()[0].device_kind
     results: dict[str, Any] = {
@@ -194,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_1min": os.getloadavg()[0], "jax": jax.__version__, "model": args.model,
         "teacher": args.teacher, "batch": args.batch, "seconds": args.seconds,
         "dtype": args.dtype, "steps": args.steps, "peak_flops": peak,
+        "fastpath": {"attention": args.attention, "frontend_norm": args.frontend_norm,
+                     "remat": args.remat, "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "command": "python benchmarks/profile_step.py " + " ".join(argv or sys.argv[1:]),
         "configs": {},
     }  # fmt: skip
@@ -203,11 +224,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for config in args.configs.split(","):
         if config not in CONFIGS:
             parser.error(f"--configs: {config!r} is not one of {CONFIGS}")
+        remat = args.remat
+        if remat == "auto":
+            section = student.default_config()
+            section.update(MODELS[args.model][0])
+            s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=args.dtype)
+            run = ml_collections.ConfigDict({"remat": "auto", "data": {"max_samples": samples}})
+            remat = fastpath.remat_policy(run, s_cfg, args.batch)
         fn, fn_args, analytic = build(
-            config, args.model, t_cfg, t_params, args.batch, samples, args.dtype
+            config, args.model, t_cfg, t_params, args.batch, samples, args.dtype, remat
         )
         r = profile(fn, fn_args, args.steps, out / f"trace_{config}")
-        r.update(analytic_flops=analytic, mfu=flops.mfu(analytic, r["step_s"], peak))
+        r.update(analytic_flops=analytic, mfu=flops.mfu(analytic, r["step_s"], peak), remat=remat)
         results["configs"][config] = r
         print(markdown(config, r) + "\n", flush=True)
         # After each configuration, so that a run cut short keeps what it measured.

@@ -10,6 +10,7 @@ step: seconds per full-depth (12-layer) step, timed alternately: live teacher vs
   targets, with the student's own CNN or the shared front-end (stored: CNN features read from
   disk), on the demo sizes and on a bigger CPU-sized pair (--big: teacher 12 x 256, CNN 128).
 paper: the same step times at paper size (HuBERT Base + 12 x 384, 24 x 15.6 s; for a GPU).
+quant: targets in int8 / float8 against bfloat16 (benchmarks/targets_8bit.py).
 Whole runs against the 2x target: benchmarks/end_to_end.py.
 Results go to stdout as markdown tables and to WORKDIR/results.json.
 """
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 BIG_TEACHER = dict(
     model_type="hubert",
@@ -338,6 +340,16 @@ def main() -> None:
         for big in (False, True) if args.big else (False,):
             results["step"] += step_times(workdir, big, args.repeats, args.timed_steps)
         print(table(results["step"]), flush=True)
+    if "quant" in parts:  # 8-bit targets against bfloat16 (benchmarks/targets_8bit.py)
+        import targets_8bit
+
+        for name, rows in (
+            ("quant_disk", lambda: targets_8bit.disk(demo_config, workdir)),
+            ("quant_loader", targets_8bit.loader_rate),
+            ("quant_loss", lambda: targets_8bit.loss_effect(demo_config, workdir)),
+        ):
+            results[name] = rows()
+            print(table(results[name]), flush=True)
     if "paper" in parts:
         results["paper"] = paper_steps(args.repeats, args.timed_steps, 24, 250_000)
         print(table(results["paper"]), flush=True)

@@ -8,7 +8,17 @@ import os
 
 import ml_collections
 
-from stackdistill import distill, export, optim, paths, sharding, stacking, targets, teacher
+from stackdistill import (
+    distill,
+    export,
+    fastpath,
+    optim,
+    paths,
+    sharding,
+    stacking,
+    targets,
+    teacher,
+)
 from stackdistill.data import config as data_config
 from stackdistill.models import student
 from stackdistill.superb import config as superb_config
@@ -21,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.total_steps = 200_000
     c.batch_size = 24  # global, split over processes and devices
     c.dtype = "float32"  # compute dtype of teacher and student ("bfloat16" on TPU/GPU)
-    c.remat = "none"  # per-layer rematerialisation policy of the student
+    c.remat = "none"  # the student's per-layer remat policy; "auto": by size (fastpath.py)
+    c.fastpath = fastpath.default_config()  # GPU/TPU options, all off
     c.teacher = teacher.default_config()
     c.targets = targets.default_config()
     c.student = student.default_config()

@@ -10,7 +10,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from stackdistill import distributed, hostmem
+from stackdistill import distributed, fastpath, hostmem
 
 # mode -> module whose run(config, workdir) does it (imported on use)
 MODES = {
@@ -41,6 +41,7 @@ def _use_compilation_cache(config) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fastpath.apply_xla_flags(_CONFIG.value)  # before anything starts the backend
     distributed.initialize()
     _use_compilation_cache(_CONFIG.value)
     logging.getLogger("stackdistill").setLevel(logging.INFO)

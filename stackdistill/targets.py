@@ -6,10 +6,11 @@
         --config.targets.dir=targets
 
 What is stored, per record: the audio (int16, what the student reads), the supervised teacher
-layers `config.distill.teacher_layers` (bfloat16, valid frames only) and, unless
-`targets.features` is off, the teacher's CNN features (bfloat16): a student with
-`frozen_shared_frontend` reads those, so a step from stored targets runs neither the teacher
-nor any CNN. Modes (`config.targets.mode`):
+layers `config.distill.teacher_layers` (valid frames only) and, unless `targets.features` is
+off, the teacher's CNN features: a student with `frozen_shared_frontend` reads those, so a step
+from stored targets runs neither the teacher nor any CNN. Both are stored as
+`config.targets.dtype`: "bfloat16", or "int8" / "float8_e4m3fn" with a scale per frame (half
+the disk; data/targets.py quantises and its loader dequantises). Modes (`config.targets.mode`):
 
 - "fixed_crop": for each epoch seed e < `targets.epochs` and utterance i, one crop of at most
   `data.max_samples` samples drawn from (config.seed, e, i), zero-padded to max_samples for
@@ -44,7 +45,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import teacher
+from stackdistill import fastpath, teacher
 from stackdistill.data import audio, recordio, sources
 from stackdistill.data import targets as stored  # their records on disk and the reader
 from stackdistill.models.config import EncoderConfig
@@ -64,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.features = True  # also store the CNN features (what a shared front-end reads)
     c.shards = 8  # ArrayRecord files written per process
     c.max_utterance_samples = 640_000  # whole: longer utterances are cut to this (40 s)
+    c.dtype = "bfloat16"  # storage of targets and features: "bfloat16" | "int8" | "float8_e4m3fn"
     return c
 
 
@@ -118,14 +120,18 @@ def _utterances(config, records, process_index, process_count):
             yield (f"{name}@{epoch}" if mode == "fixed_crop" else name), pcm, None
 
 
-def _teacher_fn(t_cfg: EncoderConfig, layer_ids: tuple[int, ...], with_features: bool):
-    """Jitted (params, wav, lengths) -> (targets (B, K, T, D), features (B, T, C)), bfloat16."""
+def _teacher_fn(t_cfg: EncoderConfig, layer_ids: tuple[int, ...], with_features: bool, dtype: str):
+    """Jitted (params, wav, lengths) -> (targets (B, K, T, D), features (B, T, C)).
+
+    bfloat16 for bfloat16 storage; float32 for the 8-bit types (quantised on the host).
+    """
+    out_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
 
     def forward(params, wav, lengths):
         out = Encoder(t_cfg).apply({"params": params}, wav, lengths)
         targets = jnp.stack([out.hidden_states[k] for k in layer_ids], axis=1)
-        features = out.features.astype(jnp.bfloat16) if with_features else None
-        return targets.astype(jnp.bfloat16), features
+        features = out.features.astype(out_dtype) if with_features else None
+        return targets.astype(out_dtype), features
 
     return jax.jit(forward)
 
@@ -160,6 +166,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         raise ValueError(f"config.targets.mode must be one of {MODES}, got {t.mode!r}")
     if t.epochs < 1:
         raise ValueError(f"config.targets.epochs must be >= 1, got {t.epochs}")
+    if t.dtype not in stored.DTYPES:
+        raise ValueError(f"config.targets.dtype must be one of {stored.DTYPES}, got {t.dtype!r}")
     out = location(config, workdir)
     if "://" in str(out):
         raise ValueError(
@@ -169,13 +177,18 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     out = pathlib.Path(out)
     if (out / stored.META_FILE).is_file():
         meta = stored.read_meta(out)
+        if meta.get("dtype", "bfloat16") != t.dtype:
+            raise ValueError(
+                f"config.targets.dtype={t.dtype!r} but {out} already holds {meta['dtype']!r} "
+                "targets: build them in another folder"
+            )
         log.info("teacher targets already built in %s (%d records)", out, meta["records"])
         return meta
     out.mkdir(parents=True, exist_ok=True)
     pi, pc = jax.process_index(), jax.process_count()
 
     t_cfg, t_params = teacher.load(teacher.prepare(config.teacher, workdir))
-    t_cfg = t_cfg.replace(dtype=config.dtype)
+    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
     layer_ids = tuple(int(k) for k in config.distill.teacher_layers)
     if max(layer_ids) > t_cfg.num_layers:
         raise ValueError(f"config.distill.teacher_layers={layer_ids} exceed the teacher's depth")
@@ -184,7 +197,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         data_cfg.path = str(epath.Path(workdir) / data_cfg.path)
     records, description = sources.open_source(data_cfg)
 
-    forward = _teacher_fn(t_cfg, layer_ids, t.features)
+    forward = _teacher_fn(t_cfg, layer_ids, t.features, t.dtype)
     batch_size = max(config.batch_size // pc, 1)
     epochs = t.epochs if t.mode == "fixed_crop" else 1
     expected = epochs * len(range(pi, len(records), pc))
@@ -209,7 +222,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             arrays = {"audio": pcm, "targets": targets[row, :, :frames]}
             if features is not None:
                 arrays["features"] = features[row, :frames]
-            writer.write(stored.encode_record(name, arrays, frames))
+            writer.write(stored.encode_record(name, arrays, frames, t.dtype))
             stats["audio_seconds"] += len(pcm) / audio.SAMPLE_RATE
 
     for name, pcm, problem in _utterances(config, records, pi, pc):
@@ -251,7 +264,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         "normalize": bool(data_cfg.normalize),
         "seed": int(config.seed),
         "source": description,
-        "dtype": "bfloat16",
+        "dtype": t.dtype,
     }
     if pi == 0:
         parts = [json.loads(p.read_text()) for p in sorted(out.glob("part-p*.json"))]

@@ -24,6 +24,7 @@ from stackdistill import (
     checkpoint,
     distill,
     distributed,
+    fastpath,
     optim,
     sharding,
     stacking,
@@ -126,7 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t_params = jax.device_put(t_params, sharding.tree_shardings(t_params, mesh, config.mesh.params))
 
     # ------------------------------------------------------------------ student, optimizer
-    s_cfg = student.student_encoder_config(config.student, t_cfg).replace(remat=config.remat)
+    s_cfg = student.student_encoder_config(config.student, t_cfg)
+    remat = fastpath.remat_policy(config, s_cfg, config.batch_size // mesh.size)
+    s_cfg = s_cfg.replace(remat=remat)
     schedule = optim.make_schedule(config.optim, stages)
     tx = optim.make_optimizer(
         config.optim, schedule, frozen_frontend=config.student.frozen_shared_frontend
@@ -231,7 +234,7 @@ def _load_teacher(config: ml_collections.ConfigDict, workdir: epath.Path, use_ta
     """The teacher's config (in the run's dtype) and host params; checks stored targets match it."""
     teacher_path = teacher.prepare(config.teacher, workdir)
     t_cfg, t_params = teacher.load(teacher_path)
-    t_cfg = t_cfg.replace(dtype=config.dtype)
+    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
     if max(config.distill.teacher_layers) > t_cfg.num_layers:
         raise ValueError(
             f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "

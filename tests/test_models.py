@@ -199,3 +199,84 @@ def test_attention_dropout_is_unbiased_and_off_in_eval():
     # errors of it, element by element.
     standard_error = np.asarray(draws.std(0)) / np.sqrt(len(draws))
     assert (np.abs(draws.mean(0) - expected) <= 4 * standard_error).all()
+
+
+def _attention_reference(q, k, v, lengths, bias=None):
+    """Softmax attention over the first `lengths` keys, in float64 numpy."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + np.asarray(bias, np.float64)
+    keys = np.arange(k.shape[1])[None, None, None, :] < np.asarray(lengths)[:, None, None, None]
+    scores = np.where(keys, scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnh->btnh", weights, v)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("impl", ["xla", "cudnn"])
+def test_attention_by_key_lengths_equals_the_key_mask(impl, with_bias):
+    """Both options attend over the valid keys only; padded queries too (as transformers)."""
+    from stackdistill.models.encoder import attention
+
+    rng = np.random.default_rng(0)
+    b, t, n, h = 3, 11, 2, 8
+    q, k, v = (rng.standard_normal((b, t, n, h)).astype(np.float32) for _ in range(3))
+    lengths = np.array([11, 7, 1])
+    bias = rng.standard_normal((b, n, t, t)).astype(np.float32) if with_bias else None
+    mask = jnp.arange(t)[None] < jnp.asarray(lengths)[:, None]
+    got = attention(EncoderConfig(attention=impl), q, k, v, bias, mask)
+    np.testing.assert_allclose(got, _attention_reference(q, k, v, lengths, bias), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model_type,stable", [("hubert", False), ("wavlm", False), ("wav2vec2", True)]
+)
+def test_fast_path_options_follow_transformers(tmp_path, model_type, stable):
+    """attention="cudnn" (by key lengths; XLA here) and frontend_norm="compute" in float32
+    agree with transformers as the default path does, and with the default path to 1e-5."""
+    model = make_hf_model(model_type, stable)
+    cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
+    wav, lengths = padded_batch(4000)
+    fast_cfg = cfg.replace(attention="cudnn", frontend_norm="compute")
+    fast = models.encode(fast_cfg, params, wav, lengths)
+    default = models.encode(cfg, params, wav, lengths)
+    ref = hf_hidden_states(model, wav, lengths)
+    mask = np.asarray(default.mask)
+    # transformers: every hidden state, then the last one (after the final LN if pre-LN).
+    ours = [*fast.hidden_states, fast.last_hidden_state]
+    theirs = [*default.hidden_states, default.last_hidden_state]
+    for i, r in enumerate(ref):
+        np.testing.assert_allclose(np.asarray(ours[i])[mask], r[mask], atol=1e-4)
+        np.testing.assert_allclose(ours[i][mask], theirs[i][mask], atol=1e-5)
+    np.testing.assert_allclose(fast.features, default.features, rtol=1e-5, atol=1e-6)
+
+    def loss(p, c):
+        return jnp.sum(models.encode(c, p, wav, lengths).last_hidden_state[mask] ** 2)
+
+    g_fast, g_default = (jax.grad(loss)(params, c) for c in (fast_cfg, cfg))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_fast, g_default
+    )
+
+
+@pytest.mark.parametrize("feat_extract_norm", ["group", "layer"])
+def test_bf16_frontend_norm_keeps_the_bf16_error(tmp_path, feat_extract_norm):
+    """Normalising in bf16 (float32 statistics) stays within the error bf16 already has."""
+    model = make_hf_model("hubert", feat_extract_norm == "layer")
+    cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
+    wav, lengths = padded_batch(4000)
+    f32 = models.encode(cfg, params, wav, lengths)
+    errors = {}
+    for norm in ("float32", "compute"):
+        out = models.encode(cfg.replace(dtype="bfloat16", frontend_norm=norm), params, wav, lengths)
+        mask = np.asarray(f32.mask)
+        for name, a, b in (("features", out.features, f32.features),
+                           ("last", out.last_hidden_state, f32.last_hidden_state)):  # fmt: skip
+            diff = np.asarray(a, np.float32)[mask] - np.asarray(b)[mask]
+            errors[norm, name] = np.sqrt((diff**2).mean() / (np.asarray(b)[mask] ** 2).mean())
+    for name in ("features", "last"):
+        # bf16 rounding (2^-9 relative) of one more tensor per norm: same order as bf16's own.
+        assert errors["compute", name] < max(2 * errors["float32", name], 4e-3), errors
+        assert errors["compute", name] < 2e-2, errors

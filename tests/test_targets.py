@@ -40,6 +40,10 @@ def _records(c):
     return sources.open_source(c.data)[0]
 
 
+def _all(source):
+    return [source[i] for i in range(len(source))]
+
+
 def _assert_bf16_close(stored_values, live_values):
     """Stored bf16 values are the live float32 values rounded (up to float32 noise)."""
     live = np.asarray(live_values, np.float32)
@@ -263,3 +267,72 @@ def test_records_round_trip():
     for key, value in arrays.items():
         assert back[key].dtype == value.dtype
         np.testing.assert_array_equal(back[key], value)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
+def test_8bit_records_round_trip_within_their_rounding(dtype):
+    rng = np.random.default_rng(1)
+    # Rows of very different magnitudes (each frame gets its own scale), one all zero.
+    targets_ktd = rng.normal(size=(3, 6, 40)) * np.array([1e-3, 1.0, 30.0, 0, 5, 0.1])[:, None]
+    features_tc = rng.standard_t(3, size=(6, 16)) * 100
+    arrays = {"audio": rng.integers(-100, 100, 2000).astype(np.int16), "targets": targets_ktd,
+              "features": features_tc}  # fmt: skip
+    record = stored.encode_record("utt", arrays, 6, dtype)
+    back = stored.decode_record(record)
+    bf16 = stored.decode_record(stored.encode_record("utt", arrays, 6, "bfloat16"))
+    payload = [k for k in back if k.startswith(("targets", "features"))]
+    assert sorted(payload) == ["features", "features_scale", "targets", "targets_scale"]
+    size = sum(back[k].nbytes for k in payload)
+    assert size < 0.6 * (bf16["targets"].nbytes + bf16["features"].nbytes), "about half"
+    for key, x in (("targets", targets_ktd), ("features", features_tc)):
+        scale = back[f"{key}_scale"]
+        # The scale by hand: the frame's largest |value| over the type's largest (127 / 448).
+        largest = 127.0 if dtype == "int8" else 448.0
+        np.testing.assert_allclose(scale, np.abs(x).max(-1) / largest, rtol=1e-6)
+        got = stored.dequantize(back[key], scale, np.float32)
+        err = np.abs(got - x)
+        if dtype == "int8":  # round to the nearest step: at most half a step off
+            assert back[key].dtype == np.int8
+            assert np.all(err <= scale[..., None] / 2 * (1 + 1e-5) + 1e-30)
+        else:  # 3 mantissa bits: within 2^-4 relatively, or half the smallest subnormal step
+            assert back[key].dtype == recordio.FLOAT8
+            bound = np.maximum(2.0**-4 * np.abs(x), scale[..., None] * 2.0**-10)
+            assert np.all(err <= bound * (1 + 1e-5))
+        assert np.all(got[scale == 0] == 0)
+        as_loaded = stored.dequantize(back[key], scale)  # what the loader hands the step
+        assert as_loaded.dtype == recordio.BFLOAT16
+        np.testing.assert_allclose(as_loaded.astype(np.float32), got, rtol=2.0**-8)
+
+
+def test_step_from_int8_targets_is_close_to_bf16(shared, fixed_targets):
+    c, meta = fixed_targets
+    c8 = _config(shared, "fixed_int8", **{"targets.epochs": 2, "targets.dtype": "int8"})
+    meta8 = targets.build(c8, shared)
+    assert meta8["dtype"] == "int8" and meta8["records"] == meta["records"]
+    frames = sum(r["num_frames"] for r in _all(stored.TargetSource(targets.location(c8, shared))))
+    k, d, ch = 3, c.teacher.random_arch["hidden_size"], c.teacher.random_arch["conv_dim"][-1]
+    saved = frames * (k * d + ch - 4 * (k + 1))  # 1 byte less per value, 4 more per scale
+    assert meta["bytes"] - saved < meta8["bytes"] < meta["bytes"] - 0.95 * saved  # + headers
+    with pytest.raises(ValueError, match="config.targets.dtype"):
+        targets.build(_config(shared, "fixed_int8", **{"targets.epochs": 2}), shared)
+    t_cfg, t_params, batch, s_cfg, params = _stored_setup(shared, fixed_targets, True)
+    source8 = stored.TargetSource(targets.location(c8, shared))
+    crop8 = stored.CropExample(meta8, (4, 8, 12), True, c.data.max_samples, False, c.seed, 0)
+    batch8 = [crop8(i, source8[i]) for i in range(4)]
+    batch8 = {k: np.stack([e[k] for e in batch8]) for k in batch8[0]}
+    for key in ("targets", "features"):
+        assert batch8[key].dtype == batch[key].dtype == recordio.BFLOAT16
+        x, y = batch[key].astype(np.float32), batch8[key].astype(np.float32)
+        # Per-frame scale / 2 plus the bfloat16 rounding of both: 1% of the frame's largest |x|.
+        assert np.all(np.abs(x - y) <= 0.01 * np.abs(x).max(-1, keepdims=True) + 1e-6), key
+    for shared_frontend in (False, True):
+        fn, tx = _step_fn(c, t_cfg, s_cfg, shared_frontend=shared_frontend, cached=True)
+        fn = jax.jit(fn)
+        state = distill.init_state(params, tx, 1)
+        _, ref = fn(state, t_params, batch)
+        _, got = fn(state, t_params, batch8)
+        for key in ("loss", "loss/layer_4", "loss/layer_12", "grad_norm"):
+            # int8 moves a target by <= 0.4% of its frame's peak, the loss by far less than 1%.
+            np.testing.assert_allclose(got[key], ref[key], rtol=5e-3, err_msg=key)
+        # The cosine of an untrained student is near 0: an absolute bound.
+        np.testing.assert_allclose(got["cos/layer_8"], ref["cos/layer_8"], atol=1e-3)

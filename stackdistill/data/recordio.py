@@ -2,8 +2,9 @@
 
 A record is a 4-byte magic naming its kind (b"SDA1" packed audio, b"SDT1" teacher targets),
 a little-endian uint32 header size, a JSON header, then the arrays back to back. The header
-holds the record's own fields and `arrays`: for each array its dtype (int16, bfloat16 as its
-raw 16 bits, float32; little-endian), shape and byte offset after the header.
+holds the record's own fields and `arrays`: for each array its dtype (int16, int8, float32,
+bfloat16 and float8_e4m3fn as their raw bits; little-endian), shape and byte offset after the
+header.
 Shards are ArrayRecord files written with group_size 1 (the cheapest random access).
 """
 
@@ -21,17 +22,20 @@ from etils import epath
 
 SUFFIX = ".array_record"
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-_STORED = {"int16": "<i2", "bfloat16": "<u2", "float32": "<f4"}  # bf16 as its raw 16 bits
+FLOAT8 = np.dtype(ml_dtypes.float8_e4m3fn)
+_VIEWS = {"bfloat16": BFLOAT16, "float8_e4m3fn": FLOAT8}  # stored as their raw bits
+_STORED = {"int16": "<i2", "int8": "i1", "float32": "<f4", "bfloat16": "<u2", "float8_e4m3fn": "u1"}
 
 
 def encode(magic: bytes, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
     """JSON-able header fields + named arrays -> one record of kind `magic`."""
     blobs, entries, offset = [], {}, 0
     for key, value in arrays.items():
-        kind = "bfloat16" if value.dtype == BFLOAT16 else value.dtype.name
+        kind = value.dtype.name
         if kind not in _STORED:
             raise ValueError(f"record array {key!r} has unsupported dtype {value.dtype}")
-        stored = np.ascontiguousarray(value).view(np.uint16) if kind == "bfloat16" else value
+        raw = np.uint16 if kind == "bfloat16" else np.uint8
+        stored = np.ascontiguousarray(value).view(raw) if kind in _VIEWS else value
         blob = np.ascontiguousarray(stored, _STORED[kind]).tobytes()
         entries[key] = {"dtype": kind, "shape": list(value.shape), "offset": offset}
         blobs.append(blob)
@@ -56,7 +60,8 @@ def decode(data: bytes, magic: bytes) -> dict[str, Any]:
         raw = np.frombuffer(
             data, _STORED[entry["dtype"]], count=count, offset=start + entry["offset"]
         )
-        header[key] = (raw.view(BFLOAT16) if entry["dtype"] == "bfloat16" else raw).reshape(shape)
+        view = _VIEWS.get(entry["dtype"])
+        header[key] = (raw if view is None else raw.view(view)).reshape(shape)
     return header
 
 

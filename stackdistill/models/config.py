@@ -13,6 +13,8 @@ MODEL_TYPES = ("hubert", "wavlm", "wav2vec2")
 HF_ARCHITECTURES = {"hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "dots_saveable", "nothing_saveable")
+ATTENTION = ("xla", "cudnn")  # "cudnn": by key lengths, cuDNN's fused kernel on a GPU
+FRONTEND_NORMS = ("float32", "compute")  # the CNN norms' elementwise math (stats: float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,8 @@ class EncoderConfig:
     attention_dropout: float = 0.0  # on the attention weights
     activation_dropout: float = 0.0  # after the FFN's GELU
     feature_grad_mult: float = 1.0  # scales the gradient into the CNN front-end (fairseq's)
+    attention: str = "xla"  # fast path (stackdistill/fastpath.py); numerics as "xla"
+    frontend_norm: str = "float32"  # "compute": normalise in `dtype`, float32 statistics
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -60,6 +64,10 @@ class EncoderConfig:
             raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if self.feature_grad_mult < 0:
             raise ValueError(f"feature_grad_mult {self.feature_grad_mult} must be >= 0")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION}")
+        if self.frontend_norm not in FRONTEND_NORMS:
+            raise ValueError(f"frontend_norm {self.frontend_norm!r} is not one of {FRONTEND_NORMS}")
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""

@@ -39,6 +39,32 @@ def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=cfg.dtype, name=name)
 
 
+class FrontendNorm(nn.Module):
+    """LayerNorm over channels (axis -1) or GroupNorm with a group per channel (axis 1, time).
+
+    Statistics in float32 (two-pass variance, as flax's), the normalisation itself in the
+    compute dtype (flax's runs it in float32); params "scale"/"bias" as flax's LayerNorm.
+    """
+
+    epsilon: float
+    axis: int
+    dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(self.axis, keepdims=True)
+        inv = jax.lax.rsqrt(jnp.square(x32 - mean).mean(self.axis, keepdims=True) + self.epsilon)
+        x = x.astype(self.dtype)
+        if self.axis == 1:  # per channel: fold scale into the (B, 1, C) factor
+            return (x - mean.astype(x.dtype)) * (inv * scale).astype(x.dtype) + bias.astype(x.dtype)
+        y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype)
+        return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
 class ConvLayer(nn.Module):
     """One conv of the front-end, with its norm (GroupNorm on conv 0 or LayerNorm) and GELU."""
 
@@ -57,7 +83,10 @@ class ConvLayer(nn.Module):
             dtype=cfg.dtype,
             name="conv",
         )(x_btc)
-        if cfg.feat_extract_norm == "layer":
+        if cfg.frontend_norm == "compute" and (cfg.feat_extract_norm == "layer" or i == 0):
+            axis = -1 if cfg.feat_extract_norm == "layer" else 1  # LayerNorm | GroupNorm
+            x_btc = FrontendNorm(1e-5, axis, cfg.dtype, name="layer_norm")(x_btc)
+        elif cfg.feat_extract_norm == "layer":
             x_btc = _layer_norm(cfg, "layer_norm", eps=1e-5)(x_btc)
         elif i == 0:
             # One group per channel: normalises each channel over time, padding included,
@@ -239,7 +268,6 @@ class Attention(nn.Module):
                 0, 2, 1, 3
             )
             bias_bntt = (gate_bnt1 * position_bias_ntt[None]).astype(q_btnh.dtype)
-        attn_mask = mask_bt[:, None, None, :]
         if cfg.attention_dropout > 0.0 and not deterministic:
             # Dropout on the attention weights, element-wise as torch does; softmax in float32.
             out_btnh = nn.dot_product_attention(
@@ -247,7 +275,7 @@ class Attention(nn.Module):
                 k_btnh,
                 v_btnh,
                 bias=bias_bntt,
-                mask=attn_mask,
+                mask=mask_bt[:, None, None, :],
                 broadcast_dropout=False,
                 dropout_rng=self.make_rng("dropout"),
                 dropout_rate=cfg.attention_dropout,
@@ -255,10 +283,37 @@ class Attention(nn.Module):
                 force_fp32_for_softmax=True,
             )
         else:
-            out_btnh = jax.nn.dot_product_attention(
-                q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=attn_mask
-            )
+            out_btnh = attention(cfg, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt)
         return _dense(cfg, d, "out_proj")(out_btnh.reshape(b, t, d))
+
+
+def attention(cfg: EncoderConfig, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt) -> Array:
+    """Softmax attention over the valid keys of each utterance (padded queries see them too).
+
+    "xla": today's form, a (B, 1, 1, T) key mask. "cudnn": the same keys as sequence lengths
+    (the mask is a prefix), through cuDNN's fused kernel on a GPU in bf16/fp16 without a bias;
+    elsewhere (CPU, float32, WavLM's bias) XLA's attention with those lengths.
+    """
+    if cfg.attention == "xla":
+        mask = mask_bt[:, None, None, :]
+        return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=mask)
+    lengths_b = mask_bt.sum(-1, dtype=jnp.int32)
+    head = q_btnh.shape[-1]
+    fused = (
+        bias_bntt is None
+        and q_btnh.dtype in (jnp.bfloat16, jnp.float16)
+        and head % 8 == 0
+        and head <= 128
+        and jax.default_backend() == "gpu"
+    )
+    return jax.nn.dot_product_attention(
+        q_btnh,
+        k_btnh,
+        v_btnh,
+        bias=bias_bntt,
+        key_value_seq_lengths=lengths_b,
+        implementation="cudnn" if fused else "xla",
+    )
 
 
 class FeedForward(nn.Module):

@@ -1,0 +1,136 @@
+"""The GPU/TPU fast path in one place: its config section, XLA's GPU flags, remat by size.
+
+Every option is off by default (the path the CPU tests pin down) and selectable from the
+config; benchmarks/gpu.sh times each against the default on a GPU (benchmarks/RESULTS.md):
+
+- `fastpath.attention="cudnn"`: attention by key lengths through cuDNN's fused kernel
+  (models/encoder.py `attention`; CPU, float32 and WavLM's bias stay on XLA);
+- `fastpath.frontend_norm="compute"`: the CNN front-end's norms normalise in the compute
+  dtype with float32 statistics (the GELUs already run in the compute dtype);
+- `fastpath.xla_gpu_flags=True`: the XLA flags MaxText sets on GPUs (`GPU_FLAGS`), put in
+  XLA_FLAGS by main.py before the backend starts, only where a GPU is present;
+- `config.remat="auto"`: per model size, the cheapest policy whose saved activations fit in
+  `fastpath.remat_memory_fraction` of one device's memory (`remat_policy`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+log = logging.getLogger("stackdistill")
+
+# MaxText's GPU settings (its GPU docs and launch scripts): the latency-hiding scheduler,
+# cuBLAS over Triton GEMMs, no command buffers, larger/pipelined collectives for multi-GPU
+# runs, and no HLO rematerialisation pass (remat is chosen explicitly, config.remat).
+GPU_FLAGS = (
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_triton_gemm=false",
+    "--xla_gpu_enable_command_buffer=",
+    "--xla_gpu_enable_highest_priority_async_stream=true",
+    "--xla_gpu_all_reduce_combine_threshold_bytes=134217728",
+    "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
+    "--xla_gpu_reduce_scatter_combine_threshold_bytes=67108864",
+    "--xla_gpu_enable_pipelined_all_gather=true",
+    "--xla_gpu_enable_pipelined_reduce_scatter=true",
+    "--xla_gpu_enable_pipelined_all_reduce=true",
+    "--xla_gpu_enable_while_loop_double_buffering=true",
+    "--xla_gpu_enable_all_gather_combine_by_dim=false",
+    "--xla_gpu_enable_reduce_scatter_combine_by_dim=false",
+    "--xla_disable_hlo_passes=rematerialization",
+)
+REMAT_ORDER = ("none", "dots_saveable", "nothing_saveable")  # most memory to least
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Fast-path options; all off (today's path)."""
+    c = ml_collections.ConfigDict()
+    c.attention = "xla"  # "cudnn": fused attention by key lengths on GPUs
+    c.frontend_norm = "float32"  # "compute": CNN norms in the compute dtype, f32 statistics
+    c.xla_gpu_flags = False  # MaxText's XLA GPU flags (GPU_FLAGS), set by main.py
+    c.remat_memory_fraction = 0.5  # config.remat="auto": activations' share of device memory
+    return c
+
+
+def encoder_options(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The EncoderConfig fields the fast path sets (teacher and student alike)."""
+    f = config.get("fastpath") or default_config()
+    return {"attention": f.attention, "frontend_norm": f.frontend_norm}
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible, without starting a JAX backend."""
+    platforms = os.environ.get("JAX_PLATFORMS", "") or os.environ.get("JAX_PLATFORM_NAME", "")
+    if platforms and not any(p in platforms for p in ("cuda", "gpu")):
+        return False
+    return pathlib.Path("/dev/nvidiactl").exists() or pathlib.Path("/proc/driver/nvidia").exists()
+
+
+def xla_flags(existing: str, flags: tuple[str, ...] = GPU_FLAGS) -> str:
+    """XLA_FLAGS with `flags` first: a flag already in `existing` keeps its value there."""
+    names = {f.split("=", 1)[0] for f in existing.split()}
+    ours = [f for f in flags if f.split("=", 1)[0] not in names]
+    return " ".join([*ours, existing]).strip()
+
+
+def apply_xla_flags(config: ml_collections.ConfigDict) -> bool:
+    """Puts GPU_FLAGS in XLA_FLAGS if config.fastpath.xla_gpu_flags and a GPU is present.
+
+    Call before anything starts a JAX backend (XLA reads XLA_FLAGS once). True if applied.
+    """
+    f = config.get("fastpath")
+    if not (f and f.xla_gpu_flags and gpu_present()):
+        return False
+    os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))
+    log.info("XLA GPU flags: %s", os.environ["XLA_FLAGS"])
+    return True
+
+
+def saved_activation_bytes(cfg: Any, batch: int, frames: int, policy: str) -> int:
+    """Rough bytes the backward keeps for the scanned layers of `cfg` under `policy`.
+
+    Per layer and frame: none keeps ~8 D + 2 F values plus the (N, T) attention scores and
+    weights; dots_saveable keeps the matmul outputs (4 D + F, the Q K^T scores); nothing_saveable
+    keeps the layer input (D).
+    """
+    d, f, n, t = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, frames
+    per_frame = {
+        "none": 8 * d + 2 * f + 2 * n * t,
+        "dots_saveable": 4 * d + f + n * t,
+        "nothing_saveable": d,
+    }[policy]
+    itemsize = 2 if cfg.dtype == "bfloat16" else 4
+    return cfg.num_layers * batch * frames * per_frame * itemsize
+
+
+def remat_policy(
+    config: ml_collections.ConfigDict,
+    cfg: Any,
+    batch_per_device: int,
+    device_bytes: int | None = None,
+) -> str:
+    """config.remat, with "auto" resolved for this model size, per-device batch and device."""
+    if config.remat != "auto":
+        return config.remat
+    if device_bytes is None:
+        device_bytes = _device_bytes()
+    if device_bytes is None:  # CPU: no memory limit reported, nothing to save
+        return "none"
+    frames = cfg.num_frames(config.data.max_samples)
+    budget = (config.get("fastpath") or default_config()).remat_memory_fraction * device_bytes
+    for policy in REMAT_ORDER:
+        if saved_activation_bytes(cfg, batch_per_device, frames, policy) <= budget:
+            return policy
+    return REMAT_ORDER[-1]
+
+
+def _device_bytes() -> int | None:
+    """Memory of the first local device, if the backend reports it."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
