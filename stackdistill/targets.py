@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import teacher
+from stackdistill import resume, teacher
 from stackdistill.data import audio, recordio, sources
 from stackdistill.data import targets as stored  # their records on disk and the reader
 from stackdistill.models.config import EncoderConfig
@@ -169,6 +169,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     out = pathlib.Path(out)
     if (out / stored.META_FILE).is_file():
         meta = stored.read_meta(out)
+        resume.check_targets(meta, config, str(out))  # refuses targets of another config
         log.info("teacher targets already built in %s (%d records)", out, meta["records"])
         return meta
     out.mkdir(parents=True, exist_ok=True)
