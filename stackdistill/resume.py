@@ -187,6 +187,23 @@ def _refused_names(saved, new, refused_steps, allow) -> list[str]:
     return (["total_steps"] if refused_steps else []) + names
 
 
+def guard(config: Any, workdir: Any) -> tuple[int, dict[str, Any]] | None:
+    """(step, meta) of the workdir's newest checkpoint once `check_run` lets `config` resume
+    it (its notes logged), or None for a new run; reads the checkpoint's JSON only."""
+    import logging
+
+    from stackdistill import checkpoint
+
+    latest = checkpoint.latest_run(workdir)
+    if latest is None:
+        return None
+    step, meta, saved = latest
+    stage = int(meta["stage"])
+    for note in check_run(saved, config.to_dict(), step=step, stage=stage, workdir=str(workdir)):
+        logging.getLogger("stackdistill").info("resume: %s", note)
+    return step, meta
+
+
 # targets.json key -> the config field it was built from (`--mode=cache` outputs).
 TARGETS_FIELDS = {
     "teacher": "teacher.name",

@@ -122,16 +122,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     workdir = epath.Path(workdir)  # local paths and gs:// alike
     with console.run_output(workdir, primary=jax.process_index() == 0):
-        latest = checkpoint.latest_run(workdir)
-        if latest is not None:
-            step, meta, saved = latest
-            notes = resume.check_run(
-                saved, config.to_dict(), step=step, stage=int(meta["stage"]), workdir=str(workdir)
-            )
-            for note in notes:
-                log.info("resume: %s", note)
-            if step >= config.total_steps:
-                return _finished(config, workdir, step, meta)
+        latest = resume.guard(config, workdir)
+        if latest is not None and latest[0] >= config.total_steps:
+            return _finished(config, workdir, *latest)
         return _train(config, workdir)
 
 
@@ -147,22 +140,9 @@ def _finished(config, workdir: epath.Path, step: int, meta: dict[str, Any]) -> d
     if path.exists():
         return json.loads(path.read_text())
     stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
-    summary = _summary("completed", step, int(meta["depth"]), meta, stages)
+    summary = writers.summary("completed", step, int(meta["depth"]), meta, stages)
     writers.write_report(workdir, summary, [s.start_step for s in stages[1:]])
     return summary
-
-
-def _summary(status: str, step: int, depth: int, record: dict[str, Any], stages) -> dict:
-    """summary.json: how the run ended and its whole history (all its processes' steps)."""
-    return {
-        "status": status,
-        "steps": step,
-        "final_depth": depth,
-        "final_metrics": record.get("last_metrics", {}),
-        "stage_seconds": record.get("stage_seconds", {}),
-        "loss_history": [list(p) for p in record.get("loss_history", [])],
-        "stages": [s.__dict__ for s in stages],
-    }
 
 
 def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
@@ -222,9 +202,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
             for stage in stages[stage_index:]:
                 record = _stage_record(setup, stage)
                 step_fns = _compile(setup, record, state, t_params)
-                timer = Timer()
+                writer.stage_started(stage.index)
                 state, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)
-                writer.add_stage_seconds(stage.index, timer.lap())
+                writer.stage_ended()
                 if preempted:
                     status = "preempted"
                     break
@@ -240,7 +220,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
         log.warning(f"data: skipped {data_iter.num_skipped} unusable records, e.g. {skipped[:5]}")
 
     depth = stacking.stack_depth(state["params"])
-    summary = _summary(status, int(state["step"]), depth, writer.record(), stages)
+    summary = writers.summary(status, int(state["step"]), depth, writer.record(), stages)
     writer.finish(summary, [s.start_step for s in stages[1:]])
     if status == "preempted":
         log.warning(

@@ -45,6 +45,7 @@ class RunWriter:
         ]
         self.last: dict[str, float] = dict(past.get("last_metrics", {}))
         self.stage_seconds: dict[str, float] = dict(past.get("stage_seconds", {}))
+        self._stage: tuple[str, float] | None = None  # the stage being timed, since when
         self._tb = None
         self._bar = None
         if not self.active:
@@ -75,17 +76,28 @@ class RunWriter:
         self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         log.info(window_line(step, self.last))
 
-    def add_stage_seconds(self, stage: int, seconds: float) -> None:
-        """Adds the wall-clock seconds spent stepping in `stage`."""
-        key = str(stage)
-        self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + seconds
+    def stage_started(self, stage: int) -> None:
+        """Starts counting wall-clock seconds of stepping in `stage` (after its compile)."""
+        self._stage = (str(stage), time.perf_counter())
+
+    def stage_ended(self) -> None:
+        """Adds the seconds since `stage_started` to the stage."""
+        self.stage_seconds = self._seconds()
+        self._stage = None
+
+    def _seconds(self) -> dict[str, float]:
+        seconds = dict(self.stage_seconds)
+        if self._stage is not None:
+            key, start = self._stage
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+        return seconds
 
     def record(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the run so far (JSON)."""
+        """What a checkpoint keeps of the run so far (JSON), the current stage's time included."""
         return {
             "loss_history": [list(p) for p in self.history],
             "last_metrics": dict(self.last),
-            "stage_seconds": dict(self.stage_seconds),
+            "stage_seconds": self._seconds(),
         }
 
     def finish(self, summary: dict[str, Any], stage_bounds: Sequence[int]) -> None:
@@ -103,6 +115,19 @@ def window_line(step: int, m: Mapping[str, float]) -> str:
     keys = ("loss", "depth", "lr", "audio_s_per_s", "mfu", "data_skipped")
     shown = [k for k in keys if k in m and (k != "data_skipped" or m[k])]
     return f"step {step}: " + ", ".join(f"{k}={m[k]:.4g}" for k in shown)
+
+
+def summary(status: str, step: int, depth: int, record: Mapping[str, Any], stages) -> dict:
+    """summary.json: how the run ended and its whole record (all its processes' steps)."""
+    return {
+        "status": status,
+        "steps": step,
+        "final_depth": depth,
+        "final_metrics": dict(record.get("last_metrics", {})),
+        "stage_seconds": dict(record.get("stage_seconds", {})),
+        "loss_history": [list(p) for p in record.get("loss_history", [])],
+        "stages": [s.__dict__ for s in stages],
+    }
 
 
 def write_report(workdir: epath.Path, summary: dict[str, Any], stage_bounds: Sequence[int]):

@@ -61,6 +61,14 @@ def test_console_stays_under_its_line_budget(reference):
     assert "stage 3: depth 12" in log_txt and "orbax" in log_txt  # the full log
 
 
+def test_verbosity_flag_brings_third_party_info_back(shared, reference):
+    workdir, _ = reference
+    args = cli_args(_config(shared), workdir) + ["--verbosity=0"]
+    out = subprocess.run(args, capture_output=True, text=True)  # finished: nothing compiles
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "info (absl): " in out.stderr and "is finished" in out.stderr
+
+
 def test_finished_run_rerun_changes_nothing_and_compiles_nothing(shared, reference, monkeypatch):
     workdir, _ = reference
     before = _snapshot(workdir)
@@ -75,6 +83,14 @@ def test_finished_run_rerun_changes_nothing_and_compiles_nothing(shared, referen
     assert summary == json.loads(before[str(workdir / "summary.json")])
     assert summary["steps"] == 16 and len(summary["loss_history"]) == 16
     assert "is finished (checkpoint at step 16" in (workdir / "log.txt").read_text()
+    # Killed between its last checkpoint and its report: the report comes from the checkpoint.
+    (workdir / "summary.json").unlink()
+    again = train.train_and_evaluate(_config(shared), str(workdir))
+    assert json.loads((workdir / "summary.json").read_text()) == again
+    seconds, seconds_again = summary.pop("stage_seconds"), again.pop("stage_seconds")
+    assert again == summary and seconds_again.keys() == seconds.keys() == {"0", "1", "2", "3"}
+    for stage, value in seconds.items():  # the last save came a moment before the stage end
+        assert 0 < seconds_again[stage] <= value
 
 
 def test_changed_stacking_method_is_refused_unless_named(shared, reference, monkeypatch):
