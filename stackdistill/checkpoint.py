@@ -72,6 +72,32 @@ class Checkpointer:
         self.manager.close()
 
 
+def latest_run(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+    """(step, meta, config) of the newest checkpoint in workdir, or None; reads JSON only.
+
+    What the resume guard and a finished run need, before anything is loaded or compiled.
+    """
+    directory = epath.Path(workdir) / "checkpoints"
+    if not directory.exists():
+        return None
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_names=("meta", "config"),
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()),
+        )
+        return step, restored["meta"], restored["config"]
+    finally:
+        manager.close()
+
+
 def load_student(workdir: str | pathlib.Path, step: int | None = None):
     """(EncoderConfig, params, meta) of a run's student at `step` (default: the latest).
 

@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 100
     c.checkpoint_every = 2_000
     c.keep_checkpoints = 3
+    # Refused resume changes let through on purpose: "field1,field2" or "allow" (resume.py).
+    c.resume_changed = ""
     # XLA's persistent compilation cache ("": off): reruns and resumes skip the compiles.
     c.compilation_cache_dir = str(paths.cache_home() / "xla")
     return c

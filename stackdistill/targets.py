@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import fastpath, teacher
+from stackdistill import fastpath, resume, teacher
 from stackdistill.data import audio, recordio, sources
 from stackdistill.data import targets as stored  # their records on disk and the reader
 from stackdistill.models.config import EncoderConfig
@@ -177,6 +177,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     out = pathlib.Path(out)
     if (out / stored.META_FILE).is_file():
         meta = stored.read_meta(out)
+        resume.check_targets(meta, config, str(out))  # refuses targets of another config
         if meta.get("dtype", "bfloat16") != t.dtype:
             raise ValueError(
                 f"config.targets.dtype={t.dtype!r} but {out} already holds {meta['dtype']!r} "

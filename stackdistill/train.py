@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import pathlib
 import time
@@ -22,14 +23,17 @@ from etils import epath
 
 from stackdistill import (
     checkpoint,
+    console,
     distill,
     distributed,
     fastpath,
     optim,
+    resume,
     sharding,
     stacking,
     targets,
     teacher,
+    writers,
 )
 from stackdistill import flops as flops_lib
 from stackdistill.models import student
@@ -112,8 +116,37 @@ class _Loop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs distillation to config.total_steps (resuming from workdir); returns the summary."""
+    """Runs distillation to config.total_steps (resuming from workdir); returns the summary.
+
+    A workdir with a checkpoint is resumed only by the config that wrote it (`resume.check_run`
+    refuses other runs before anything is loaded); a finished run is left as it is.
+    """
     workdir = epath.Path(workdir)  # local paths and gs:// alike
+    with console.run_output(workdir, primary=jax.process_index() == 0):
+        latest = resume.guard(config, workdir)
+        if latest is not None and latest[0] >= config.total_steps:
+            return _finished(config, workdir, *latest)
+        return _train(config, workdir)
+
+
+def _finished(config, workdir: epath.Path, step: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """A finished run: says so and returns its summary; rewrites nothing that exists."""
+    path = workdir / "summary.json"
+    log.info(
+        "the run in %s is finished (checkpoint at step %d = config.total_steps): nothing to do. "
+        "To train further, raise --config.total_steps or use a new --workdir.",
+        workdir,
+        step,
+    )
+    if path.exists():
+        return json.loads(path.read_text())
+    stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
+    summary = writers.summary("completed", step, int(meta["depth"]), meta, stages)
+    writers.write_report(workdir, summary, [s.start_step for s in stages[1:]])
+    return summary
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh)
     stages = validate_config(config, mesh.size)
@@ -161,47 +194,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ------------------------------------------------------------------ restore
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-    state, stage_index = _restore_or_init(setup, ckpt, fresh_state, data_iter)
-    if use_targets:  # the targets come from disk: the step needs no teacher params on device
-        t_params = {}
+    try:  # closed on every way out: no async save is left to fail at exit
+        state, stage_index, past = _restore_or_init(setup, ckpt, fresh_state, data_iter)
+        if use_targets:  # the targets come from disk: the step needs no teacher params on device
+            t_params = {}
 
-    # ------------------------------------------------------------------ stages
-    writer = RunWriter(workdir, config.total_steps, int(state["step"]))
-    stage_seconds: dict[int, float] = {}
-    last_metrics: dict[str, float] = {}
-    status = "completed"
-    with distributed.Preemption() as preemption:
-        loop = _Loop(data_iter, ckpt, writer, preemption, config.to_dict())
-        for stage in stages[stage_index:]:
-            record = _stage_record(setup, stage)
-            step_fns = _compile(setup, record, state, t_params, writer)
-            timer = Timer()
-            state, metrics, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)
-            stage_seconds[stage.index] = stage_seconds.get(stage.index, 0.0) + timer.lap()
-            last_metrics = metrics or last_metrics
-            if preempted:
-                status = "preempted"
-                break
-            if stage.index + 1 < len(stages):
-                state = _grow(setup, state, stages[stage.index + 1])
-        _save(loop, record, state, step=int(state["step"]), force=True)
+        # -------------------------------------------------------------- stages
+        writer = RunWriter(workdir, config.total_steps, int(state["step"]), past)
+        status = "completed"
+        with distributed.Preemption() as preemption:
+            loop = _Loop(data_iter, ckpt, writer, preemption, config.to_dict())
+            for stage in stages[stage_index:]:
+                record = _stage_record(setup, stage)
+                step_fns = _compile(setup, record, state, t_params)
+                writer.stage_started(stage.index)
+                state, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)
+                writer.stage_ended()
+                if preempted:
+                    status = "preempted"
+                    break
+                if stage.index + 1 < len(stages):
+                    state = _grow(setup, state, stages[stage.index + 1])
+            _save(loop, record, state, step=int(state["step"]), force=True)
+    finally:
         ckpt.close()
+        if hasattr(data_iter, "close"):
+            data_iter.close()
     skipped = getattr(data_iter, "skipped_examples", [])
     if skipped:
-        writer.text(f"data: skipped {data_iter.num_skipped} unusable records, e.g. {skipped[:5]}")
-    if hasattr(data_iter, "close"):
-        data_iter.close()
+        log.warning(f"data: skipped {data_iter.num_skipped} unusable records, e.g. {skipped[:5]}")
 
-    summary = {
-        "status": status,
-        "steps": int(state["step"]),
-        "final_depth": stacking.stack_depth(state["params"]),
-        "final_metrics": last_metrics,
-        "stage_seconds": {str(k): v for k, v in stage_seconds.items()},
-        "loss_history": writer.history,
-        "stages": [s.__dict__ for s in stages],
-    }
+    depth = stacking.stack_depth(state["params"])
+    summary = writers.summary(status, int(state["step"]), depth, writer.record(), stages)
     writer.finish(summary, [s.start_step for s in stages[1:]])
+    if status == "preempted":
+        log.warning(
+            "preempted at step %d: checkpoint saved. Run the same command to resume.",
+            summary["steps"],
+        )
+    else:
+        log.info("done: step %d, depth %d; report in %s", summary["steps"], depth, workdir)
     return summary
 
 
@@ -265,17 +297,29 @@ def _batch_abstract(config, t_cfg: EncoderConfig, mesh, use_targets: bool) -> di
 
 
 def _restore_or_init(setup: _Setup, ckpt: checkpoint.Checkpointer, fresh_state, data_iter):
-    """The latest checkpoint's state (and data position) and its stage, or a fresh state."""
+    """(state, stage, record of the steps before) from the latest checkpoint, or fresh.
+
+    The record (loss history, last metrics, stage seconds) is what the checkpoint's metadata
+    kept, so the summary and plot of a resumed run cover all of it.
+    """
     abstract = jax.eval_shape(fresh_state)
     latest = ckpt.latest_step()
     if latest is None:
-        return jax.jit(fresh_state, out_shardings=setup.shardings(abstract))(), 0
-    stage_index = int(ckpt.restore_meta(latest)["stage"])
+        return jax.jit(fresh_state, out_shardings=setup.shardings(abstract))(), 0, {}
+    meta = ckpt.restore_meta(latest)
+    stage_index = int(meta["stage"])
     for s in setup.stages[1 : stage_index + 1]:
         abstract = jax.eval_shape(lambda st, s=s: _grown(st, s, setup.config.stacking), abstract)
-    state = ckpt.restore(latest, _abstract(abstract, setup.shardings(abstract)), data_iter)
+    try:
+        state = ckpt.restore(latest, _abstract(abstract, setup.shardings(abstract)), data_iter)
+    except ValueError as e:  # e.g. a shape change let through by config.resume_changed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise resume.ResumeMismatch(
+            f"the checkpoint at step {latest} does not fit this config: {first}. "
+            "Use a new --workdir for a run of another shape."
+        ) from None
     log.info("resumed from step %d (stage %d)", latest, stage_index)
-    return state, stage_index
+    return state, stage_index, meta
 
 
 # ---------------------------------------------------------------------- a stage
@@ -303,7 +347,7 @@ def _stage_record(setup: _Setup, stage: stacking.Stage) -> StageRecord:
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 
 
-def _compile(setup: _Setup, record: StageRecord, state, t_params, writer: RunWriter):
+def _compile(setup: _Setup, record: StageRecord, state, t_params):
     """The stage's step, jitted and compiled ahead for the batch shape; logs time and memory."""
     train_step = distill.make_train_step(
         setup.config.distill,
@@ -325,10 +369,16 @@ def _compile(setup: _Setup, record: StageRecord, state, t_params, writer: RunWri
     timer = Timer()
     compiled = jitted.lower(_abstract(state, st_sh), t_params, setup.batch_abstract).compile()
     stage = record.stage
-    writer.text(
-        f"stage {stage.index}: depth {stage.depth}, steps {stage.start_step}-"
-        f"{stage.end_step}, targets {record.sources} (teacher layer -> student hidden state), "
-        f"compiled in {timer.lap():.1f}s, {_memory(compiled)}"
+    log.info(
+        "stage %d: depth %d, steps %d-%d, targets %s (teacher layer -> student hidden state), "
+        "compiled in %.1fs, %s",
+        stage.index,
+        stage.depth,
+        stage.start_step,
+        stage.end_step,
+        record.sources,
+        timer.lap(),
+        _memory(compiled),
     )
     return compiled, jitted
 
@@ -336,8 +386,7 @@ def _compile(setup: _Setup, record: StageRecord, state, t_params, writer: RunWri
 def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, loop: _Loop):
     """Steps to the end of the stage (or a preemption): logs every window, saves on schedule.
 
-    Returns the state, the last window's metrics ({} if none ended) and whether it stopped
-    for a preemption.
+    Returns the state and whether it stopped for a preemption.
     """
     from stackdistill import data as data_lib
 
@@ -375,7 +424,7 @@ def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, lo
                 window_steps = 0
             _save(loop, record, state, step=step)
     _check_finite(pending)  # a preemption between windows: no NaN goes into the last save
-    return state, metrics, preempted
+    return state, preempted
 
 
 def _grow(setup: _Setup, state: dict, stage: stacking.Stage) -> dict:
@@ -409,7 +458,7 @@ def _save(loop: _Loop, record: StageRecord, state, *, step: int, force: bool = F
     """Checkpoints the state with the record's metadata; a forced save skips a saved step."""
     if force and loop.ckpt.latest_step() == step:
         return
-    meta = record.checkpoint_meta(step)
+    meta = {**record.checkpoint_meta(step), **loop.writer.record()}
     loop.ckpt.save(step, state, loop.data_iter, meta, loop.run_config, force=force)
 
 

@@ -1,4 +1,4 @@
-"""Run reporting from process 0: TensorBoard events, console progress, summary.json, loss plot.
+"""Run reporting from process 0: TensorBoard events, console lines, summary.json, loss plot.
 
 clu's metric writers import TensorFlow, so the event files are written with tensorboardX.
 Every method is a no-op on other processes.
@@ -21,13 +21,31 @@ log = logging.getLogger("stackdistill")
 
 
 class RunWriter:
-    """Scalars to TensorBoard and the console, a progress bar, and the end-of-run report."""
+    """Scalars to TensorBoard, one console line per log window, a progress bar, the report.
 
-    def __init__(self, workdir: str | pathlib.Path, total_steps: int, first_step: int = 0):
+    The run's record (loss history, last metrics, seconds per stage) is kept on every
+    process, starts from `past` (what a checkpoint kept) and goes into each checkpoint's
+    metadata, so a resumed run reports all its steps.
+    """
+
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        total_steps: int,
+        first_step: int = 0,
+        past: Mapping[str, Any] | None = None,
+    ):
+        past = past or {}
         self.active = jax.process_index() == 0
         self.workdir = epath.Path(workdir)  # local or gs://
-        self.history: list[tuple[int, float]] = []  # (step, loss) for the plot
-        self.last: dict[str, float] = {}
+        # (step, loss) for the plot; a checkpoint's record may hold steps a killed process
+        # logged after it: those steps run again.
+        self.history: list[tuple[int, float]] = [
+            (int(s), float(v)) for s, v in past.get("loss_history", []) if s <= first_step
+        ]
+        self.last: dict[str, float] = dict(past.get("last_metrics", {}))
+        self.stage_seconds: dict[str, float] = dict(past.get("stage_seconds", {}))
+        self._stage: tuple[str, float] | None = None  # the stage being timed, since when
         self._tb = None
         self._bar = None
         if not self.active:
@@ -37,41 +55,90 @@ class RunWriter:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-        self._bar = tqdm(total=total_steps, initial=first_step, unit="step", dynamic_ncols=True)
+        # On a terminal only (disable=None): a log file gets the window lines instead.
+        self._bar = tqdm(
+            total=total_steps, initial=first_step, unit="step", dynamic_ncols=True, disable=None
+        )
         self._bar_step = first_step
 
     def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Writes one point per metric at `step` and updates the progress bar."""
-        if not self.active:
-            return
+        """Writes one point per metric at `step`, a console line, and moves the progress bar."""
         self.last = {k: float(v) for k, v in metrics.items()}
-        for k, v in self.last.items():
-            self._tb.add_scalar(k, v, step)
         if "loss" in self.last:
             self.history.append((step, self.last["loss"]))
+        if not self.active:
+            return
+        for k, v in self.last.items():
+            self._tb.add_scalar(k, v, step)
         self._bar.update(step - self._bar_step)
         self._bar_step = step
         shown = {k: self.last[k] for k in ("loss", "depth", "audio_s_per_s") if k in self.last}
-        self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-        log.info(
-            "step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in sorted(self.last.items()))
-        )
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+        log.info(window_line(step, self.last))
 
-    def text(self, message: str) -> None:
-        """A line in the log (and above the progress bar)."""
-        if self.active:
-            self._bar.write(message)
-            log.info(message)
+    def stage_started(self, stage: int) -> None:
+        """Starts counting wall-clock seconds of stepping in `stage` (after its compile)."""
+        self._stage = (str(stage), time.perf_counter())
+
+    def stage_ended(self) -> None:
+        """Adds the seconds since `stage_started` to the stage."""
+        self.stage_seconds = self._seconds()
+        self._stage = None
+
+    def _seconds(self) -> dict[str, float]:
+        seconds = dict(self.stage_seconds)
+        if self._stage is not None:
+            key, start = self._stage
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+        return seconds
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the run so far (JSON), the current stage's time included."""
+        return {
+            "loss_history": [list(p) for p in self.history],
+            "last_metrics": dict(self.last),
+            "stage_seconds": self._seconds(),
+        }
 
     def finish(self, summary: dict[str, Any], stage_bounds: Sequence[int]) -> None:
-        """Writes summary.json and loss.png (loss vs step, stage boundaries dashed)."""
+        """Closes the bar and the events; writes summary.json and loss.png."""
         if not self.active:
             return
         self._bar.close()
         self._tb.close()
-        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
-        if self.history:
-            _plot_loss(self.workdir / "loss.png", self.history, stage_bounds)
+        write_report(self.workdir, summary, stage_bounds)
+
+
+def window_line(step: int, m: Mapping[str, float]) -> str:
+    """The console line of one log window, the figures a person follows, as `k=v` pairs
+    (benchmarks/stacking.py reads the loss back from it); all metrics go to TensorBoard."""
+    keys = ("loss", "depth", "lr", "audio_s_per_s", "mfu", "data_skipped")
+    shown = [k for k in keys if k in m and (k != "data_skipped" or m[k])]
+    return f"step {step}: " + ", ".join(f"{k}={m[k]:.4g}" for k in shown)
+
+
+def summary(status: str, step: int, depth: int, record: Mapping[str, Any], stages) -> dict:
+    """summary.json: how the run ended and its whole record (all its processes' steps)."""
+    return {
+        "status": status,
+        "steps": step,
+        "final_depth": depth,
+        "final_metrics": dict(record.get("last_metrics", {})),
+        "stage_seconds": dict(record.get("stage_seconds", {})),
+        "loss_history": [list(p) for p in record.get("loss_history", [])],
+        "stages": [s.__dict__ for s in stages],
+    }
+
+
+def write_report(workdir: epath.Path, summary: dict[str, Any], stage_bounds: Sequence[int]):
+    """summary.json and loss.png (loss vs step, stage boundaries dashed) on process 0."""
+    if jax.process_index() != 0:
+        return
+    workdir = epath.Path(workdir)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    history = summary.get("loss_history", [])
+    if history:
+        _plot_loss(workdir / "loss.png", history, stage_bounds)
 
 
 def _plot_loss(path: epath.Path, history, stage_bounds) -> None:

@@ -110,9 +110,16 @@ def scan_audio(folder: str) -> tuple[list[dict[str, Any]], list[str]]:
 
 def write_manifest(folder: str, out: str | None = None) -> tuple[str, list[str]]:
     """Writes a manifest of the audio under folder (.jsonl if out says so); returns it and the
-    names of unreadable files."""
+    names of unreadable files. Raises ValueError (and writes nothing) if no file is usable."""
     out = out or str(epath.Path(folder) / "manifest.tsv")
+    if not epath.Path(folder).is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
     entries, unreadable = scan_audio(folder)
+    if not entries:
+        found = f"{len(unreadable)} unreadable audio files" if unreadable else "no audio files"
+        raise ValueError(
+            f"no usable audio in {folder} ({found}; looked for {', '.join(AUDIO_SUFFIXES)})"
+        )
     if out.endswith(".jsonl"):
         text = "".join(json.dumps(e) + "\n" for e in entries)
     else:
@@ -123,12 +130,19 @@ def write_manifest(folder: str, out: str | None = None) -> tuple[str, list[str]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: write a manifest for an audio folder."""
+    """Command line: write a manifest for an audio folder (exit status 1 if it holds none)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="folder searched recursively for audio files")
     parser.add_argument("--out", default=None, help="manifest file (.tsv or .jsonl)")
     args = parser.parse_args(argv)
-    out, unreadable = write_manifest(args.folder, args.out)
+    try:
+        out, unreadable = write_manifest(args.folder, args.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(
+            f"error: {e}\nNo manifest written: point it at a folder of audio files.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     for name in unreadable[:10]:
         print(f"unreadable, left out: {name}", file=sys.stderr)
     if len(unreadable) > 10:
