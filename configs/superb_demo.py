@@ -18,18 +18,8 @@ and the last-layer heads are trained. The upstream defaults to the demo's tiny r
 
 import os
 
-from stackdistill.config import base_config
+from stackdistill.config import base_config, load_file
 
-TINY_TEACHER = dict(  # configs/demo.py's random 12 x 48 HuBERT
-    model_type="hubert",
-    hidden_size=48,
-    num_layers=12,
-    num_heads=4,
-    intermediate_size=96,
-    conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
 TASKS = ("pr", "asr", "ks", "sid", "er", "ic", "sf")
 
 
@@ -38,7 +28,8 @@ def get_config(root=None):
     root = os.path.abspath(root or ".")
     join = lambda *names: os.path.join(root, *names)
     c.teacher.name = "tiny_teacher"  # under the workdir
-    c.teacher.random_arch = TINY_TEACHER
+    demo = load_file(os.path.join(os.path.dirname(__file__), "demo.py"))
+    c.teacher.random_arch = demo.teacher.random_arch  # the demo's random 12 x 48 HuBERT
     s = c.superb
     s.upstreams = ("teacher",)
     s.tasks = TASKS
