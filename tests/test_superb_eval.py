@@ -3,7 +3,6 @@
 Split sizes, class sets, metrics, the SUPERB table and score, the deviations listed, bad paths
 named, and head checkpoints that resume after an interruption."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -12,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 import superb_fixtures as fx
+from helpers import load_config
 
 from stackdistill import resume
 from stackdistill.superb import config as superb_config
@@ -33,10 +33,7 @@ TEACHER = dict(
 
 def _superb_demo(root: pathlib.Path) -> ml_collections.ConfigDict:
     """configs/superb_demo.py read as --config=configs/superb_demo.py:ROOT reads it."""
-    spec = importlib.util.spec_from_file_location("superb_demo", REPO / "configs/superb_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(str(root))
+    return load_config(REPO / "configs/superb_demo.py", str(root))
 
 
 @pytest.fixture(scope="module")
