@@ -19,16 +19,7 @@ from stackdistill.superb import heads, run, score, tasks, training
 from stackdistill.superb.datasets import MissingData
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TEACHER = dict(
-    model_type="hubert",
-    hidden_size=48,
-    num_layers=3,
-    num_heads=4,
-    intermediate_size=96,
-    conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
+TEACHER = dict(load_config(REPO / "configs/demo.py").teacher.random_arch, num_layers=3)
 
 
 def _superb_demo(root: pathlib.Path) -> ml_collections.ConfigDict:

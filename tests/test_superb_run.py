@@ -8,22 +8,14 @@ import grain
 import jax
 import numpy as np
 import pytest
+from helpers import DEMO, load_config
 
 from stackdistill import checkpoint, teacher
 from stackdistill import config as config_lib
 from stackdistill.data import manifest
 from stackdistill.superb import features, run, tasks, upstream
 
-TINY_TEACHER = dict(
-    model_type="hubert",
-    hidden_size=48,
-    num_layers=4,
-    num_heads=4,
-    intermediate_size=96,
-    conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
+TINY_TEACHER = dict(load_config(DEMO).teacher.random_arch, num_layers=4)  # the demo's, 4 layers
 
 
 def _config(shared: pathlib.Path, corpus_dir: str, num: int):
