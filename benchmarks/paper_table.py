@@ -60,6 +60,9 @@ ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
     "weight_1": {"distill.intermediate_weight": 1.0},
     "reset_moments": {"stacking.reset_new_moments": True},
 }
+# Spec fields that only choose which cells run: a table grows by more seeds, methods or
+# ablations in the same folder, its finished cells kept. Every other field defines a cell.
+SELECTS = ("methods", "schedules", "seeds", "ablations")
 _STEP_LINE = re.compile(r"^step (\d+): (.*)$")
 _COMPILE_LINE = re.compile(r"compiled in ([0-9.]+)s")
 
@@ -90,6 +93,11 @@ def table_spec(quick: bool = False) -> ml_collections.ConfigDict:
     s.cka_utterances = 32
     s.probe_alpha = 10.0
     s.pad_ratio = 1.25  # mini-SUPERB extraction buckets (fewer shapes: fewer compiles)
+    # XLA's persistent compilation cache in WORKDIR/xla, shared by the cells: a program compiled
+    # by one cell (same depth and shapes: other seeds, schedules, often methods) loads from disk
+    # in the next. Each cell's compile seconds are still logged and reported apart from its step
+    # seconds; the speed-ups are read on the step seconds (compiles are a CPU-miniature cost).
+    s.compilation_cache = True
     if quick:
         s.teacher_config = "tiny_teacher.py:quick"
         s.teacher_probe = False
@@ -193,7 +201,7 @@ def distill_config(
     steps = eval_steps(spec)
     c.checkpoint_every = int(np.gcd.reduce(steps))
     c.keep_checkpoints = spec.steps // c.checkpoint_every + 1
-    c.compilation_cache_dir = ""  # every cell pays its own compiles (they are reported)
+    c.compilation_cache_dir = ""  # set once per table by run_table (spec.compilation_cache)
     overrides = ABLATIONS.get(cell.ablation, {})
     return apply_arg(c, ",".join(f"{k}={v!r}" for k, v in overrides.items()))
 
@@ -234,12 +242,15 @@ class _LogTimes(logging.Handler):
         self.start = time.perf_counter()
         self.points: list[tuple[float, int, float]] = []  # (seconds, step, loss)
         self.compiles: list[float] = []
+        self.train_s: dict[int, float] = {}  # step -> seconds since start minus compiles
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if match := _STEP_LINE.match(message):
             loss = dict(kv.split("=", 1) for kv in match.group(2).split(", "))["loss"]
-            self.points.append((time.perf_counter() - self.start, int(match.group(1)), float(loss)))
+            seconds, step = time.perf_counter() - self.start, int(match.group(1))
+            self.points.append((seconds, step, float(loss)))
+            self.train_s[step] = seconds - sum(self.compiles)
         elif match := _COMPILE_LINE.search(message):
             self.compiles.append(float(match.group(1)))
 
@@ -334,7 +345,10 @@ def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, 
     for step in eval_steps(spec):
         up = upstream.load(f"{cell.key}=student:{run_dir}@{step}", ev_config, str(workdir))
         scores, store = downstream(up, task_list, ev_config)
-        record["evals"].append({"step": step, "wall_s": at[step], "depth": up.num_layers, **scores})
+        record["evals"].append(
+            {"step": step, "wall_s": at[step], "train_s": times.train_s[step], **scores}
+        )
+        record["evals"][-1]["depth"] = up.num_layers
     record["downstream"] = record["evals"][-1]
     record["profile"] = profile(store, task_list, spec.probe_alpha)
     teacher_up = upstream.load("teacher", ev_config, str(workdir))
@@ -368,9 +382,20 @@ def run_table(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[st
 
     workdir.mkdir(parents=True, exist_ok=True)
     spec_file = workdir / "spec.json"
-    if spec_file.is_file() and json.loads(spec_file.read_text()) != _jsonable(spec.to_dict()):
-        raise SystemExit(f"{workdir} holds a table of another spec ({spec_file}); use another dir")
+    if spec_file.is_file():
+        old = {k: v for k, v in json.loads(spec_file.read_text()).items() if k not in SELECTS}
+        new = {k: v for k, v in _jsonable(spec.to_dict()).items() if k not in SELECTS}
+        if old != new:
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise SystemExit(
+                f"{workdir} holds a table of another spec ({spec_file}: {', '.join(changed)} "
+                "differ); use another --workdir"
+            )
     _write_json(spec_file, spec.to_dict())
+    if spec.compilation_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(workdir / "xla"))
     teacher_dir = ensure_teacher(spec, workdir)
     cells = cells_of(spec)
     done = {c.key for c in cells if (workdir / "cells" / f"{c.key}.json").is_file()}

@@ -38,11 +38,14 @@ def get_config(arg=None):
     c.seed = 0
     c.arch = ARCH
     c.ctc_layer = 6  # phoneme CTC head on the top layer
-    c.speaker_layer = 3  # speaker head (mean-pooled frames) on a middle layer
+    c.speaker_layer = 2  # speaker head (mean-pooled frames) below the middle
     c.speaker_weight = 1.0
     # Weight of the confusion loss against a speaker adversary on the top layer (0: off):
     # without it the residual stream carries voice up to the output (probes rise to the top).
-    c.speaker_adversary_weight = 1.0
+    c.speaker_adversary_weight = 3.0
+    # Weight of the between-speaker share of the pooled top layer's variance in the batch
+    # (tiny_teacher.between_speaker_share; 0: off): removes voice along every direction.
+    c.speaker_invariance_weight = 1.0
     c.max_label_length = 64  # phonemes per utterance, padded (sentences have about 20)
     c.total_steps = 800
     c.learning_rate = 1e-3
@@ -62,7 +65,7 @@ def get_config(arg=None):
     c.data.label_keys = ("speaker", "phonemes")
 
     c.probe = ml_collections.ConfigDict()
-    c.probe.num = 240  # held-out utterances (0: no probes)
+    c.probe.num = 480  # held-out utterances (0: no probes): 320 to fit, 160 to score
     c.probe.seed = 1
     c.probe.train_fraction = 2 / 3
     c.probe.ridge_alpha = 10.0

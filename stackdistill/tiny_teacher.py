@@ -4,7 +4,8 @@
 
 Our encoder is trained on the synthetic espeak-ng corpus with phoneme CTC on its top layer
 and speaker (voice) classification, mean-pooled, on a middle layer; a speaker adversary on
-the top layer (a confusion loss) pushes voice out of the upper layers. It is written in
+the top layer (a confusion loss) and a penalty on the between-speaker share of the top layer's
+variance push voice out of the upper layers. It is written in
 transformers format to DIR/teacher (`teacher.load` and `HubertModel.from_pretrained` read
 it), with DIR/vocab.json, DIR/train.json (loss history) and DIR/probe.md: linear probes on
 every layer of a held-out corpus -- ridge speaker accuracy on mean-pooled frames and the
@@ -89,7 +90,21 @@ def adversary_losses(
     return ce, confusion, accuracy
 
 
-def make_step(cfg: EncoderConfig, c: Any, tx: optax.GradientTransformation):
+def between_speaker_share(pooled_bd: jax.Array, speaker_b: jax.Array, num_speakers: int):
+    """The share of the batch's variance that lies between speakers: trace(S_between) /
+    trace(S_total) of the mean-pooled vectors (0: every voice present has the batch mean;
+    1: utterances of one voice coincide). Its gradient pulls each voice's mean towards the
+    batch mean along every direction at once, where a linear adversary only sees its own
+    few directions and the encoder can move voice elsewhere."""
+    centred = pooled_bd - pooled_bd.mean(0)
+    onehot = jax.nn.one_hot(speaker_b, num_speakers, dtype=pooled_bd.dtype)  # (B, S)
+    counts = onehot.sum(0)
+    sums = onehot.T @ centred  # (S, D): per-voice sums of centred vectors
+    between = jnp.sum(jnp.sum(sums**2, -1) / jnp.maximum(counts, 1.0))
+    return between / (jnp.sum(centred**2) + 1e-6)
+
+
+def make_step(cfg: EncoderConfig, c: Any, tx: optax.GradientTransformation, num_speakers: int):
     """The jitted step: (params, opt_state, batch) -> (params, opt_state, metrics)."""
 
     def loss_fn(params, batch):
@@ -107,6 +122,10 @@ def make_step(cfg: EncoderConfig, c: Any, tx: optax.GradientTransformation):
             )
             metrics.update(adversary=adv, adversary_acc=adv_acc, confusion=confusion)
             loss = loss + adv + c.speaker_adversary_weight * confusion
+        if c.speaker_invariance_weight > 0:  # voice means pulled together on the top layer
+            share = between_speaker_share(top_bd, batch["speaker"], num_speakers)
+            metrics["between_speaker_share"] = share
+            loss = loss + c.speaker_invariance_weight * share
         return loss, metrics
 
     def step(params, opt_state, batch):
@@ -159,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         optax.adamw(schedule, weight_decay=config.weight_decay),
     )
     opt_state = tx.init(params)
-    step_fn = make_step(cfg, config, tx)
+    step_fn = make_step(cfg, config, tx, num_speakers)
     loader = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
 
     history, window, started = [], [], time.perf_counter()

@@ -78,6 +78,33 @@ def test_adversary_trains_the_head_and_confuses_the_encoder():
     assert tiny_teacher.adversary_losses(head, top, speaker)[1] > np.log(3.0)
 
 
+def test_between_speaker_share_by_hand_and_its_bounds():
+    """trace(S_between) / trace(S_total) against a loop over voices; 0 when every voice's
+    mean is the batch mean, 1 when each voice's utterances coincide; its gradient moves the
+    voices' means towards the batch mean."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 5))
+    speaker = np.array([0, 0, 0, 1, 1, 3, 3, 3, 3])  # voice 2 absent from the batch
+    mean = x.mean(0)
+    between = sum(
+        (speaker == s).sum() * np.sum((x[speaker == s].mean(0) - mean) ** 2)
+        for s in np.unique(speaker)
+    )
+    hand = between / np.sum((x - mean) ** 2)
+    ours = tiny_teacher.between_speaker_share(x.astype(np.float32), speaker, 4)
+    np.testing.assert_allclose(ours, hand, rtol=1e-5)
+    same = np.repeat(rng.standard_normal((3, 5)), [3, 2, 4], axis=0).astype(np.float32)
+    np.testing.assert_allclose(tiny_teacher.between_speaker_share(same, speaker, 4), 1.0, 1e-5)
+    mirrored = np.concatenate([x[:4], -x[:4] + 0.0, np.zeros((1, 5))]).astype(np.float32)
+    pairs = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0])  # each voice's mean is the batch mean, 0
+    np.testing.assert_allclose(
+        tiny_teacher.between_speaker_share(mirrored, pairs, 4), 0.0, atol=1e-6
+    )
+    grad = jax.grad(tiny_teacher.between_speaker_share)(x.astype(np.float32), speaker, 4)
+    stepped = x - 0.05 * np.asarray(grad)
+    assert tiny_teacher.between_speaker_share(stepped.astype(np.float32), speaker, 4) < ours
+
+
 def test_short_training_lowers_the_loss_and_exports_for_transformers(tmp_path):
     import transformers
 
