@@ -54,6 +54,36 @@ def test_score_depth_match_and_profile_correlation():
     np.testing.assert_allclose(r, np.corrcoef([0.2, 0.6, 1.0, 0.7], teacher["speaker"])[0, 1])
 
 
+def _paper_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks/paper_table.py")
+    module = sys.modules["paper_table"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_superb_config_sets_the_head_steps_that_training_reads(tmp_path):
+    pt = _paper_table()
+    spec = pt.table_spec()
+    config = pt.superb_config(spec, tmp_path, tmp_path)
+    for task, steps in dict(spec.head_steps).items():
+        assert config.superb[task].total_steps == steps
+        assert "steps" not in config.superb[task]  # no stray field beside the one read
+
+
+def test_a_table_folder_takes_more_cells_but_not_another_spec(tmp_path):
+    pt = _paper_table()
+    spec = pt.table_spec()
+    pt.check_spec(spec, tmp_path)
+    spec.seeds, spec.ablations = (0, 1, 2, 3), ("weight_0",)  # more cells: welcome
+    pt.check_spec(spec, tmp_path)
+    spec.steps += 1
+    spec.head_steps.ks_synth += 1
+    with pytest.raises(SystemExit, match="head_steps, steps differ"):
+        pt.check_spec(spec, tmp_path)
+
+
 FAKE_RUN = """
 import importlib.util, json, os, pathlib, signal, sys
 spec = importlib.util.spec_from_file_location("paper_table", sys.argv[1])
