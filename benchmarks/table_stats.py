@@ -28,7 +28,7 @@ METRICS = (
     ("profile_r", "profile r", 1.0, True),
     ("cka_diag", "CKA diag", 1.0, True),
 )
-PAIRED = ("score", "pr_per", "sid_acc", "ks_acc", "loss", "wall_s")
+PAIRED = ("score", "pr_per", "sid_acc", "ks_acc", "loss", "wall_s", "cka_diag", "profile_r")
 
 
 def superb_score(scores: Mapping[str, float]) -> float:
@@ -167,7 +167,8 @@ def summarise(records: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any], 
             higher = next(h for k, _, _, h in METRICS if k == key)
             va = [a["metrics"][key]["values"][a["seeds"].index(s)] for s in seeds]
             vb = [b["metrics"][key]["values"][b["seeds"].index(s)] for s in seeds]
-            comparison[key] = paired(va, vb, higher)
+            kept = [(x, y) for x, y in zip(va, vb) if x is not None and y is not None]
+            comparison[key] = paired(*zip(*kept), higher) if kept else None
         out["paired"].append(comparison)
     return out
 
@@ -237,6 +238,9 @@ def markdown(table: Mapping[str, Any], spec) -> str:
             for key in PAIRED:
                 scale = next(s for k, _, s, _ in METRICS if k == key)
                 p = c[key]
+                if p is None:  # no seed with both values (a flat profile)
+                    cells.append("-")
+                    continue
                 d = _digits(key)
                 text = f"{p['mean'] * scale:+.{d}f}"
                 if p["ci"] is not None:
