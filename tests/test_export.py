@@ -11,8 +11,10 @@ import pytest
 from helpers import DEMO, ROOT, demo_config
 from hf_fixtures import hf_hidden_states, padded_batch
 
-from stackdistill import checkpoint, export, export_s3prl, model_card, models, optim, teacher, train
+from stackdistill import checkpoint, export, models, optim, teacher, train
 from stackdistill.data import audio
+from stackdistill.export import model_card
+from stackdistill.export import s3prl as export_s3prl
 from stackdistill.models import student
 
 POS_CONV = ("encoder", "pos_conv_embed", "conv", "kernel")

@@ -1,4 +1,4 @@
-"""export_s3prl: the distiller .ckpt as s3prl's source reads it; s3prl itself when importable."""
+"""export/s3prl.py: the distiller .ckpt as s3prl's source reads it; s3prl itself when importable."""
 
 import importlib.util
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from hf_fixtures import make_hf_model, padded_batch, save_hf_model
 
-from stackdistill import export, export_s3prl, models, teacher
+from stackdistill import export, models, teacher
+from stackdistill.export import s3prl as export_s3prl
 from stackdistill.models import student
 from stackdistill.models.encoder import Encoder
 

@@ -1,11 +1,6 @@
-"""Export a trained student (`--mode=export`): transformers `HubertModel` or s3prl distiller.
+"""The transformers format (`config.export.format="transformers"`, the default).
 
-    python -m stackdistill.main --config=configs/demo.py --workdir=/tmp/demo --mode=export
-
-reads the run's latest checkpoint (or `config.export.step`) and writes, into
-`<workdir>/export/` (or `config.export.out_dir`), with `config.export.format`:
-
-"transformers" (default):
+Writes, into the export directory:
 - `config.json`, `model.safetensors`: the student encoder in the `save_pretrained` layout,
   SpecAugment off (so `HubertModel` expects no `masked_spec_embed`: every tensor it wants
   is in the file), the dropouts it was distilled with, no layer drop.
@@ -16,7 +11,7 @@ reads the run's latest checkpoint (or `config.export.step`) and writes, into
   `config.data.normalize`, `return_attention_mask` as transformers sets it for the
   front-end's norm (False for "group", True for "layer"; s3prl always asks for the mask,
   and the student was distilled with padded frames masked).
-- `README.md`: a model card (hub front matter, the run's facts; stackdistill/model_card.py).
+- `README.md`: a model card (hub front matter, the run's facts; `model_card.py`).
 - `stackdistill_heads.safetensors` + `stackdistill_heads.json`: the prediction heads, which
   HubertModel has no place for, in `torch.nn.Linear` layout. Linear heads:
   `layer_<k>.weight` (teacher width, student width), `layer_<k>.bias`; mlp heads:
@@ -26,14 +21,7 @@ reads the run's latest checkpoint (or `config.export.step`) and writes, into
   `hidden_states[s]` of the exported model (entry 0 is the input to the first layer, as in
   transformers): `hidden_states[s] @ weight.T + bias`, or `fc2(gelu(fc1(hidden_states[s])))`.
 
-"s3prl_distiller": `distiller.ckpt`, the file s3prl's `distiller_local` loads
-(stackdistill/export_s3prl.py; DistilHuBERT-shaped students only).
-
-Both write `stackdistill_export.json` (run, step, formats). Exporting into a directory that
-holds another run's or step's export, or files that are no export, is refused unless
-`config.export.overwrite=True`. `config.export.push_to_hub="ORG/NAME"` then uploads the
-directory with huggingface_hub (needs the network and `hf auth login`; offline it fails with
-one error naming the hub, and the export on disk stays complete).
+`push_to_hub` uploads such a directory with huggingface_hub.
 """
 
 from __future__ import annotations
@@ -48,7 +36,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from stackdistill import convert, export_s3prl, model_card, resume, stacking
+from stackdistill import convert, stacking
+from stackdistill.export import model_card
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
 
@@ -57,41 +46,11 @@ log = logging.getLogger("stackdistill")
 HEADS_WEIGHTS = "stackdistill_heads.safetensors"
 HEADS_INFO = "stackdistill_heads.json"
 HEADS_FORMAT = 1
-EXPORT_INFO = "stackdistill_export.json"
 PREPROCESSOR = "preprocessor_config.json"
-FORMATS = ("transformers", "s3prl_distiller")
-# What each format writes (an overwrite removes these, and only these).
-FILES = {
-    "transformers": (
-        "config.json",
-        "model.safetensors",
-        PREPROCESSOR,
-        "README.md",
-        HEADS_WEIGHTS,
-        HEADS_INFO,
-    ),
-    "s3prl_distiller": (export_s3prl.CKPT_NAME,),
-}
-_IDENTITY = ("workdir", "step", "depth", "teacher")
-
-
-class ExportMismatch(ValueError):
-    """The output directory holds something other than this run's export of this step."""
 
 
 class HubUploadError(RuntimeError):
     """The export could not be uploaded to the Hugging Face hub."""
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Where `--mode=export` writes, in which format, and which checkpoint it reads."""
-    c = ml_collections.ConfigDict()
-    c.out_dir = ""  # "" means <workdir>/export
-    c.step = ml_collections.FieldReference(None, field_type=int)  # None: the latest checkpoint
-    c.format = "transformers"  # "transformers" | "s3prl_distiller"
-    c.overwrite = False  # True: replace an export of another run/step in out_dir
-    c.push_to_hub = ""  # "ORG/NAME": upload the transformers export (needs the network)
-    return c
 
 
 def hf_config(cfg: EncoderConfig, depth: int) -> dict[str, Any]:
@@ -214,44 +173,6 @@ def load_heads(
     return heads, info
 
 
-def check_out_dir(out: pathlib.Path, identity: Mapping[str, Any], overwrite: bool) -> None:
-    """Refuses (ExportMismatch) to export into a dir holding another run's/step's export.
-
-    With `overwrite` the files an earlier export wrote are removed instead.
-    """
-    if not out.exists() or not any(out.iterdir()):
-        return
-    manifest = out / EXPORT_INFO
-    way_out = (
-        "choose another config.export.out_dir, or set config.export.overwrite=True to replace it"
-    )
-    if not manifest.exists():
-        if not overwrite:
-            raise ExportMismatch(f"{out} is not empty and holds no stackdistill export; {way_out}")
-        return
-    old = json.loads(manifest.read_text())
-    changes = resume.diff({k: old.get(k) for k in _IDENTITY}, dict(identity))
-    if not changes:
-        return
-    if not overwrite:
-        lines = "\n".join(f"  {name}: {a!r} -> {b!r}" for name, a, b in changes)
-        raise ExportMismatch(f"{out} holds the export of another run or step:\n{lines}\n{way_out}")
-    for fmt in old.get("formats", FORMATS):
-        for name in FILES.get(fmt, ()):
-            (out / name).unlink(missing_ok=True)
-    manifest.unlink()
-
-
-def _write_manifest(out: pathlib.Path, identity: Mapping[str, Any], fmt: str) -> None:
-    """stackdistill_export.json: which run and step the directory holds, in which formats."""
-    manifest = out / EXPORT_INFO
-    formats = set()
-    if manifest.exists():
-        formats = set(json.loads(manifest.read_text()).get("formats", []))
-    data = {**identity, "formats": sorted(formats | {fmt})}
-    manifest.write_text(json.dumps(data, indent=1))
-
-
 def push_to_hub(out_dir: str | pathlib.Path, repo_id: str) -> str:
     """Uploads an export directory to the hub model repo `repo_id`; returns the commit url."""
     import huggingface_hub
@@ -270,56 +191,38 @@ def push_to_hub(out_dir: str | pathlib.Path, repo_id: str) -> str:
     return str(getattr(info, "commit_url", info))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "export") -> pathlib.Path:
-    """--mode=export: the run's checkpoint at config.export.step (or latest) -> export dir."""
-    from stackdistill import checkpoint
+FILES = (
+    "config.json",
+    "model.safetensors",
+    PREPROCESSOR,
+    "README.md",
+    HEADS_WEIGHTS,
+    HEADS_INFO,
+)
 
-    del mode
-    c = config.get("export") or default_config()
-    fmt = c.get("format", "transformers")
-    if fmt not in FORMATS:
-        raise ValueError(f"config.export.format must be one of {FORMATS}, got {fmt!r}")
-    repo_id = c.get("push_to_hub", "")
-    if repo_id and fmt != "transformers":
-        raise ValueError("config.export.push_to_hub uploads the transformers format only")
-    cfg, params, meta = checkpoint.load_student(workdir, step=c.step)
-    out = pathlib.Path(c.out_dir or pathlib.Path(workdir) / "export")
-    identity = {
-        "workdir": str(pathlib.Path(workdir).resolve()),
+
+def write(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    cfg: EncoderConfig,
+    params: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    out: pathlib.Path,
+    identity: Mapping[str, Any],
+) -> pathlib.Path:
+    """The checkpoint's student (`meta`: its metadata) as a transformers directory + card."""
+    info = {
         "step": int(meta["step"]),
-        "depth": int(meta["depth"]),
+        "stage": int(meta["stage"]),
+        "lineage": meta["lineage"],
         "teacher": config.teacher.name,
     }
-    if jax.process_index() == 0:
-        check_out_dir(out, identity, bool(c.get("overwrite", False)))
-        if fmt == "s3prl_distiller":
-            teacher_info = {"model": config.teacher.name}
-            path = export_s3prl.export_distiller(
-                cfg,
-                params,
-                out,
-                meta["target_sources"],
-                teacher=teacher_info,
-                cosine_loss=float(config.distill.get("cos_weight", 1.0)),
-                step=int(meta["step"]),
-            )
-            log.info("exported step %d as s3prl's distiller to %s", meta["step"], path)
-        else:
-            info = {
-                "step": int(meta["step"]),
-                "stage": int(meta["stage"]),
-                "lineage": meta["lineage"],
-                "teacher": config.teacher.name,
-            }
-            normalize = bool(config.data.get("normalize", False))
-            export_student(cfg, params, out, meta["target_sources"], info, normalize)
-            depth_cfg = cfg.replace(num_layers=int(meta["depth"]))
-            card = model_card.render(
-                config, workdir, depth_cfg, student.encoder_param_count(params), identity
-            )
-            (out / "README.md").write_text(card)
-            log.info("exported step %d (depth %d) to %s", meta["step"], meta["depth"], out)
-        _write_manifest(out, identity, fmt)
-        if repo_id:
-            log.info("pushed %s to the hub: %s", out, push_to_hub(out, repo_id))
+    normalize = bool(config.data.get("normalize", False))
+    export_student(cfg, params, out, meta["target_sources"], info, normalize)
+    depth_cfg = cfg.replace(num_layers=int(meta["depth"]))
+    card = model_card.render(
+        config, workdir, depth_cfg, student.encoder_param_count(params), identity
+    )
+    (out / "README.md").write_text(card)
+    log.info("exported step %d (depth %d) to %s", meta["step"], meta["depth"], out)
     return out

@@ -1,4 +1,4 @@
-"""s3prl's distiller checkpoint (`--config.export.format=s3prl_distiller`).
+"""The s3prl distiller format (`config.export.format="s3prl_distiller"`).
 
 s3prl's `distiller_local` upstream (s3prl/upstream/distiller/builder.py) reads one torch file
 `{"Config": {"distiller": {...}}, "Distiller": state_dict}`: it builds
@@ -15,17 +15,22 @@ gives `hidden_states` = [projection output, every layer, every head's prediction
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from stackdistill import convert, stacking
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
 
+log = logging.getLogger("stackdistill")
+
 CKPT_NAME = "distiller.ckpt"
+FILES = (CKPT_NAME,)  # what this format writes (an overwrite removes these)
 
 # Our transformers state-dict names -> s3prl DistillerModel names (module.py, model.py).
 _LAYER_RENAMES = (
@@ -219,3 +224,27 @@ def export_distiller(
     out.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out / CKPT_NAME)
     return out / CKPT_NAME
+
+
+def write(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    cfg: EncoderConfig,
+    params: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    out: pathlib.Path,
+    identity: Mapping[str, Any],
+) -> pathlib.Path:
+    """The checkpoint's student (`meta`: its metadata) as s3prl's `distiller.ckpt`."""
+    del workdir, identity
+    path = export_distiller(
+        cfg,
+        params,
+        out,
+        meta["target_sources"],
+        teacher={"model": config.teacher.name},
+        cosine_loss=float(config.distill.get("cos_weight", 1.0)),
+        step=int(meta["step"]),
+    )
+    log.info("exported step %d as s3prl's distiller to %s", meta["step"], path)
+    return path
