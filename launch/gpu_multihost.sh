@@ -47,25 +47,8 @@ Options (defaults in brackets):
 EOF
 }
 
-die() {
-  echo "gpu_multihost.sh: $*" >&2
-  exit 2
-}
-
-# One shell word, quoted only when it needs to be (for printing and remote commands).
-quote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./~-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do out+="${out:+ }$(quote "$word")"; done
-  printf '%s' "$out"
-}
+# die, quote, quote_all
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
