@@ -149,9 +149,8 @@ def make_train_step(
     return train_step
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuses distillation settings that cannot work, naming the field."""
-    d = config.distill
+def validate(d: ml_collections.ConfigDict) -> None:
+    """Refuses distillation settings (`config.distill`) that cannot work, naming the field."""
     if d.loss not in LOSSES:
         raise ValueError(f"config.distill.loss must be one of {LOSSES}, got {d.loss!r}")
     if d.heads_on not in HEADS_ON:

@@ -35,6 +35,7 @@ from stackdistill import (
     teacher,
     writers,
 )
+from stackdistill import data as data_lib
 from stackdistill import flops as flops_lib
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
@@ -45,7 +46,7 @@ log = logging.getLogger("stackdistill")
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list[stacking.Stage]:
     """Refuses a config that cannot work before anything is loaded or compiled."""
-    distill.validate(config)
+    distill.validate(config.distill)
     stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
     if config.batch_size % jax.process_count():
         raise ValueError(
@@ -248,8 +249,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
 
 def _make_loader(config: ml_collections.ConfigDict, workdir: epath.Path, use_targets: bool):
     """This process's share of the batches (audio, or audio and stored teacher targets)."""
-    from stackdistill import data as data_lib
-
     data_cfg = copy.deepcopy(config.data)
     data_cfg.batch_size = config.batch_size // jax.process_count()
     if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
@@ -388,8 +387,6 @@ def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, lo
 
     Returns the state and whether it stopped for a preemption.
     """
-    from stackdistill import data as data_lib
-
     c = setup.config
     compiled, jitted = step_fns
     batch_sh = sharding.batch_sharding(setup.mesh)
@@ -481,7 +478,7 @@ def _check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
 
 
 def _speed(metrics, steps, seconds, flops, peak_flops) -> dict[str, float]:
-    """Throughput of the last window; MFU = XLA's FLOPs per step x steps/s / peak FLOP/s."""
+    """Throughput of the last window; MFU = analytic FLOPs per step x steps/s / peak FLOP/s."""
     audio = metrics.get("audio_seconds", 0.0) * steps
     out = {"steps_per_s": steps / seconds, "audio_s_per_s": audio / seconds}
     if flops:
