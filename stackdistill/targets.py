@@ -29,7 +29,6 @@ from another teacher, other layers, another crop length, or without the features
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -45,8 +44,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from stackdistill import fastpath, resume, teacher
+from stackdistill import resume, teacher
 from stackdistill.data import audio, recordio, sources
+from stackdistill.data import config as data_config
 from stackdistill.data import targets as stored  # their records on disk and the reader
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder
@@ -188,14 +188,9 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     out.mkdir(parents=True, exist_ok=True)
     pi, pc = jax.process_index(), jax.process_count()
 
-    t_cfg, t_params = teacher.load(teacher.prepare(config.teacher, workdir))
-    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
+    t_cfg, t_params = teacher.for_run(config, workdir)
     layer_ids = tuple(int(k) for k in config.distill.teacher_layers)
-    if max(layer_ids) > t_cfg.num_layers:
-        raise ValueError(f"config.distill.teacher_layers={layer_ids} exceed the teacher's depth")
-    data_cfg = copy.deepcopy(config.data)
-    if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
-        data_cfg.path = str(epath.Path(workdir) / data_cfg.path)
+    data_cfg = data_config.for_run(config.data, workdir)
     records, description = sources.open_source(data_cfg)
 
     forward = _teacher_fn(t_cfg, layer_ids, t.features, t.dtype)

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stackdistill import convert, distributed, paths
+from stackdistill import convert, distributed, fastpath, paths
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -214,3 +214,18 @@ def prepare(c: Any, workdir: str | os.PathLike) -> str:
 
     distributed.make_once(lambda: (path / "config.json").is_file(), make, f"random teacher {path}")
     return str(path)
+
+
+def for_run(config: Any, workdir: str | os.PathLike) -> tuple[EncoderConfig, Any]:
+    """The run's teacher (config.teacher), in the run's dtype and encoder options; host params.
+
+    Refuses `config.distill.teacher_layers` beyond the teacher's depth.
+    """
+    t_cfg, t_params = load(prepare(config.teacher, workdir))
+    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
+    if max(config.distill.teacher_layers) > t_cfg.num_layers:
+        raise ValueError(
+            f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
+            f"layers beyond the teacher's {t_cfg.num_layers}"
+        )
+    return t_cfg, t_params

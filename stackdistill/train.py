@@ -8,11 +8,9 @@ bit-identical params.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
-import pathlib
 import time
 from typing import Any
 
@@ -37,6 +35,7 @@ from stackdistill import (
 )
 from stackdistill import data as data_lib
 from stackdistill import flops as flops_lib
+from stackdistill.data import config as data_config
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
 from stackdistill.writers import RunWriter, Timer
@@ -249,10 +248,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
 
 def _make_loader(config: ml_collections.ConfigDict, workdir: epath.Path, use_targets: bool):
     """This process's share of the batches (audio, or audio and stored teacher targets)."""
-    data_cfg = copy.deepcopy(config.data)
+    data_cfg = data_config.for_run(config.data, workdir)
     data_cfg.batch_size = config.batch_size // jax.process_count()
-    if data_cfg.source == "synthetic" and not pathlib.Path(data_cfg.path).is_absolute():
-        data_cfg.path = str(workdir / data_cfg.path)  # the offline corpus lives in the run
     shard = dict(
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
     )
@@ -263,14 +260,7 @@ def _make_loader(config: ml_collections.ConfigDict, workdir: epath.Path, use_tar
 
 def _load_teacher(config: ml_collections.ConfigDict, workdir: epath.Path, use_targets: bool):
     """The teacher's config (in the run's dtype) and host params; checks stored targets match it."""
-    teacher_path = teacher.prepare(config.teacher, workdir)
-    t_cfg, t_params = teacher.load(teacher_path)
-    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
-    if max(config.distill.teacher_layers) > t_cfg.num_layers:
-        raise ValueError(
-            f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
-            f"layers beyond the teacher's {t_cfg.num_layers}"
-        )
+    t_cfg, t_params = teacher.for_run(config, workdir)
     if use_targets:
         targets.check_compatible(targets.read_meta(config, workdir), config, t_params)
     return t_cfg, t_params

@@ -1,6 +1,10 @@
 """Data section of a run config: which corpus, how it is cropped, batched and sharded."""
 
+import copy
+import os
+
 import ml_collections
+from etils import epath
 
 LIBRISPEECH_960H = ("train-clean-100", "train-clean-360", "train-other-500")
 
@@ -36,3 +40,15 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.num_workers = 0  # grain worker processes; 0 decodes in the training process
     cfg.read_threads = 2  # threads decoding ahead inside each process
     return cfg
+
+
+def for_run(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    """A copy of the data section with a relative synthetic corpus path under the workdir.
+
+    The offline espeak-ng corpus lives in the run's folder; every other source's path is
+    the user's and is left as given.
+    """
+    data_cfg = copy.deepcopy(data_cfg)
+    if data_cfg.source == "synthetic" and not epath.Path(data_cfg.path).is_absolute():
+        data_cfg.path = str(epath.Path(workdir) / data_cfg.path)
+    return data_cfg
