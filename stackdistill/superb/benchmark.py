@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from stackdistill.data.labels import BLANK
+from stackdistill.superb import tasks
 from stackdistill.superb.config import S3PRL_FILES, deviations
 from stackdistill.superb.datasets import (
     Dataset,
@@ -174,6 +175,21 @@ BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
     "ic": ic,
     "sf": sf,
 }
+
+
+def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """The task called `name` (mini-SUPERB, an alternative source, or SUPERB's) from `c`."""
+    if name in tasks.MINI:
+        return tasks.MINI[name](c, workdir)
+    if name in ("sid", "ic", "er") and c[name].manifest:
+        return tasks.manifest_task(name, c[name])
+    if name == "ks" and c.ks.source == "tfds":
+        return tasks.ks_tfds(c, workdir)
+    if name == "pr" and not c.pr.lexicon:
+        return tasks.pr_espeak(c, workdir)
+    if name in BUILDERS:
+        return BUILDERS[name](c)
+    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*tasks.MINI, *BUILDERS])}")
 
 
 def head_protocol(task: Task, hp: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -296,7 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
             f"config.superb.layer_selection is {c.layer_selection!r}, not one of {LAYER_SELECTIONS}"
         )
     task_names = list(c.tasks)
-    task_list = [tasks.build(name, c, workdir) for name in task_names]
+    task_list = [benchmark.build(name, c, workdir) for name in task_names]
     teacher_up = None
     all_results = []
     for spec in c.upstreams:

@@ -8,9 +8,9 @@ Mini-SUPERB on the espeak-ng corpus (offline):
 - `pr_synth`: espeak's phonemes (stress marks dropped, no word boundaries), CTC, PER; the
   split is by a hash of the file name.
 
-SUPERB's own tasks (`pr`, `asr`, `ks`, `sid`, `er`, `ic`, `sf`) read the datasets' own
-layouts (superb/benchmark.py). The alternatives kept here are labelled as not SUPERB's
-protocol: PR with espeak-ng phones when no lexicon is set, KS from TFDS (v0.02), and
+SUPERB's own tasks read the datasets' own layouts (superb/benchmark.py, which also holds
+`build`, the dispatcher of every task name). The alternatives kept here are labelled as not
+SUPERB's protocol: PR with espeak-ng phones when no lexicon is set, KS from TFDS (v0.02), and
 SID/IC/ER from a labelled JSONL manifest.
 """
 
@@ -266,20 +266,3 @@ def manifest_task(name: str, t: ml_collections.ConfigDict) -> Task:
 
 
 MINI = {"ks_synth": ks_synth, "sid_synth": sid_synth, "pr_synth": pr_synth}
-
-
-def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
-    """The task called `name`, from the superb config section `c`."""
-    from stackdistill.superb import benchmark
-
-    if name in MINI:
-        return MINI[name](c, workdir)
-    if name in ("sid", "ic", "er") and c[name].manifest:
-        return manifest_task(name, c[name])
-    if name == "ks" and c.ks.source == "tfds":
-        return ks_tfds(c, workdir)
-    if name == "pr" and not c.pr.lexicon:
-        return pr_espeak(c, workdir)
-    if name in benchmark.BUILDERS:
-        return benchmark.BUILDERS[name](c)
-    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*MINI, *benchmark.BUILDERS])}")
