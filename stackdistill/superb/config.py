@@ -25,7 +25,9 @@ _BILSTM_CTC = dict(
     lstm_layers=2,
     dropout=0.2,
 )
-# s3prl's runner/optimizer/model settings per task (all: Adam, gradient clipping 1).
+# s3prl's runner/optimizer/model settings per task (all: Adam, gradient clipping 1), read from
+# the yaml files of s3prl 0.4.18 (s3prl/s3prl commit ec8064b5889f81ca460fbe2c094ce576a6f120b7);
+# tests/test_superb_config.py keeps the values read there and checks every entry against them.
 S3PRL: dict[str, dict] = {
     # downstream/ctc/libriphone.yaml: batch 16 x 2 accumulated, eval_step 1000,
     # model.select FrameLevel (project_dim 256, then a linear CTC layer)
@@ -33,13 +35,13 @@ S3PRL: dict[str, dict] = {
     # downstream/asr/config.yaml: batch 32, eval_step 2000, project_dim 1024, RNNs: 2-layer
     # bidirectional LSTM 1024 per direction, dropout 0.2, no layer norm / projection
     "asr": _BILSTM_CTC,
-    # downstream/speech_commands/config.yaml: batch 32, eval_step 4000, projector_dim 256,
+    # downstream/speech_commands/config.yaml: batch 32, eval_step 5000, projector_dim 256,
     # UtteranceLevel MeanPooling
-    "ks": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
-    # downstream/voxceleb1/config.yaml: train batch 8 x 4 accumulated, eval_step 4000
-    "sid": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
-    # downstream/fluent_commands/config.yaml: batch 32, eval_step 4000
-    "ic": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
+    "ks": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=5_000, proj_dim=256),
+    # downstream/voxceleb1/config.yaml: train batch 8 x 4 accumulated, eval_step 5000
+    "sid": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=5_000, proj_dim=256),
+    # downstream/fluent_commands/config.yaml: batch 32, eval_step 5000
+    "ic": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=5_000, proj_dim=256),
     # downstream/emotion/config.yaml: batch 4 x 8 accumulated, 30k steps, eval_step 1000
     "er": dict(lr=1e-4, total_steps=30_000, batch_size=32, eval_every=1_000, proj_dim=256),
     # downstream/ctc/snips.yaml: batch 32, eval_step 2000, project_dim 1024, RNNs as ASR

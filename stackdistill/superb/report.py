@@ -1,9 +1,10 @@
 """SUPERB reports: per-upstream results (markdown + JSON), layer-weight plots, comparisons.
 
 `superb_scores` puts the SUPERB tasks' test metrics in the units SUPERB prints and computes
-superb_s (superb/score.py) for the weighted-sum and the last-layer heads: the full score
-(None while QbE, ASV or SD, which stackdistill does not run, are missing), the score over
-the tasks present (labelled partial) and over the interleaved-stacking paper's four tasks.
+superb_s (superb/score.py, the leaderboard's formula and reference points) for the
+weighted-sum and the last-layer heads: the full score (None while any of the ten tasks is
+missing), the score over the tasks present (labelled partial, shown only while the full one
+is not there) and over the interleaved-stacking paper's four tasks.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ METRIC_NAMES = {
     "wer": "WER %",
     "slot_type_f1": "slot F1 %",
     "slot_value_cer": "slot CER %",
+    "mtwv": "MTWV",
+    "eer": "EER %",
+    "der": "DER %",
 }
 SCORE_CAVEAT = (
-    "superb_s maps each metric so that FBANK is 0 and the state of the art 1; the reference "
-    "points in stackdistill/superb/score.py were transcribed without access to the papers: "
-    "check them before publishing a score."
+    "superb_s is the SUPERB leaderboard's score: each metric mapped so that the leaderboard's "
+    "FBANK row is 0 and the best upstream on that task 1000, averaged within a task, then over "
+    "the ten tasks (stackdistill/superb/score.py cites the code). The leaderboard ranks by "
+    "superb_r and breaks ties with superb_s."
 )
 
 
@@ -75,25 +80,36 @@ def superb_table(scores: dict[str, Any]) -> list[str]:
     tasks = score.ordered({t for s in scores.values() for t in s["values"]})
     columns = [m for t in tasks for m in score.metrics_of(t)]
     header = [f"{m.task.upper()} {METRIC_NAMES.get(m.name, m.name)}" for m in columns]
+    complete = all(s["superb_s"] is not None for s in scores.values())
+    extra = " superb_s |" if complete else " superb_s | partial superb_s |"
     lines = [
         "## SUPERB",
         "",
-        "| features | " + " | ".join(header) + " | superb_s | partial superb_s | paper's 4 |",
-        "|---|" + "---|" * (len(columns) + 3),
+        "| features | " + " | ".join(header) + " |" + extra + " paper's 4 |",
+        "|---|" + "---|" * (len(columns) + (2 if complete else 3)),
     ]
     for selection, s in scores.items():
-        cells = [
-            f"{s['values'][m.task][m.name]:.2f}" if m.task in s["values"] else "—" for m in columns
-        ]
+        cells = [_value_text(m, s["values"].get(m.task, {}).get(m.name)) for m in columns]
+        partial = f" {_score_text(s['partial_superb_s'])} ({', '.join(s['partial_tasks'])}) |"
         lines.append(
-            f"| {selection} | " + " | ".join(cells) + f" | {_score_text(s['superb_s'])} | "
-            f"{_score_text(s['partial_superb_s'])} ({', '.join(s['partial_tasks'])}) | "
-            f"{_score_text(s['paper_superb_s'])} |"
+            f"| {selection} | "
+            + " | ".join(cells)
+            + f" | {_score_text(s['superb_s'])} |"
+            + ("" if complete else partial)
+            + f" {_score_text(s['paper_superb_s'])} |"
         )
-    missing = next(iter(scores.values()))["missing"]
-    lines += ["", f"superb_s needs every task: missing {', '.join(t for t, _ in missing)}."]
-    lines += ["The partial score averages over the tasks listed only. " + SCORE_CAVEAT, ""]
+    if not complete:
+        missing = next(iter(scores.values()))["missing"]
+        lines += ["", f"superb_s needs every task: missing {', '.join(t for t, _ in missing)}."]
+        lines += ["The partial score averages over the tasks listed only."]
+    lines += ["", SCORE_CAVEAT, ""]
     return lines
+
+
+def _value_text(metric: score.Metric, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if metric.percent else f"{value:.4f}"
 
 
 def _percent(value: float | None) -> str:
