@@ -12,6 +12,7 @@ ROOT holds the releases under their own names (any task may be missing: drop it 
   IEMOCAP_full_release/                                               ER
   fluent_speech_commands_dataset/                                     IC
   SNIPS/ (s3prl/preprocess/snips_prepare_data.sh)                     SF
+  quesst14Database/ (quesst14Database.tgz, scoring/ included)         QbE
 Every head hyper-parameter is s3prl's (stackdistill/superb/config.py); both the weighted-sum
 and the last-layer heads are trained. The upstream defaults to the demo's tiny random teacher.
 """
@@ -20,7 +21,7 @@ import os
 
 from stackdistill.config import base_config, load_file
 
-TASKS = ("pr", "asr", "ks", "sid", "er", "ic", "sf")
+TASKS = ("pr", "asr", "ks", "qbe", "sid", "er", "ic", "sf")
 
 
 def get_config(root=None):
@@ -44,4 +45,5 @@ def get_config(root=None):
     s.er.path = join("IEMOCAP_full_release")
     s.ic.path = join("fluent_speech_commands_dataset")
     s.sf.path = join("SNIPS")
+    s.qbe.path = join("quesst14Database")
     return c

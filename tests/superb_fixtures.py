@@ -288,3 +288,50 @@ def make_snips(root: pathlib.Path) -> dict:
     (snips / "slots.txt").write_text("\n".join(SLOTS))
     sizes = {"train": 2 * 3, "dev": 2, "test": 2}
     return {"path": snips, "utterances": utterances, "sizes": sizes}
+
+
+# --------------------------------------------------------------------------- QUESST 2014
+
+# (query word, the documents' sentences it occurs in): docs are sentences of other voices
+QUESST_DOCS = (
+    "turn the light on", "please stop the car", "open the window please",
+    "the cat sat on the mat", "what time is it now", "turn the music off",
+)  # fmt: skip
+QUESST_QUERIES = {"dev": ("window", "music"), "eval": ("light", "stop")}
+
+
+def make_quesst14(root: pathlib.Path) -> dict:
+    """quesst14Database/ with Audio/, dev_queries/, eval_queries/ and scoring/ (lists, rttm).
+
+    English lines as QUESST lists them (`quesst14Database/Audio/quesst14_00001.wav nnenglish`),
+    plus one non-English utterance and query per list whose audio is never read.
+    """
+    db = root / "quesst14Database"
+    scoring = db / "scoring"
+    scoring.mkdir(parents=True)
+    docs = []
+    for i, text in enumerate(QUESST_DOCS, start=1):
+        name = f"quesst14_{i:05d}"
+        write(db / "Audio" / f"{name}.wav", speak(text, i % 4 + 1))
+        docs.append((name, text, "nnenglish"))
+    docs.append((f"quesst14_{len(docs) + 1:05d}", "", "nnbasque"))
+    lines = [f"quesst14Database/Audio/{n}.wav {lang}\n" for n, _, lang in docs]
+    (scoring / "language_key_utterances.lst").write_text("".join(lines))
+    sizes = {"docs": len(QUESST_DOCS)}
+    for split, words in QUESST_QUERIES.items():
+        queries, rttm = [], []
+        for j, word in enumerate((*words, "basque"), start=1):
+            name = f"quesst14_{split}_{j:04d}"
+            english = word != "basque"
+            if english:
+                write(db / f"{split}_queries" / f"{name}.wav", speak(word, 0))
+            queries.append(f"quesst14Database/{split}_queries/{name}.wav "
+                           f"{'nnenglish' if english else 'nnbasque'}\n")  # fmt: skip
+            hits = [n for n, text, _ in docs if word in text.split()] if english else [docs[-1][0]]
+            rttm += [f"LEXEME {n} 1 0.50 0.40 {name} lex <NA> <NA>\n" for n in hits]
+        (scoring / f"language_key_{split}.lst").write_text("".join(queries))
+        truth = scoring / f"groundtruth_quesst14_{split}"
+        truth.mkdir()
+        (truth / f"quesst14_{split}.rttm").write_text("".join(rttm))
+        sizes["dev" if split == "dev" else "test"] = len(words)
+    return {"path": db, "sizes": sizes}

@@ -141,8 +141,10 @@ def test_real_tasks_say_what_is_missing(tmp_path):
         benchmark.build("sid", c, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"set config\.superb\.sf\.path"):
         benchmark.build("sf", c, str(tmp_path))
-    with pytest.raises(ValueError, match="unknown SUPERB task"):
+    with pytest.raises(FileNotFoundError, match=r"set config\.superb\.qbe\.path"):
         benchmark.build("qbe", c, str(tmp_path))
+    with pytest.raises(ValueError, match="unknown SUPERB task"):
+        benchmark.build("st", c, str(tmp_path))
     c.ks.source, c.ks.tfds_dir = "tfds", str(tmp_path / "tfds")
     with pytest.raises((ImportError, FileNotFoundError), match="tfds build speech_commands"):
         benchmark.build("ks", c, str(tmp_path))

@@ -28,6 +28,7 @@ from stackdistill.superb.datasets import (
     fluent_commands,
     iemocap,
     librispeech,
+    quesst14,
     snips,
     speech_commands,
     voxceleb1,
@@ -166,10 +167,36 @@ def sf(c: ml_collections.ConfigDict) -> Task:
     return _ctc_task("sf", data, c.sf, "slot_type_f1", "bilstm", eos=True, extra=extra)
 
 
+def qbe(c: ml_collections.ConfigDict) -> Task:
+    """QbE: QUESST 2014 English queries, DTW over one hidden state, MTWV (no head trained)."""
+    t = c.qbe
+    data = quesst14.read(t.path)
+    english = quesst14.sizes(data)
+    return Task(
+        "qbe",
+        "qbe",
+        "mtwv",
+        data.splits,
+        lambda r: r,
+        ((),),
+        head="dtw",
+        notes=(
+            f"{english['dev']} dev / {english['test']} test English queries, "
+            f"{english['docs']} English utterances; layer {t.layer}"
+        ),
+        protocol=data.protocol,
+        deviations=(
+            "trials: every line of the language_key lists (QUESST's scorer reads its ecf/tlist "
+            "XML); MTWV computed here, not by the scoring jar",
+        ),
+    )
+
+
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
     "pr": pr,
     "asr": asr,
     "ks": ks,
+    "qbe": qbe,
     "sid": sid,
     "er": er,
     "ic": ic,
@@ -194,6 +221,9 @@ def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
 
 def head_protocol(task: Task, hp: ml_collections.ConfigDict) -> dict[str, Any]:
     """What results.json records of a task's head and training, with s3prl's file."""
+    if task.kind == "qbe":
+        return {"kind": "qbe", "head": "dtw", "metric": task.metric, "layer": hp.layer,
+                "s3prl_config": S3PRL_FILES["qbe"]}  # fmt: skip
     fields = ("lr", "total_steps", "batch_size", "clip_norm", "eval_every", "proj_dim")
     out: dict[str, Any] = {k: hp[k] for k in fields}
     out.update(optimizer="adam", kind=task.kind, head=task.head, metric=task.metric)

@@ -55,6 +55,7 @@ S3PRL_FILES = {
     "ic": "s3prl/downstream/fluent_commands/config.yaml",
     "er": "s3prl/downstream/emotion/config.yaml",
     "sf": "s3prl/downstream/ctc/snips.yaml",
+    "qbe": "s3prl/downstream/quesst14_dtw/config.yaml",
 }
 for _hp in S3PRL.values():
     _hp["clip_norm"] = 1.0  # runner.gradient_clipping
@@ -89,7 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # "teacher" | "student[:WORKDIR[@STEP]]" | "hf:DIR_OR_HUB_ID", each optionally "NAME=...".
     c.upstreams = ("teacher", "student")
-    # mini: "ks_synth", "sid_synth", "pr_synth"; SUPERB: "pr", "asr", "ks", "sid", "er", "ic", "sf"
+    # mini: "ks_synth", "sid_synth", "pr_synth"; SUPERB: "pr", "asr", "ks", "qbe", "sid", "asv",
+    # "sd", "er", "ic", "sf"
     c.tasks = ("ks_synth", "sid_synth", "pr_synth")
     c.layer_selection = "weighted"  # "weighted" | "last" (the last hidden state) | "both"
     c.seed = 0
@@ -144,6 +146,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.er.folds = (1, 2, 3, 4, 5)  # leave-one-session-out; the mean accuracy is reported
     c.sf = _s3prl("sf")
     c.sf.path = ""  # SNIPS folder as s3prl/preprocess/snips_prepare_data.sh leaves it
+    # QbE: no head; DTW over one hidden state (s3prl/downstream/quesst14_dtw/config.yaml).
+    c.qbe = ml_collections.ConfigDict()
+    c.qbe.path = ""  # the quesst14Database folder (QUESST 2014)
+    c.qbe.layer = "best"  # "best": every hidden state on dev, the best on test; or "6", "-1"
     # Alternative to the datasets' own layouts for sid/ic/er: a labelled JSONL manifest
     # (path, the label fields, optionally a train/dev/test or 1/2/3 split field).
     for name, keys in (("sid", ("speaker",)), ("ic", ("action", "object", "location"))):

@@ -37,7 +37,7 @@ SCORE_CAVEAT = (
 
 
 def _of_selection(r: dict[str, Any], selection: str) -> dict[str, Any] | None:
-    if r.get("layer_selection", "weighted") == selection:
+    if r.get("kind") == "qbe" or r.get("layer_selection", "weighted") == selection:
         return r
     return r.get("last_layer") if selection == "last" else None
 
@@ -100,7 +100,8 @@ def superb_table(scores: dict[str, Any]) -> list[str]:
         )
     if not complete:
         missing = next(iter(scores.values()))["missing"]
-        lines += ["", f"superb_s needs every task: missing {', '.join(t for t, _ in missing)}."]
+        absent = ", ".join(dict.fromkeys(t for t, _ in missing))
+        lines += ["", f"superb_s needs every task: missing {absent}."]
         lines += ["The partial score averages over the tasks listed only."]
     lines += ["", SCORE_CAVEAT, ""]
     return lines
@@ -114,6 +115,10 @@ def _value_text(metric: score.Metric, value: float | None) -> str:
 
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _fraction(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -142,12 +147,15 @@ def results_markdown(results: dict[str, Any]) -> str:
         extra = {k: v for k, v in r.get("metrics", {}).items() if k != r["metric"]}
         if extra:  # SF: slot-value CER beside the F1
             metric += "".join(f", {METRIC_NAMES[k]} {_percent(v)}" for k, v in extra.items())
+        shown = _percent if r["metric"] != "mtwv" else _fraction
+        training = f"{r['steps']} ({r['best_step']}) | {r['lr']:g}"
+        if r.get("kind") == "qbe":
+            training = f"DTW, {r['layer_selection']} | —"
         lines.append(
-            f"| {name} | {metric} | {_percent(r['test'])} | "
-            f"{_percent(last['test']) if last else '—'} | {_percent(r['baseline'])} | "
+            f"| {name} | {metric} | {shown(r['test'])} | "
+            f"{shown(last['test']) if last else '—'} | {shown(r['baseline'])} | "
             f"{r['num_train']} / {r.get('num_dev', 0)} / {r['num_test']} | "
-            f"{r['steps']} ({r['best_step']}) | {r['lr']:g} | {r['seconds']:.1f} | {top_text} |"
-            f" {notes} |"
+            f"{training} | {r['seconds']:.1f} | {top_text} | {notes} |"
         )
     lines += ["", "Baseline: majority class of the training labels (accuracy), or an empty"]
     lines += ["hypothesis (PER/WER = 100%). Notes:", ""]
@@ -206,12 +214,11 @@ def compare_markdown(all_results: Sequence[dict[str, Any]]) -> str:
         "| task | metric | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
-    for task in tasks:
-        metric = next(r["tasks"][task]["metric"] for r in all_results if task in r["tasks"])
-        cells = [
-            _percent(r["tasks"][task]["test"]) if task in r["tasks"] else "—" for r in all_results
-        ]
-        lines.append(f"| {task} | {METRIC_NAMES[metric]} | " + " | ".join(cells) + " |")
+    for t in tasks:
+        metric = next(r["tasks"][t]["metric"] for r in all_results if t in r["tasks"])
+        shown = _fraction if metric == "mtwv" else _percent
+        cells = [shown(r["tasks"][t]["test"]) if t in r["tasks"] else "—" for r in all_results]
+        lines.append(f"| {t} | {METRIC_NAMES[metric]} | " + " | ".join(cells) + " |")
     lines.append("")
     for r in all_results:
         for selection, s in r.get("superb", {}).items():

@@ -25,7 +25,17 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from stackdistill.superb import benchmark, cka, features, heads, report, tasks, training, upstream
+from stackdistill.superb import (
+    benchmark,
+    cka,
+    features,
+    heads,
+    qbe,
+    report,
+    tasks,
+    training,
+    upstream,
+)
 from stackdistill.superb.config import LAYER_SELECTIONS
 
 log = logging.getLogger(__name__)
@@ -156,6 +166,8 @@ def evaluate_task(
     c = config.superb
     hp = c[task.name]
     up = up or store.upstream
+    if task.kind == "qbe":
+        return _evaluate_qbe(task, config, up, out_dir)
     selections = ("weighted", "last") if c.layer_selection == "both" else (c.layer_selection,)
     folds = task.folds or {"": task.splits}
     runs: dict[str, dict[str, dict]] = {s: {} for s in selections}
@@ -203,6 +215,52 @@ def evaluate_task(
     if "last" in combined and selections[0] != "last":
         result["last_layer"] = combined["last"]
     return result
+
+
+def _evaluate_qbe(task, config, up, out_dir) -> dict[str, Any]:
+    """QbE: DTW on one hidden state (the best on dev, or the one set), MTWV; no head."""
+    c = config.superb
+    options = _read_options(config, WHOLE)
+
+    def extract(records):
+        found = features.extract(up, records, options, pool=False, normalize=c.normalize_layers)
+        return {records[i]["name"]: x for i, x in found}
+
+    key = {"upstream": {"name": up.name, "kind": up.kind, "source": up.source},
+           "normalize_layers": bool(c.normalize_layers), "sizes": task.notes}  # fmt: skip
+    cache = None if out_dir is None else out_dir / "heads" / "qbe" / "layers.json"
+    layer = c.qbe.layer if c.qbe.layer == "best" else int(c.qbe.layer)
+    title = f"{up.name} qbe (DTW)" if c.progress else None
+    r = qbe.evaluate(task.splits, extract, up.num_layers + 1, layer, cache, key, title)
+    english = {k: sum(x["english"] for x in v) for k, v in task.splits.items()}
+    return {
+        "metric": "mtwv",
+        "kind": "qbe",  # no head: the same result under every layer selection
+        "test": r["test"],
+        "metrics": {"mtwv": r["test"]},
+        "baseline": 0.0,  # detecting nothing
+        "dev": r["dev"],
+        "best_step": r["layer"],
+        "seconds": r["seconds"],
+        "final_loss": None,
+        "resumed_from": r["resumed_from"],
+        "layer_weights": r["layer_weights"],
+        "layer": r["layer"],
+        "per_layer": r["per_layer"],
+        "layer_selection": f"layer {r['layer']}" + (" (best on dev)" if layer == "best" else ""),
+        "num_train": 0,
+        "num_dev": english["dev"],
+        "num_test": english["test"],
+        "num_docs": english["docs"],
+        "sizes": {"splits": english},
+        "classes": [],
+        "steps": 0,
+        "lr": 0.0,
+        "batch_size": 0,
+        "protocol": {"data": task.protocol, "head": benchmark.head_protocol(task, c.qbe)},
+        "deviations": list(task.deviations),
+        "notes": task.notes,
+    }
 
 
 def evaluate_upstream(

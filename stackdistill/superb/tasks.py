@@ -45,7 +45,7 @@ class Task:
     """One downstream task: records per split, how to read each target, and its head."""
 
     name: str
-    kind: str  # "utterance": mean-pool + linear, accuracy | "ctc": frame-level CTC
+    kind: str  # "utterance": mean-pool + linear | "ctc": frame-level CTC | "qbe": DTW, no head
     metric: str  # the primary one: "accuracy" | "per" | "wer" | "slot_type_f1" (SF)
     splits: dict[str, Sequence[dict[str, Any]]]  # "train", "test" and optionally "dev"
     target_fn: Callable[[dict[str, Any]], Any]  # record -> class ids (one per group) or token ids
@@ -61,7 +61,7 @@ class Task:
     @property
     def higher_better(self) -> bool:
         """Whether the primary metric improves upwards (model selection on dev)."""
-        return self.metric in ("accuracy", "slot_type_f1")
+        return self.metric in ("accuracy", "slot_type_f1", "mtwv")
 
 
 def hash_unit(text: str) -> float:
