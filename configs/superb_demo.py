@@ -9,6 +9,7 @@ ROOT holds the releases under their own names (any task may be missing: drop it 
   LibriSpeech/ and librispeech-lexicon-200k-g2p.txt,
     librispeech-lexicon-allothers-g2p.txt (s3prl/downstream/ctc/lexicon/)  PR, ASR
   VoxCeleb1/ and iden_split.txt                                       SID
+    (VoxCeleb1/dev/wav/ and test/wav/ as s3prl lays them out) and voxceleb1_test_v2.txt  ASV
   IEMOCAP_full_release/                                               ER
   fluent_speech_commands_dataset/                                     IC
   SNIPS/ (s3prl/preprocess/snips_prepare_data.sh)                     SF
@@ -21,7 +22,7 @@ import os
 
 from stackdistill.config import base_config, load_file
 
-TASKS = ("pr", "asr", "ks", "qbe", "sid", "er", "ic", "sf")
+TASKS = ("pr", "asr", "ks", "qbe", "sid", "asv", "er", "ic", "sf")
 
 
 def get_config(root=None):
@@ -46,4 +47,5 @@ def get_config(root=None):
     s.ic.path = join("fluent_speech_commands_dataset")
     s.sf.path = join("SNIPS")
     s.qbe.path = join("quesst14Database")
+    s.asv.path, s.asv.trials = join("VoxCeleb1"), join("voxceleb1_test_v2.txt")
     return c

@@ -335,3 +335,42 @@ def make_quesst14(root: pathlib.Path) -> dict:
         (truth / f"quesst14_{split}.rttm").write_text("".join(rttm))
         sizes["dev" if split == "dev" else "test"] = len(words)
     return {"path": db, "sizes": sizes}
+
+
+# ------------------------------------------------------------------- VoxCeleb1 for ASV
+
+SV_TRAIN_SPEAKERS = ("id10001", "id10002", "id10003", "id10004")
+SV_TEST_SPEAKERS = ("id10270", "id10271", "id10272")
+
+
+def make_voxceleb1_sv(root: pathlib.Path) -> dict:
+    """VoxCeleb1/dev/wav and test/wav (s3prl's layout) and voxceleb1_test_v2.txt, all pairs.
+
+    Every file is two sentences (over the 2 s minimum) except one short word per training
+    speaker's first video, which the reader must drop.
+    """
+    vox = root / "VoxCeleb1"
+    n_sentences = len(synth.SENTENCES)
+    for s, speaker in enumerate(SV_TRAIN_SPEAKERS):
+        for v, video in enumerate(("1zcIwhmdeo4", "7gWzIy6yIIk")):
+            for n in (1, 2):
+                text = [synth.SENTENCES[(s + 2 * v + n + k) % n_sentences] for k in (0, 3)]
+                samples = speak(". ".join(text), s, rate=120)
+                write(vox / "dev/wav" / speaker / video / f"{n:05d}.wav", samples)
+        write(vox / "dev/wav" / speaker / "1zcIwhmdeo4/00003.wav", speak("yes", s))
+    entries = []
+    for s, speaker in enumerate(SV_TEST_SPEAKERS):
+        for v, video in enumerate(("x6uYqmx31kE", "8jEAjG6SegY")):
+            entry = f"{speaker}/{video}/{v + 1:05d}.wav"
+            text = [synth.SENTENCES[(s + v + k) % n_sentences] for k in (1, 4)]
+            write(vox / "test/wav" / entry, speak(". ".join(text), 4 + s, rate=120))
+            entries.append(entry)
+    lines = [
+        f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}\n"
+        for i, a in enumerate(entries)
+        for b in entries[i + 1 :]
+    ]
+    trials = root / "voxceleb1_test_v2.txt"
+    trials.write_text("".join(lines))
+    sizes = {"train": 4 * 4, "test": len(entries), "pairs": len(lines)}
+    return {"path": vox, "trials": trials, **sizes}

@@ -192,11 +192,42 @@ def qbe(c: ml_collections.ConfigDict) -> Task:
     )
 
 
+def asv(c: ml_collections.ConfigDict) -> Task:
+    """ASV: VoxCeleb1 dev speakers, x-vector + AM-softmax (sv_voxceleb1), trial EER."""
+    t = c.asv
+    data, trials = voxceleb1.read_verification(t.path, t.trials)
+    index = {speaker: i for i, speaker in enumerate(data.classes[0])}
+    train, test = data.splits["train"], data.splits["test"]
+    splits = {"train": train, "dev": test, "test": test}
+    extra = (
+        "no sox trimming of silences (s3prl reads VoxCeleb1 with `silence 1 0.1 0.1% -1 0.1 "
+        "0.1%` and `gain -3`; the 2 s minimum is applied to the untrimmed files)",
+        f"training crops: {t.crop_views} fixed random 8 s crop(s) per utterance (s3prl: a "
+        "fresh crop per read)",
+        "the kept head is the best test EER of the evaluations every eval_every steps, as "
+        "s3prl's sv_voxceleb1/report.sh picks the best of its checkpoints on test",
+    )
+    return Task(
+        "asv",
+        "asv",
+        "eer",
+        splits,
+        lambda r: [index.get(r["label"], 0)],
+        data.classes,
+        head="xvector",
+        notes=f"{len(data.classes[0])} training speakers, {len(trials)} trials",
+        protocol=data.protocol,
+        deviations=(*deviations("asv", t), *COMMON_DEVIATIONS, *extra),
+        trials=trials,
+    )
+
+
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
     "pr": pr,
     "asr": asr,
     "ks": ks,
     "qbe": qbe,
+    "asv": asv,
     "sid": sid,
     "er": er,
     "ic": ic,
@@ -229,6 +260,9 @@ def head_protocol(task: Task, hp: ml_collections.ConfigDict) -> dict[str, Any]:
     out.update(optimizer="adam", kind=task.kind, head=task.head, metric=task.metric)
     if task.head == "bilstm":
         out.update(lstm_dim=hp.lstm_dim, lstm_layers=hp.lstm_layers, dropout=hp.dropout)
+    if task.kind == "asv":
+        out.update(optimizer=hp.optimizer, weight_decay=hp.weight_decay, agg_dim=hp.agg_dim,
+                   am_scale=hp.am_scale, am_margin=hp.am_margin)  # fmt: skip
     out["crop_views"] = hp.crop_views
     out["class_balanced"] = task.weight_fn is not None
     out["s3prl_config"] = S3PRL_FILES.get(task.name)

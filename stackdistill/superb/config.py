@@ -59,6 +59,13 @@ S3PRL_FILES = {
 }
 for _hp in S3PRL.values():
     _hp["clip_norm"] = 1.0  # runner.gradient_clipping
+# downstream/sv_voxceleb1/config.yaml (-> configs/amsoftmax.yaml): train batch 10 x 5
+# accumulated, eval_step 10000, gradient_clipping 1000, AdamW lr 1e-4, modelrc.input_dim 512
+# (the connector's width); XVector agg_dim 1500; AMSoftmaxLoss s 30, m 0.4.
+S3PRL["asv"] = dict(
+    lr=1e-4, total_steps=200_000, batch_size=50, eval_every=10_000, proj_dim=512, clip_norm=1000.0
+)
+S3PRL_FILES["asv"] = "s3prl/downstream/sv_voxceleb1/config.yaml"
 LAYER_SELECTIONS = ("weighted", "last", "both")
 
 
@@ -146,6 +153,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.er.folds = (1, 2, 3, 4, 5)  # leave-one-session-out; the mean accuracy is reported
     c.sf = _s3prl("sf")
     c.sf.path = ""  # SNIPS folder as s3prl/preprocess/snips_prepare_data.sh leaves it
+    # ASV: x-vector head, AM-softmax; torch AdamW's weight decay 0.01 (the yaml sets none)
+    c.asv = _s3prl("asv", eval_max_samples=0, checkpoint_every=10_000)
+    c.asv.update(optimizer="adamw", weight_decay=0.01, agg_dim=1500, am_scale=30.0, am_margin=0.4)
+    c.asv.path = ""  # VoxCeleb1 root holding dev/wav/ and test/wav/ (s3prl's layout)
+    c.asv.trials = ""  # voxceleb1_test_v2.txt (s3prl/downstream/sv_voxceleb1/ ships it)
     # QbE: no head; DTW over one hidden state (s3prl/downstream/quesst14_dtw/config.yaml).
     c.qbe = ml_collections.ConfigDict()
     c.qbe.path = ""  # the quesst14Database folder (QUESST 2014)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from stackdistill.superb import (
+    asv,
     benchmark,
     cka,
     features,
@@ -103,7 +104,7 @@ def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
     With `out_dir`, the head is checkpointed in it and resumed from it.
     """
     layer = -1 if selection == "last" else None
-    head = heads.make_head(task, hp, layer)
+    head = (asv if task.kind == "asv" else heads).make_head(task, hp, layer)
     checkpoint = None if out_dir is None else training.HeadCheckpoint(out_dir, head_config)
     title = f"{up.name} {head_config['name']}" if config.superb.progress else None
     try:
@@ -126,7 +127,8 @@ def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
     if task.kind == "utterance":
         baseline = majority_baseline(data["train"][1], data["test"][1])
     else:
-        baseline = 1.0 if task.metric in ("per", "wer") else 0.0  # an empty hypothesis
+        # an empty hypothesis; ASV: chance (random scores)
+        baseline = {"per": 1.0, "wer": 1.0, "eer": 0.5}.get(task.metric, 0.0)
     return {
         "test": test[task.metric],
         "metrics": test,

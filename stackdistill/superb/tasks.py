@@ -46,6 +46,7 @@ class Task:
 
     name: str
     kind: str  # "utterance": mean-pool + linear | "ctc": frame-level CTC | "qbe": DTW, no head
+    # | "asv": x-vector, trials scored by cosine
     metric: str  # the primary one: "accuracy" | "per" | "wer" | "slot_type_f1" (SF)
     splits: dict[str, Sequence[dict[str, Any]]]  # "train", "test" and optionally "dev"
     target_fn: Callable[[dict[str, Any]], Any]  # record -> class ids (one per group) or token ids
@@ -57,6 +58,7 @@ class Task:
     folds: dict[str, dict[str, Sequence[dict[str, Any]]]] | None = None  # ER: one per fold
     weight_fn: Callable[[Sequence[dict]], Sequence[float]] | None = None  # balanced sampling
     eos: int | None = None  # CTC targets end with this id; decoding stops at it (s3prl)
+    trials: Sequence[tuple[int, str, str]] = ()  # ASV: (1 same / 0 different, name, name)
 
     @property
     def higher_better(self) -> bool:
