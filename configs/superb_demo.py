@@ -14,6 +14,8 @@ ROOT holds the releases under their own names (any task may be missing: drop it 
   fluent_speech_commands_dataset/                                     IC
   SNIPS/ (s3prl/preprocess/snips_prepare_data.sh)                     SF
   quesst14Database/ (quesst14Database.tgz, scoring/ included)         QbE
+  libri2mix_sd/ (s3prl's LibriMix/scripts/prepare_diarization.py --target_dir: train/, dev/,
+    test/ with wav.scp, segments, utt2spk, reco2dur, rttm)            SD
 Every head hyper-parameter is s3prl's (stackdistill/superb/config.py); both the weighted-sum
 and the last-layer heads are trained. The upstream defaults to the demo's tiny random teacher.
 """
@@ -22,7 +24,7 @@ import os
 
 from stackdistill.config import base_config, load_file
 
-TASKS = ("pr", "asr", "ks", "qbe", "sid", "asv", "er", "ic", "sf")
+TASKS = ("pr", "asr", "ks", "qbe", "sid", "asv", "sd", "er", "ic", "sf")  # SUPERB's ten
 
 
 def get_config(root=None):
@@ -48,4 +50,5 @@ def get_config(root=None):
     s.sf.path = join("SNIPS")
     s.qbe.path = join("quesst14Database")
     s.asv.path, s.asv.trials = join("VoxCeleb1"), join("voxceleb1_test_v2.txt")
+    s.sd.path = join("libri2mix_sd")
     return c

@@ -374,3 +374,44 @@ def make_voxceleb1_sv(root: pathlib.Path) -> dict:
     trials.write_text("".join(lines))
     sizes = {"train": 4 * 4, "test": len(entries), "pairs": len(lines)}
     return {"path": vox, "trials": trials, **sizes}
+
+
+# ------------------------------------------------------------------- Libri2Mix for SD
+
+SD_RECORDINGS = {"train": 4, "dev": 2, "test": 2}
+
+
+def make_libri2mix_sd(root: pathlib.Path) -> dict:
+    """libri2mix_sd/{train,dev,test}/ as s3prl's prepare_diarization.py writes them: wav.scp,
+    segments, utt2spk, reco2dur, spk2utt and rttm, over 2-speaker mixtures in wav/.
+
+    Speaker 1 talks from 0 s, speaker 2 starts half-way through speaker 1's sentence (overlap).
+    """
+    base = root / "libri2mix_sd"
+    n = len(synth.SENTENCES)
+    for split, count in SD_RECORDINGS.items():
+        folder = base / split
+        files = {k: [] for k in ("wav.scp", "segments", "utt2spk", "reco2dur", "rttm")}
+        for i in range(count):
+            s1, s2 = f"{100 + 2 * i}", f"{101 + 2 * i}"
+            a = speak(synth.SENTENCES[i % n], 2 * i % 8)
+            b = speak(synth.SENTENCES[(i + 3) % n], (2 * i + 1) % 8)
+            offset = len(a) // 2
+            mix = np.zeros(max(offset + len(b), len(a)), np.float32)
+            mix[: len(a)] += a
+            mix[offset : offset + len(b)] += b
+            rec = f"{s1}-{i}_{s2}-{i}"
+            wav = write(folder / "wav" / f"{rec}.wav", 0.5 * mix)
+            files["wav.scp"].append(f"{rec} {wav}")
+            files["reco2dur"].append(f"{rec} {len(mix) / audio.SAMPLE_RATE:.4f}")
+            for spk, start, length in ((s1, 0, len(a)), (s2, offset, len(b))):
+                st, et = start / audio.SAMPLE_RATE, (start + length) / audio.SAMPLE_RATE
+                utt = f"{spk}_{rec}"
+                files["segments"].append(f"{utt} {rec} {st:.2f} {et:.2f}")
+                files["utt2spk"].append(f"{utt} {spk}")
+                files["rttm"].append(
+                    f"SPEAKER {rec} 1 {st:.2f} {et - st:.2f} <NA> <NA> {spk} <NA> <NA>"
+                )
+        for name, lines in files.items():
+            (folder / name).write_text("\n".join(sorted(lines)) + "\n")
+    return {"path": base, "sizes": dict(SD_RECORDINGS)}

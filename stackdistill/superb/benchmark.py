@@ -27,6 +27,7 @@ from stackdistill.superb.datasets import (
     Dataset,
     fluent_commands,
     iemocap,
+    libri2mix,
     librispeech,
     quesst14,
     snips,
@@ -222,12 +223,39 @@ def asv(c: ml_collections.ConfigDict) -> Task:
     )
 
 
+def sd(c: ml_collections.ConfigDict) -> Task:
+    """SD: Libri2Mix as s3prl prepares it, LSTM + PIT BCE (diarization), DER of RTTMs."""
+    t = c.sd
+    data = libri2mix.read(t.path)
+    extra = (
+        f"training reads each recording's first {t.chunk_frames} frames (s3prl cuts every "
+        f"recording into {t.chunk_frames}-frame chunks)",
+        "dev selection by the best DER of score.sh's threshold/median grid (s3prl: frame DER "
+        "at threshold 0.5)",
+        "DER computed here (optimal speaker mapping, collar 0), not by dscore",
+    )
+    keep = ("name", "segments", "speakers", "reference")
+    return Task(
+        "sd",
+        "sd",
+        "der",
+        data.splits,
+        lambda r: {k: r[k] for k in keep},
+        data.classes,
+        head="lstm",
+        notes=f"{t.num_speakers} speakers per recording; labels at the upstream's stride",
+        protocol=data.protocol,
+        deviations=(*deviations("sd", t), *COMMON_DEVIATIONS, *extra),
+    )
+
+
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
     "pr": pr,
     "asr": asr,
     "ks": ks,
     "qbe": qbe,
     "asv": asv,
+    "sd": sd,
     "sid": sid,
     "er": er,
     "ic": ic,
@@ -258,6 +286,8 @@ def head_protocol(task: Task, hp: ml_collections.ConfigDict) -> dict[str, Any]:
     fields = ("lr", "total_steps", "batch_size", "clip_norm", "eval_every", "proj_dim")
     out: dict[str, Any] = {k: hp[k] for k in fields}
     out.update(optimizer="adam", kind=task.kind, head=task.head, metric=task.metric)
+    if task.kind == "sd":
+        out.update(lstm_dim=hp.lstm_dim, lstm_layers=hp.lstm_layers, chunk_frames=hp.chunk_frames)
     if task.head == "bilstm":
         out.update(lstm_dim=hp.lstm_dim, lstm_layers=hp.lstm_layers, dropout=hp.dropout)
     if task.kind == "asv":

@@ -66,6 +66,14 @@ S3PRL["asv"] = dict(
     lr=1e-4, total_steps=200_000, batch_size=50, eval_every=10_000, proj_dim=512, clip_norm=1000.0
 )
 S3PRL_FILES["asv"] = "s3prl/downstream/sv_voxceleb1/config.yaml"
+# downstream/diarization/config.yaml: train batch 8 x 4 accumulated, 30k steps, eval_step 500,
+# gradient_clipping 1, Adam lr 1e-4; modelrc rnn_layers 1, hidden_size 512; datarc chunk_size
+# 2000, num_speakers 2.
+S3PRL["sd"] = dict(
+    lr=1e-4, total_steps=30_000, batch_size=32, eval_every=500, clip_norm=1.0, lstm_dim=512,
+    lstm_layers=1,
+)  # fmt: skip
+S3PRL_FILES["sd"] = "s3prl/downstream/diarization/config.yaml"
 LAYER_SELECTIONS = ("weighted", "last", "both")
 
 
@@ -158,6 +166,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.asv.update(optimizer="adamw", weight_decay=0.01, agg_dim=1500, am_scale=30.0, am_margin=0.4)
     c.asv.path = ""  # VoxCeleb1 root holding dev/wav/ and test/wav/ (s3prl's layout)
     c.asv.trials = ""  # voxceleb1_test_v2.txt (s3prl/downstream/sv_voxceleb1/ ships it)
+    # SD: an LSTM on whole recordings (chunks of 2000 frames), never cropped at random
+    c.sd = _s3prl("sd", max_samples=2**31 - 1, eval_max_samples=0, checkpoint_every=500)
+    c.sd.update(chunk_frames=2000, num_speakers=2)
+    c.sd.path = ""  # the folder s3prl's prepare_diarization.py wrote (train/, dev/, test/)
     # QbE: no head; DTW over one hidden state (s3prl/downstream/quesst14_dtw/config.yaml).
     c.qbe = ml_collections.ConfigDict()
     c.qbe.path = ""  # the quesst14Database folder (QUESST 2014)

@@ -33,6 +33,7 @@ from stackdistill.superb import (
     heads,
     qbe,
     report,
+    sd,
     tasks,
     training,
     upstream,
@@ -104,7 +105,10 @@ def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
     With `out_dir`, the head is checkpointed in it and resumed from it.
     """
     layer = -1 if selection == "last" else None
-    head = (asv if task.kind == "asv" else heads).make_head(task, hp, layer)
+    if task.kind == "sd":
+        head = sd.make_head(task, hp, layer, up.cfg.hop)
+    else:
+        head = (asv if task.kind == "asv" else heads).make_head(task, hp, layer)
     checkpoint = None if out_dir is None else training.HeadCheckpoint(out_dir, head_config)
     title = f"{up.name} {head_config['name']}" if config.superb.progress else None
     try:
@@ -128,7 +132,7 @@ def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
         baseline = majority_baseline(data["train"][1], data["test"][1])
     else:
         # an empty hypothesis; ASV: chance (random scores)
-        baseline = {"per": 1.0, "wer": 1.0, "eer": 0.5}.get(task.metric, 0.0)
+        baseline = {"per": 1.0, "wer": 1.0, "eer": 0.5, "der": 1.0}.get(task.metric, 0.0)
     return {
         "test": test[task.metric],
         "metrics": test,

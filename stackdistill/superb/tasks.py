@@ -46,7 +46,7 @@ class Task:
 
     name: str
     kind: str  # "utterance": mean-pool + linear | "ctc": frame-level CTC | "qbe": DTW, no head
-    # | "asv": x-vector, trials scored by cosine
+    # | "asv": x-vector, trials scored by cosine | "sd": frame-level LSTM, PIT, DER
     metric: str  # the primary one: "accuracy" | "per" | "wer" | "slot_type_f1" (SF)
     splits: dict[str, Sequence[dict[str, Any]]]  # "train", "test" and optionally "dev"
     target_fn: Callable[[dict[str, Any]], Any]  # record -> class ids (one per group) or token ids

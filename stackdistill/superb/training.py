@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from stackdistill import resume
-from stackdistill.superb import asv, metrics, sf_metrics
+from stackdistill.superb import asv, metrics, sd, sf_metrics
 from stackdistill.superb.features import StoredFrames
 from stackdistill.superb.heads import TaskHead
 
@@ -117,8 +117,8 @@ def scores(
     head: TaskHead, params: Any, data: Any, batch_size: int, weights=None
 ) -> dict[str, float]:
     """Every metric SUPERB reports for the task on a split (fractions)."""
-    if head.task.kind == "asv":
-        return asv.scores(head, params, data, batch_size)
+    if head.task.kind in ("asv", "sd"):
+        return (asv if head.task.kind == "asv" else sd).scores(head, params, data, batch_size)
     refs, hyps = predict_all(head, params, data, batch_size)
     metric, vocab = head.task.metric, head.task.classes[0]
     if metric == "accuracy":
