@@ -8,7 +8,10 @@ every known deviation listed:
 - KS: Speech Commands v0.01, 12 classes, class-balanced sampling, accuracy;
 - SID: VoxCeleb1 iden_split, accuracy;  IC: Fluent Speech Commands, all three slots right;
 - ER: IEMOCAP, one head per fold (leave one session out), mean accuracy;
-- SF: Audio SNIPS, characters + slot tags, BiLSTM CTC, slot-type F1 and slot-value CER.
+- SF: Audio SNIPS, characters + slot tags, BiLSTM CTC, slot-type F1 and slot-value CER;
+- QbE: QUESST 2014 English queries, DTW on one hidden state, MTWV (superb/qbe.py, no head);
+- ASV: VoxCeleb1 dev speakers, x-vector + AM-softmax, EER of the trial list (superb/asv.py);
+- SD: Libri2Mix as s3prl prepares it, LSTM + PIT, DER (superb/sd.py).
 CTC vocabularies are the reader's tokens after the blank (id 0); PR and SF targets end with
 `<eos>`, as s3prl's text encoders add it, and decoding stops there.
 """

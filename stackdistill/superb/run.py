@@ -5,7 +5,8 @@
 For every upstream of `config.superb.upstreams` and every task of `config.superb.tasks`: features
 once, a head on the weighted layer sum and/or the last hidden state (`layer_selection`) trained
 on the train split (checkpointed under `<upstream>/heads/<task>/`, resumed after an
-interruption), its metrics on the test split; ER trains one head per fold and averages.
+interruption), its metrics on the test split; ER trains one head per fold and averages; QbE
+trains none (DTW, superb/qbe.py).
 Writes `<workdir>/superb/<upstream>/results.{md,json}` (SUPERB's table, its score where every
 task it needs is there, the protocol and deviations per task) and `layer_weights.png`; for students,
 `cka.png`/`cka.json` (linear CKA of every layer against every teacher layer); with several
