@@ -192,6 +192,8 @@ def qbe(c: ml_collections.ConfigDict) -> Task:
         deviations=(
             "trials: every line of the language_key lists (QUESST's scorer reads its ecf/tlist "
             "XML); MTWV computed here, not by the scoring jar",
+            f"TWV beta {t.twv_beta:g} (P_target 0.0008, C_miss 1, C_fa 0.1 as recalled from "
+            "QUESST 2014's evaluation plan; not checked against its scoring jar)",
         ),
     )
 
@@ -285,7 +287,7 @@ def head_protocol(task: Task, hp: ml_collections.ConfigDict) -> dict[str, Any]:
     """What results.json records of a task's head and training, with s3prl's file."""
     if task.kind == "qbe":
         return {"kind": "qbe", "head": "dtw", "metric": task.metric, "layer": hp.layer,
-                "s3prl_config": S3PRL_FILES["qbe"]}  # fmt: skip
+                "twv_beta": hp.twv_beta, "s3prl_config": S3PRL_FILES["qbe"]}  # fmt: skip
     fields = ("lr", "total_steps", "batch_size", "clip_norm", "eval_every", "proj_dim")
     out: dict[str, Any] = {k: hp[k] for k in fields}
     out.update(optimizer="adam", kind=task.kind, head=task.head, metric=task.metric)

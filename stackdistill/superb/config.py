@@ -174,6 +174,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.qbe = ml_collections.ConfigDict()
     c.qbe.path = ""  # the quesst14Database folder (QUESST 2014)
     c.qbe.layer = "best"  # "best": every hidden state on dev, the best on test; or "6", "-1"
+    # TWV's false-alarm weight C_fa / C_miss * (1 / P_target - 1) (superb/detection.py says
+    # where 124.9 comes from and that it could not be checked against the scoring jar here)
+    c.qbe.twv_beta = 124.9
     # Alternative to the datasets' own layouts for sid/ic/er: a labelled JSONL manifest
     # (path, the label fields, optionally a train/dev/test or 1/2/3 split field).
     for name, keys in (("sid", ("speaker",)), ("ic", ("action", "object", "location"))):

@@ -79,6 +79,7 @@ def split_mtwv(
     docs: Sequence[dict],
     features: dict[str, np.ndarray],
     tick: Callable[[], None] = lambda: None,
+    beta: float = detection.QUESST_BETA,
 ) -> float:
     """MTWV of one split's queries against the utterances, on one layer's features."""
     searched_q = [q for q in queries if q["english"]]
@@ -95,6 +96,7 @@ def split_mtwv(
         [q["name"] for q in queries],
         [d["name"] for d in docs],
         {q["name"]: q["targets"] for q in queries},
+        beta=beta,
     )
     return mtwv
 
@@ -115,6 +117,7 @@ def evaluate(
     cache_file: pathlib.Path | None,
     cache_key: dict[str, Any],
     progress: str | None = None,
+    beta: float = detection.QUESST_BETA,
 ) -> dict[str, Any]:
     """Dev and test MTWV per layer tried; the kept layer is the best on dev (or the one given).
 
@@ -138,7 +141,7 @@ def evaluate(
         for k in todo:
             one_layer = {name: f[k] for name, f in features.items()}
             done[str(k)] = {
-                split: split_mtwv(splits[split], splits["docs"], one_layer, tick)
+                split: split_mtwv(splits[split], splits["docs"], one_layer, tick, beta)
                 for split in ("dev", "test")
             }
             if cache_file is not None:

@@ -45,6 +45,11 @@ def _of_selection(r: dict[str, Any], selection: str) -> dict[str, Any] | None:
 def superb_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per layer selection: SUPERB's values of the tasks run and superb_s (full/partial/paper)."""
     out: dict[str, Any] = {}
+    # QbE trains no head: it counts under every selection a head was trained with
+    headed = [r for r in task_results.values() if r.get("kind") != "qbe"]
+    selections = [
+        s for s in ("weighted", "last") if any(_of_selection(r, s) is not None for r in headed)
+    ] or ["weighted"]
     for selection in ("weighted", "last"):
         values = {}
         for name, r in task_results.items():
@@ -54,7 +59,7 @@ def superb_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             values[name] = {
                 m.name: score.published(m, run["metrics"][m.name]) for m in score.metrics_of(name)
             }
-        if not values:
+        if not values or selection not in selections:
             continue
         present = score.ordered(values)
         paper = all(t in values for t in score.PAPER_TASKS)

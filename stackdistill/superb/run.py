@@ -238,7 +238,10 @@ def _evaluate_qbe(task, config, up, out_dir) -> dict[str, Any]:
     cache = None if out_dir is None else out_dir / "heads" / "qbe" / "layers.json"
     layer = c.qbe.layer if c.qbe.layer == "best" else int(c.qbe.layer)
     title = f"{up.name} qbe (DTW)" if c.progress else None
-    r = qbe.evaluate(task.splits, extract, up.num_layers + 1, layer, cache, key, title)
+    key["twv_beta"] = c.qbe.twv_beta
+    r = qbe.evaluate(
+        task.splits, extract, up.num_layers + 1, layer, cache, key, title, c.qbe.twv_beta
+    )
     english = {k: sum(x["english"] for x in v) for k, v in task.splits.items()}
     return {
         "metric": "mtwv",
