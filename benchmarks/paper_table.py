@@ -244,8 +244,8 @@ class _LogTimes(logging.Handler):
 def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, Any]:
     """Distils one cell from scratch, then scores its checkpoints; the cell's JSON record."""
     from stackdistill import train
+    from stackdistill.superb import benchmark, upstream
     from stackdistill.superb import run as superb_run
-    from stackdistill.superb import tasks, upstream
 
     run_dir = pathlib.Path(workdir) / "runs" / cell.key
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over
@@ -275,7 +275,7 @@ def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, 
         "teacher_layers": list(config.distill.teacher_layers),
     }
     ev_config = superb_config(spec, teacher_dir, workdir)
-    task_list = [tasks.build(n, ev_config.superb, str(workdir)) for n in ev_config.superb.tasks]
+    task_list = [benchmark.build(n, ev_config.superb, str(workdir)) for n in ev_config.superb.tasks]
     at = {step: t for t, step, _ in times.points}
     record["evals"] = []
     started = time.perf_counter()

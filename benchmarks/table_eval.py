@@ -60,10 +60,10 @@ def profile(store, task_list, alpha: float) -> dict[str, list[float]]:
 
 def evaluate_teacher(spec, teacher_dir, workdir) -> dict[str, Any]:
     """The teacher's own mini-SUPERB scores and probe profile (the reference row)."""
-    from stackdistill.superb import tasks, upstream
+    from stackdistill.superb import benchmark, upstream
 
     config = superb_config(spec, teacher_dir, workdir)
-    task_list = [tasks.build(name, config.superb, str(workdir)) for name in config.superb.tasks]
+    task_list = [benchmark.build(name, config.superb, str(workdir)) for name in config.superb.tasks]
     started = time.perf_counter()
     up = upstream.load("teacher", config, str(workdir))
     scores, store = downstream(up, task_list, config)

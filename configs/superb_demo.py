@@ -9,9 +9,13 @@ ROOT holds the releases under their own names (any task may be missing: drop it 
   LibriSpeech/ and librispeech-lexicon-200k-g2p.txt,
     librispeech-lexicon-allothers-g2p.txt (s3prl/downstream/ctc/lexicon/)  PR, ASR
   VoxCeleb1/ and iden_split.txt                                       SID
+    (VoxCeleb1/dev/wav/ and test/wav/ as s3prl lays them out) and voxceleb1_test_v2.txt  ASV
   IEMOCAP_full_release/                                               ER
   fluent_speech_commands_dataset/                                     IC
   SNIPS/ (s3prl/preprocess/snips_prepare_data.sh)                     SF
+  quesst14Database/ (quesst14Database.tgz, scoring/ included)         QbE
+  libri2mix_sd/ (s3prl's LibriMix/scripts/prepare_diarization.py --target_dir: train/, dev/,
+    test/ with wav.scp, segments, utt2spk, reco2dur, rttm)            SD
 Every head hyper-parameter is s3prl's (stackdistill/superb/config.py); both the weighted-sum
 and the last-layer heads are trained. The upstream defaults to the demo's tiny random teacher.
 """
@@ -20,7 +24,7 @@ import os
 
 from stackdistill.config import base_config, load_file
 
-TASKS = ("pr", "asr", "ks", "sid", "er", "ic", "sf")
+TASKS = ("pr", "asr", "ks", "qbe", "sid", "asv", "sd", "er", "ic", "sf")  # SUPERB's ten
 
 
 def get_config(root=None):
@@ -44,4 +48,7 @@ def get_config(root=None):
     s.er.path = join("IEMOCAP_full_release")
     s.ic.path = join("fluent_speech_commands_dataset")
     s.sf.path = join("SNIPS")
+    s.qbe.path = join("quesst14Database")
+    s.asv.path, s.asv.trials = join("VoxCeleb1"), join("voxceleb1_test_v2.txt")
+    s.sd.path = join("libri2mix_sd")
     return c

@@ -288,3 +288,130 @@ def make_snips(root: pathlib.Path) -> dict:
     (snips / "slots.txt").write_text("\n".join(SLOTS))
     sizes = {"train": 2 * 3, "dev": 2, "test": 2}
     return {"path": snips, "utterances": utterances, "sizes": sizes}
+
+
+# --------------------------------------------------------------------------- QUESST 2014
+
+# (query word, the documents' sentences it occurs in): docs are sentences of other voices
+QUESST_DOCS = (
+    "turn the light on", "please stop the car", "open the window please",
+    "the cat sat on the mat", "what time is it now", "turn the music off",
+)  # fmt: skip
+QUESST_QUERIES = {"dev": ("window", "music"), "eval": ("light", "stop")}
+
+
+def make_quesst14(root: pathlib.Path) -> dict:
+    """quesst14Database/ with Audio/, dev_queries/, eval_queries/ and scoring/ (lists, rttm).
+
+    English lines as QUESST lists them (`quesst14Database/Audio/quesst14_00001.wav nnenglish`),
+    plus one non-English utterance and query per list whose audio is never read.
+    """
+    db = root / "quesst14Database"
+    scoring = db / "scoring"
+    scoring.mkdir(parents=True)
+    docs = []
+    for i, text in enumerate(QUESST_DOCS, start=1):
+        name = f"quesst14_{i:05d}"
+        write(db / "Audio" / f"{name}.wav", speak(text, i % 4 + 1))
+        docs.append((name, text, "nnenglish"))
+    docs.append((f"quesst14_{len(docs) + 1:05d}", "", "nnbasque"))
+    lines = [f"quesst14Database/Audio/{n}.wav {lang}\n" for n, _, lang in docs]
+    (scoring / "language_key_utterances.lst").write_text("".join(lines))
+    sizes = {"docs": len(QUESST_DOCS)}
+    for split, words in QUESST_QUERIES.items():
+        queries, rttm = [], []
+        for j, word in enumerate((*words, "basque"), start=1):
+            name = f"quesst14_{split}_{j:04d}"
+            english = word != "basque"
+            if english:
+                write(db / f"{split}_queries" / f"{name}.wav", speak(word, 0))
+            queries.append(f"quesst14Database/{split}_queries/{name}.wav "
+                           f"{'nnenglish' if english else 'nnbasque'}\n")  # fmt: skip
+            hits = [n for n, text, _ in docs if word in text.split()] if english else [docs[-1][0]]
+            rttm += [f"LEXEME {n} 1 0.50 0.40 {name} lex <NA> <NA>\n" for n in hits]
+        (scoring / f"language_key_{split}.lst").write_text("".join(queries))
+        truth = scoring / f"groundtruth_quesst14_{split}"
+        truth.mkdir()
+        (truth / f"quesst14_{split}.rttm").write_text("".join(rttm))
+        sizes["dev" if split == "dev" else "test"] = len(words)
+    return {"path": db, "sizes": sizes}
+
+
+# ------------------------------------------------------------------- VoxCeleb1 for ASV
+
+SV_TRAIN_SPEAKERS = ("id10001", "id10002", "id10003", "id10004")
+SV_TEST_SPEAKERS = ("id10270", "id10271", "id10272")
+
+
+def make_voxceleb1_sv(root: pathlib.Path) -> dict:
+    """VoxCeleb1/dev/wav and test/wav (s3prl's layout) and voxceleb1_test_v2.txt, all pairs.
+
+    Every file is two sentences (over the 2 s minimum) except one short word per training
+    speaker's first video, which the reader must drop.
+    """
+    vox = root / "VoxCeleb1"
+    n_sentences = len(synth.SENTENCES)
+    for s, speaker in enumerate(SV_TRAIN_SPEAKERS):
+        for v, video in enumerate(("1zcIwhmdeo4", "7gWzIy6yIIk")):
+            for n in (1, 2):
+                text = [synth.SENTENCES[(s + 2 * v + n + k) % n_sentences] for k in (0, 3)]
+                samples = speak(". ".join(text), s, rate=120)
+                write(vox / "dev/wav" / speaker / video / f"{n:05d}.wav", samples)
+        write(vox / "dev/wav" / speaker / "1zcIwhmdeo4/00003.wav", speak("yes", s))
+    entries = []
+    for s, speaker in enumerate(SV_TEST_SPEAKERS):
+        for v, video in enumerate(("x6uYqmx31kE", "8jEAjG6SegY")):
+            entry = f"{speaker}/{video}/{v + 1:05d}.wav"
+            text = [synth.SENTENCES[(s + v + k) % n_sentences] for k in (1, 4)]
+            write(vox / "test/wav" / entry, speak(". ".join(text), 4 + s, rate=120))
+            entries.append(entry)
+    lines = [
+        f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}\n"
+        for i, a in enumerate(entries)
+        for b in entries[i + 1 :]
+    ]
+    trials = root / "voxceleb1_test_v2.txt"
+    trials.write_text("".join(lines))
+    sizes = {"train": 4 * 4, "test": len(entries), "pairs": len(lines)}
+    return {"path": vox, "trials": trials, **sizes}
+
+
+# ------------------------------------------------------------------- Libri2Mix for SD
+
+SD_RECORDINGS = {"train": 4, "dev": 2, "test": 2}
+
+
+def make_libri2mix_sd(root: pathlib.Path) -> dict:
+    """libri2mix_sd/{train,dev,test}/ as s3prl's prepare_diarization.py writes them: wav.scp,
+    segments, utt2spk, reco2dur, spk2utt and rttm, over 2-speaker mixtures in wav/.
+
+    Speaker 1 talks from 0 s, speaker 2 starts half-way through speaker 1's sentence (overlap).
+    """
+    base = root / "libri2mix_sd"
+    n = len(synth.SENTENCES)
+    for split, count in SD_RECORDINGS.items():
+        folder = base / split
+        files = {k: [] for k in ("wav.scp", "segments", "utt2spk", "reco2dur", "rttm")}
+        for i in range(count):
+            s1, s2 = f"{100 + 2 * i}", f"{101 + 2 * i}"
+            a = speak(synth.SENTENCES[i % n], 2 * i % 8)
+            b = speak(synth.SENTENCES[(i + 3) % n], (2 * i + 1) % 8)
+            offset = len(a) // 2
+            mix = np.zeros(max(offset + len(b), len(a)), np.float32)
+            mix[: len(a)] += a
+            mix[offset : offset + len(b)] += b
+            rec = f"{s1}-{i}_{s2}-{i}"
+            wav = write(folder / "wav" / f"{rec}.wav", 0.5 * mix)
+            files["wav.scp"].append(f"{rec} {wav}")
+            files["reco2dur"].append(f"{rec} {len(mix) / audio.SAMPLE_RATE:.4f}")
+            for spk, start, length in ((s1, 0, len(a)), (s2, offset, len(b))):
+                st, et = start / audio.SAMPLE_RATE, (start + length) / audio.SAMPLE_RATE
+                utt = f"{spk}_{rec}"
+                files["segments"].append(f"{utt} {rec} {st:.2f} {et:.2f}")
+                files["utt2spk"].append(f"{utt} {spk}")
+                files["rttm"].append(
+                    f"SPEAKER {rec} 1 {st:.2f} {et - st:.2f} <NA> <NA> {spk} <NA> <NA>"
+                )
+        for name, lines in files.items():
+            (folder / name).write_text("\n".join(sorted(lines)) + "\n")
+    return {"path": base, "sizes": dict(SD_RECORDINGS)}

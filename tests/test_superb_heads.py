@@ -12,7 +12,7 @@ import soundfile as sf
 from stackdistill import config as config_lib
 from stackdistill.data import labels
 from stackdistill.data.espeak import Speaker
-from stackdistill.superb import features, heads, tasks, training
+from stackdistill.superb import benchmark, features, heads, tasks, training
 
 
 def _ctc_reference(log_probs_tv: np.ndarray, label: list[int]) -> float:
@@ -120,14 +120,14 @@ def librispeech(tmp_path_factory):
 def test_librispeech_pr_and_asr_targets(librispeech, tmp_path):
     c = config_lib.base_config().superb
     c.pr.path = c.asr.path = librispeech
-    pr = tasks.build("pr", c, str(tmp_path))  # no lexicon: the espeak-ng fallback
+    pr = benchmark.build("pr", c, str(tmp_path))  # no lexicon: the espeak-ng fallback
     record = pr.splits["test"][0]
     vocab = pr.classes[0]
     phones = labels.phoneme_tokens(Speaker.get().phonemes("hello world", "en-us"))
     assert [vocab[i] for i in pr.target_fn(record)] == phones and vocab[0] == labels.BLANK
     assert (tmp_path / "superb" / "phonemes_test.json").is_file()  # cached for the next run
     assert any("not comparable" in d for d in pr.deviations)
-    asr = tasks.build("asr", c, str(tmp_path))
+    asr = benchmark.build("asr", c, str(tmp_path))
     # s3prl's asr/dataset.py ends every target with a word boundary
     assert [asr.classes[0][i] for i in asr.target_fn(asr.splits["dev"][1])] == list("IT'S|A|CAT|")
     assert asr.head == "bilstm" and asr.metric == "wer" and asr.classes[0][0] == labels.BLANK
@@ -136,14 +136,16 @@ def test_librispeech_pr_and_asr_targets(librispeech, tmp_path):
 def test_real_tasks_say_what_is_missing(tmp_path):
     c = config_lib.base_config().superb
     with pytest.raises(FileNotFoundError, match="LibriSpeech root"):
-        tasks.build("pr", c, str(tmp_path))
+        benchmark.build("pr", c, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"set config\.superb\.sid\.path"):
-        tasks.build("sid", c, str(tmp_path))
+        benchmark.build("sid", c, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"set config\.superb\.sf\.path"):
-        tasks.build("sf", c, str(tmp_path))
+        benchmark.build("sf", c, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"set config\.superb\.qbe\.path"):
+        benchmark.build("qbe", c, str(tmp_path))
     with pytest.raises(ValueError, match="unknown SUPERB task"):
-        tasks.build("qbe", c, str(tmp_path))
+        benchmark.build("st", c, str(tmp_path))
     c.ks.source, c.ks.tfds_dir = "tfds", str(tmp_path / "tfds")
     with pytest.raises((ImportError, FileNotFoundError), match="tfds build speech_commands"):
-        tasks.build("ks", c, str(tmp_path))
+        benchmark.build("ks", c, str(tmp_path))
     assert isinstance(c.ks, ml_collections.ConfigDict)

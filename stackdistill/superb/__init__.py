@@ -8,9 +8,10 @@
 Modules: `datasets` (readers of the SUPERB datasets' own layouts), `benchmark` (SUPERB's
 tasks built from them), `tasks` (the Task record, mini-SUPERB, alternative sources),
 `upstream` (what is evaluated), `features` (extraction), `heads` (weighted layer sum + head),
-`training` (training, scoring, resumable head checkpoints), `metrics`, `sf_metrics`, `score`
-(SUPERB's columns and superb_s), `cka`, `report`, `run`; `probes` (layer-wise linear probes,
-the tiny teacher's probe table).
+`training` (training, scoring, resumable head checkpoints), `qbe` (DTW, no head), `asv`
+(x-vector head), `sd` (diarization head), `metrics`, `sf_metrics`, `detection` (EER, DER,
+MTWV), `score` (SUPERB's columns and the leaderboard's superb_s), `cka`, `report`, `run`;
+`probes` (layer-wise linear probes, the tiny teacher's probe table).
 """
 
 import importlib

@@ -8,7 +8,10 @@ every known deviation listed:
 - KS: Speech Commands v0.01, 12 classes, class-balanced sampling, accuracy;
 - SID: VoxCeleb1 iden_split, accuracy;  IC: Fluent Speech Commands, all three slots right;
 - ER: IEMOCAP, one head per fold (leave one session out), mean accuracy;
-- SF: Audio SNIPS, characters + slot tags, BiLSTM CTC, slot-type F1 and slot-value CER.
+- SF: Audio SNIPS, characters + slot tags, BiLSTM CTC, slot-type F1 and slot-value CER;
+- QbE: QUESST 2014 English queries, DTW on one hidden state, MTWV (superb/qbe.py, no head);
+- ASV: VoxCeleb1 dev speakers, x-vector + AM-softmax, EER of the trial list (superb/asv.py);
+- SD: Libri2Mix as s3prl prepares it, LSTM + PIT, DER (superb/sd.py).
 CTC vocabularies are the reader's tokens after the blank (id 0); PR and SF targets end with
 `<eos>`, as s3prl's text encoders add it, and decoding stops there.
 """
@@ -21,12 +24,15 @@ from typing import Any
 import ml_collections
 
 from stackdistill.data.labels import BLANK
+from stackdistill.superb import tasks
 from stackdistill.superb.config import S3PRL_FILES, deviations
 from stackdistill.superb.datasets import (
     Dataset,
     fluent_commands,
     iemocap,
+    libri2mix,
     librispeech,
+    quesst14,
     snips,
     speech_commands,
     voxceleb1,
@@ -165,10 +171,96 @@ def sf(c: ml_collections.ConfigDict) -> Task:
     return _ctc_task("sf", data, c.sf, "slot_type_f1", "bilstm", eos=True, extra=extra)
 
 
+def qbe(c: ml_collections.ConfigDict) -> Task:
+    """QbE: QUESST 2014 English queries, DTW over one hidden state, MTWV (no head trained)."""
+    t = c.qbe
+    data = quesst14.read(t.path)
+    english = quesst14.sizes(data)
+    return Task(
+        "qbe",
+        "qbe",
+        "mtwv",
+        data.splits,
+        lambda r: r,
+        ((),),
+        head="dtw",
+        notes=(
+            f"{english['dev']} dev / {english['test']} test English queries, "
+            f"{english['docs']} English utterances; layer {t.layer}"
+        ),
+        protocol=data.protocol,
+        deviations=(
+            "trials: every line of the language_key lists (QUESST's scorer reads its ecf/tlist "
+            "XML); MTWV computed here, not by the scoring jar",
+            f"TWV beta {t.twv_beta:g} (P_target 0.0008, C_miss 1, C_fa 0.1 as recalled from "
+            "QUESST 2014's evaluation plan; not checked against its scoring jar)",
+        ),
+    )
+
+
+def asv(c: ml_collections.ConfigDict) -> Task:
+    """ASV: VoxCeleb1 dev speakers, x-vector + AM-softmax (sv_voxceleb1), trial EER."""
+    t = c.asv
+    data, trials = voxceleb1.read_verification(t.path, t.trials)
+    index = {speaker: i for i, speaker in enumerate(data.classes[0])}
+    train, test = data.splits["train"], data.splits["test"]
+    splits = {"train": train, "dev": test, "test": test}
+    extra = (
+        "no sox trimming of silences (s3prl reads VoxCeleb1 with `silence 1 0.1 0.1% -1 0.1 "
+        "0.1%` and `gain -3`; the 2 s minimum is applied to the untrimmed files)",
+        f"training crops: {t.crop_views} fixed random 8 s crop(s) per utterance (s3prl: a "
+        "fresh crop per read)",
+        "the kept head is the best test EER of the evaluations every eval_every steps, as "
+        "s3prl's sv_voxceleb1/report.sh picks the best of its checkpoints on test",
+    )
+    return Task(
+        "asv",
+        "asv",
+        "eer",
+        splits,
+        lambda r: [index.get(r["label"], 0)],
+        data.classes,
+        head="xvector",
+        notes=f"{len(data.classes[0])} training speakers, {len(trials)} trials",
+        protocol=data.protocol,
+        deviations=(*deviations("asv", t), *COMMON_DEVIATIONS, *extra),
+        trials=trials,
+    )
+
+
+def sd(c: ml_collections.ConfigDict) -> Task:
+    """SD: Libri2Mix as s3prl prepares it, LSTM + PIT BCE (diarization), DER of RTTMs."""
+    t = c.sd
+    data = libri2mix.read(t.path)
+    extra = (
+        f"training reads each recording's first {t.chunk_frames} frames (s3prl cuts every "
+        f"recording into {t.chunk_frames}-frame chunks)",
+        "dev selection by the best DER of score.sh's threshold/median grid (s3prl: frame DER "
+        "at threshold 0.5)",
+        "DER computed here (optimal speaker mapping, collar 0), not by dscore",
+    )
+    keep = ("name", "segments", "speakers", "reference")
+    return Task(
+        "sd",
+        "sd",
+        "der",
+        data.splits,
+        lambda r: {k: r[k] for k in keep},
+        data.classes,
+        head="lstm",
+        notes=f"{t.num_speakers} speakers per recording; labels at the upstream's stride",
+        protocol=data.protocol,
+        deviations=(*deviations("sd", t), *COMMON_DEVIATIONS, *extra),
+    )
+
+
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
     "pr": pr,
     "asr": asr,
     "ks": ks,
+    "qbe": qbe,
+    "asv": asv,
+    "sd": sd,
     "sid": sid,
     "er": er,
     "ic": ic,
@@ -176,13 +268,36 @@ BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
 }
 
 
+def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
+    """The task called `name` (mini-SUPERB, an alternative source, or SUPERB's) from `c`."""
+    if name in tasks.MINI:
+        return tasks.MINI[name](c, workdir)
+    if name in ("sid", "ic", "er") and c[name].manifest:
+        return tasks.manifest_task(name, c[name])
+    if name == "ks" and c.ks.source == "tfds":
+        return tasks.ks_tfds(c, workdir)
+    if name == "pr" and not c.pr.lexicon:
+        return tasks.pr_espeak(c, workdir)
+    if name in BUILDERS:
+        return BUILDERS[name](c)
+    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*tasks.MINI, *BUILDERS])}")
+
+
 def head_protocol(task: Task, hp: ml_collections.ConfigDict) -> dict[str, Any]:
     """What results.json records of a task's head and training, with s3prl's file."""
+    if task.kind == "qbe":
+        return {"kind": "qbe", "head": "dtw", "metric": task.metric, "layer": hp.layer,
+                "twv_beta": hp.twv_beta, "s3prl_config": S3PRL_FILES["qbe"]}  # fmt: skip
     fields = ("lr", "total_steps", "batch_size", "clip_norm", "eval_every", "proj_dim")
     out: dict[str, Any] = {k: hp[k] for k in fields}
     out.update(optimizer="adam", kind=task.kind, head=task.head, metric=task.metric)
+    if task.kind == "sd":
+        out.update(lstm_dim=hp.lstm_dim, lstm_layers=hp.lstm_layers, chunk_frames=hp.chunk_frames)
     if task.head == "bilstm":
         out.update(lstm_dim=hp.lstm_dim, lstm_layers=hp.lstm_layers, dropout=hp.dropout)
+    if task.kind == "asv":
+        out.update(optimizer=hp.optimizer, weight_decay=hp.weight_decay, agg_dim=hp.agg_dim,
+                   am_scale=hp.am_scale, am_margin=hp.am_margin)  # fmt: skip
     out["crop_views"] = hp.crop_views
     out["class_balanced"] = task.weight_fn is not None
     out["s3prl_config"] = S3PRL_FILES.get(task.name)

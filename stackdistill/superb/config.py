@@ -25,7 +25,9 @@ _BILSTM_CTC = dict(
     lstm_layers=2,
     dropout=0.2,
 )
-# s3prl's runner/optimizer/model settings per task (all: Adam, gradient clipping 1).
+# s3prl's runner/optimizer/model settings per task (all: Adam, gradient clipping 1), read from
+# the yaml files of s3prl 0.4.18 (s3prl/s3prl commit ec8064b5889f81ca460fbe2c094ce576a6f120b7);
+# tests/test_superb_config.py keeps the values read there and checks every entry against them.
 S3PRL: dict[str, dict] = {
     # downstream/ctc/libriphone.yaml: batch 16 x 2 accumulated, eval_step 1000,
     # model.select FrameLevel (project_dim 256, then a linear CTC layer)
@@ -33,13 +35,13 @@ S3PRL: dict[str, dict] = {
     # downstream/asr/config.yaml: batch 32, eval_step 2000, project_dim 1024, RNNs: 2-layer
     # bidirectional LSTM 1024 per direction, dropout 0.2, no layer norm / projection
     "asr": _BILSTM_CTC,
-    # downstream/speech_commands/config.yaml: batch 32, eval_step 4000, projector_dim 256,
+    # downstream/speech_commands/config.yaml: batch 32, eval_step 5000, projector_dim 256,
     # UtteranceLevel MeanPooling
-    "ks": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
-    # downstream/voxceleb1/config.yaml: train batch 8 x 4 accumulated, eval_step 4000
-    "sid": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
-    # downstream/fluent_commands/config.yaml: batch 32, eval_step 4000
-    "ic": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=4_000, proj_dim=256),
+    "ks": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=5_000, proj_dim=256),
+    # downstream/voxceleb1/config.yaml: train batch 8 x 4 accumulated, eval_step 5000
+    "sid": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=5_000, proj_dim=256),
+    # downstream/fluent_commands/config.yaml: batch 32, eval_step 5000
+    "ic": dict(lr=1e-4, total_steps=200_000, batch_size=32, eval_every=5_000, proj_dim=256),
     # downstream/emotion/config.yaml: batch 4 x 8 accumulated, 30k steps, eval_step 1000
     "er": dict(lr=1e-4, total_steps=30_000, batch_size=32, eval_every=1_000, proj_dim=256),
     # downstream/ctc/snips.yaml: batch 32, eval_step 2000, project_dim 1024, RNNs as ASR
@@ -53,9 +55,25 @@ S3PRL_FILES = {
     "ic": "s3prl/downstream/fluent_commands/config.yaml",
     "er": "s3prl/downstream/emotion/config.yaml",
     "sf": "s3prl/downstream/ctc/snips.yaml",
+    "qbe": "s3prl/downstream/quesst14_dtw/config.yaml",
 }
 for _hp in S3PRL.values():
     _hp["clip_norm"] = 1.0  # runner.gradient_clipping
+# downstream/sv_voxceleb1/config.yaml (-> configs/amsoftmax.yaml): train batch 10 x 5
+# accumulated, eval_step 10000, gradient_clipping 1000, AdamW lr 1e-4, modelrc.input_dim 512
+# (the connector's width); XVector agg_dim 1500; AMSoftmaxLoss s 30, m 0.4.
+S3PRL["asv"] = dict(
+    lr=1e-4, total_steps=200_000, batch_size=50, eval_every=10_000, proj_dim=512, clip_norm=1000.0
+)
+S3PRL_FILES["asv"] = "s3prl/downstream/sv_voxceleb1/config.yaml"
+# downstream/diarization/config.yaml: train batch 8 x 4 accumulated, 30k steps, eval_step 500,
+# gradient_clipping 1, Adam lr 1e-4; modelrc rnn_layers 1, hidden_size 512; datarc chunk_size
+# 2000, num_speakers 2.
+S3PRL["sd"] = dict(
+    lr=1e-4, total_steps=30_000, batch_size=32, eval_every=500, clip_norm=1.0, lstm_dim=512,
+    lstm_layers=1,
+)  # fmt: skip
+S3PRL_FILES["sd"] = "s3prl/downstream/diarization/config.yaml"
 LAYER_SELECTIONS = ("weighted", "last", "both")
 
 
@@ -87,7 +105,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # "teacher" | "student[:WORKDIR[@STEP]]" | "hf:DIR_OR_HUB_ID", each optionally "NAME=...".
     c.upstreams = ("teacher", "student")
-    # mini: "ks_synth", "sid_synth", "pr_synth"; SUPERB: "pr", "asr", "ks", "sid", "er", "ic", "sf"
+    # mini: "ks_synth", "sid_synth", "pr_synth"; SUPERB: "pr", "asr", "ks", "qbe", "sid", "asv",
+    # "sd", "er", "ic", "sf"
     c.tasks = ("ks_synth", "sid_synth", "pr_synth")
     c.layer_selection = "weighted"  # "weighted" | "last" (the last hidden state) | "both"
     c.seed = 0
@@ -142,6 +161,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.er.folds = (1, 2, 3, 4, 5)  # leave-one-session-out; the mean accuracy is reported
     c.sf = _s3prl("sf")
     c.sf.path = ""  # SNIPS folder as s3prl/preprocess/snips_prepare_data.sh leaves it
+    # ASV: x-vector head, AM-softmax; torch AdamW's weight decay 0.01 (the yaml sets none)
+    c.asv = _s3prl("asv", eval_max_samples=0, checkpoint_every=10_000)
+    c.asv.update(optimizer="adamw", weight_decay=0.01, agg_dim=1500, am_scale=30.0, am_margin=0.4)
+    c.asv.path = ""  # VoxCeleb1 root holding dev/wav/ and test/wav/ (s3prl's layout)
+    c.asv.trials = ""  # voxceleb1_test_v2.txt (s3prl/downstream/sv_voxceleb1/ ships it)
+    # SD: an LSTM on whole recordings (chunks of 2000 frames), never cropped at random
+    c.sd = _s3prl("sd", max_samples=2**31 - 1, eval_max_samples=0, checkpoint_every=500)
+    c.sd.update(chunk_frames=2000, num_speakers=2)
+    c.sd.path = ""  # the folder s3prl's prepare_diarization.py wrote (train/, dev/, test/)
+    # QbE: no head; DTW over one hidden state (s3prl/downstream/quesst14_dtw/config.yaml).
+    c.qbe = ml_collections.ConfigDict()
+    c.qbe.path = ""  # the quesst14Database folder (QUESST 2014)
+    c.qbe.layer = "best"  # "best": every hidden state on dev, the best on test; or "6", "-1"
+    # TWV's false-alarm weight C_fa / C_miss * (1 / P_target - 1) (superb/detection.py says
+    # where 124.9 comes from and that it could not be checked against the scoring jar here)
+    c.qbe.twv_beta = 124.9
     # Alternative to the datasets' own layouts for sid/ic/er: a labelled JSONL manifest
     # (path, the label fields, optionally a train/dev/test or 1/2/3 split field).
     for name, keys in (("sid", ("speaker",)), ("ic", ("action", "object", "location"))):

@@ -57,12 +57,14 @@ def read_audio(record: dict[str, Any], options: ReadOptions) -> np.ndarray:
     """float32 16 kHz samples of a record; a long one is cropped where its name says.
 
     A record with `crop_samples` (s3prl's random crops: KS _silence_, SID training) is cut to
-    that length; its `crop_view` k picks the k-th random crop (default 0).
+    that length; its `crop_view` k picks the k-th random crop (default 0); `gain_db` scales it.
     """
     name = str(record.get("name")) + (f"#{record['crop_view']}" if "crop_view" in record else "")
     rng = np.random.default_rng([options.seed, zlib.crc32(name.encode())])
     max_samples = min(options.max_samples, record.get("crop_samples", options.max_samples))
     samples = audio.load(record, rng, max_samples)
+    if "gain_db" in record:  # QbE: s3prl reads QUESST with sox's `gain -3`
+        samples = samples * np.float32(10.0 ** (record["gain_db"] / 20.0))
     return audio.normalize(samples) if options.normalize_audio else samples
 
 

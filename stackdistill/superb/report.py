@@ -1,9 +1,10 @@
 """SUPERB reports: per-upstream results (markdown + JSON), layer-weight plots, comparisons.
 
 `superb_scores` puts the SUPERB tasks' test metrics in the units SUPERB prints and computes
-superb_s (superb/score.py) for the weighted-sum and the last-layer heads: the full score
-(None while QbE, ASV or SD, which stackdistill does not run, are missing), the score over
-the tasks present (labelled partial) and over the interleaved-stacking paper's four tasks.
+superb_s (superb/score.py, the leaderboard's formula and reference points) for the
+weighted-sum and the last-layer heads: the full score (None while any of the ten tasks is
+missing), the score over the tasks present (labelled partial, shown only while the full one
+is not there) and over the interleaved-stacking paper's four tasks.
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ METRIC_NAMES = {
     "wer": "WER %",
     "slot_type_f1": "slot F1 %",
     "slot_value_cer": "slot CER %",
+    "mtwv": "MTWV",
+    "eer": "EER %",
+    "der": "DER %",
 }
 SCORE_CAVEAT = (
-    "superb_s maps each metric so that FBANK is 0 and the state of the art 1; the reference "
-    "points in stackdistill/superb/score.py were transcribed without access to the papers: "
-    "check them before publishing a score."
+    "superb_s is the SUPERB leaderboard's score: each metric mapped so that the leaderboard's "
+    "FBANK row is 0 and the best upstream on that task 1000, averaged within a task, then over "
+    "the ten tasks (stackdistill/superb/score.py cites the code). The leaderboard ranks by "
+    "superb_r and breaks ties with superb_s."
 )
 
 
 def _of_selection(r: dict[str, Any], selection: str) -> dict[str, Any] | None:
-    if r.get("layer_selection", "weighted") == selection:
+    if r.get("kind") == "qbe" or r.get("layer_selection", "weighted") == selection:
         return r
     return r.get("last_layer") if selection == "last" else None
 
@@ -40,6 +45,11 @@ def _of_selection(r: dict[str, Any], selection: str) -> dict[str, Any] | None:
 def superb_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per layer selection: SUPERB's values of the tasks run and superb_s (full/partial/paper)."""
     out: dict[str, Any] = {}
+    # QbE trains no head: it counts under every selection a head was trained with
+    headed = [r for r in task_results.values() if r.get("kind") != "qbe"]
+    selections = [
+        s for s in ("weighted", "last") if any(_of_selection(r, s) is not None for r in headed)
+    ] or ["weighted"]
     for selection in ("weighted", "last"):
         values = {}
         for name, r in task_results.items():
@@ -49,7 +59,7 @@ def superb_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             values[name] = {
                 m.name: score.published(m, run["metrics"][m.name]) for m in score.metrics_of(name)
             }
-        if not values:
+        if not values or selection not in selections:
             continue
         present = score.ordered(values)
         paper = all(t in values for t in score.PAPER_TASKS)
@@ -75,29 +85,45 @@ def superb_table(scores: dict[str, Any]) -> list[str]:
     tasks = score.ordered({t for s in scores.values() for t in s["values"]})
     columns = [m for t in tasks for m in score.metrics_of(t)]
     header = [f"{m.task.upper()} {METRIC_NAMES.get(m.name, m.name)}" for m in columns]
+    complete = all(s["superb_s"] is not None for s in scores.values())
+    extra = " superb_s |" if complete else " superb_s | partial superb_s |"
     lines = [
         "## SUPERB",
         "",
-        "| features | " + " | ".join(header) + " | superb_s | partial superb_s | paper's 4 |",
-        "|---|" + "---|" * (len(columns) + 3),
+        "| features | " + " | ".join(header) + " |" + extra + " paper's 4 |",
+        "|---|" + "---|" * (len(columns) + (2 if complete else 3)),
     ]
     for selection, s in scores.items():
-        cells = [
-            f"{s['values'][m.task][m.name]:.2f}" if m.task in s["values"] else "—" for m in columns
-        ]
+        cells = [_value_text(m, s["values"].get(m.task, {}).get(m.name)) for m in columns]
+        partial = f" {_score_text(s['partial_superb_s'])} ({', '.join(s['partial_tasks'])}) |"
         lines.append(
-            f"| {selection} | " + " | ".join(cells) + f" | {_score_text(s['superb_s'])} | "
-            f"{_score_text(s['partial_superb_s'])} ({', '.join(s['partial_tasks'])}) | "
-            f"{_score_text(s['paper_superb_s'])} |"
+            f"| {selection} | "
+            + " | ".join(cells)
+            + f" | {_score_text(s['superb_s'])} |"
+            + ("" if complete else partial)
+            + f" {_score_text(s['paper_superb_s'])} |"
         )
-    missing = next(iter(scores.values()))["missing"]
-    lines += ["", f"superb_s needs every task: missing {', '.join(t for t, _ in missing)}."]
-    lines += ["The partial score averages over the tasks listed only. " + SCORE_CAVEAT, ""]
+    if not complete:
+        missing = next(iter(scores.values()))["missing"]
+        absent = ", ".join(dict.fromkeys(t for t, _ in missing))
+        lines += ["", f"superb_s needs every task: missing {absent}."]
+        lines += ["The partial score averages over the tasks listed only."]
+    lines += ["", SCORE_CAVEAT, ""]
     return lines
+
+
+def _value_text(metric: score.Metric, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if metric.percent else f"{value:.4f}"
 
 
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _fraction(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -126,12 +152,15 @@ def results_markdown(results: dict[str, Any]) -> str:
         extra = {k: v for k, v in r.get("metrics", {}).items() if k != r["metric"]}
         if extra:  # SF: slot-value CER beside the F1
             metric += "".join(f", {METRIC_NAMES[k]} {_percent(v)}" for k, v in extra.items())
+        shown = _percent if r["metric"] != "mtwv" else _fraction
+        training = f"{r['steps']} ({r['best_step']}) | {r['lr']:g}"
+        if r.get("kind") == "qbe":
+            training = f"DTW, {r['layer_selection']} | —"
         lines.append(
-            f"| {name} | {metric} | {_percent(r['test'])} | "
-            f"{_percent(last['test']) if last else '—'} | {_percent(r['baseline'])} | "
+            f"| {name} | {metric} | {shown(r['test'])} | "
+            f"{shown(last['test']) if last else '—'} | {shown(r['baseline'])} | "
             f"{r['num_train']} / {r.get('num_dev', 0)} / {r['num_test']} | "
-            f"{r['steps']} ({r['best_step']}) | {r['lr']:g} | {r['seconds']:.1f} | {top_text} |"
-            f" {notes} |"
+            f"{training} | {r['seconds']:.1f} | {top_text} | {notes} |"
         )
     lines += ["", "Baseline: majority class of the training labels (accuracy), or an empty"]
     lines += ["hypothesis (PER/WER = 100%). Notes:", ""]
@@ -190,12 +219,11 @@ def compare_markdown(all_results: Sequence[dict[str, Any]]) -> str:
         "| task | metric | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
-    for task in tasks:
-        metric = next(r["tasks"][task]["metric"] for r in all_results if task in r["tasks"])
-        cells = [
-            _percent(r["tasks"][task]["test"]) if task in r["tasks"] else "—" for r in all_results
-        ]
-        lines.append(f"| {task} | {METRIC_NAMES[metric]} | " + " | ".join(cells) + " |")
+    for t in tasks:
+        metric = next(r["tasks"][t]["metric"] for r in all_results if t in r["tasks"])
+        shown = _fraction if metric == "mtwv" else _percent
+        cells = [shown(r["tasks"][t]["test"]) if t in r["tasks"] else "—" for r in all_results]
+        lines.append(f"| {t} | {METRIC_NAMES[metric]} | " + " | ".join(cells) + " |")
     lines.append("")
     for r in all_results:
         for selection, s in r.get("superb", {}).items():

@@ -5,7 +5,8 @@
 For every upstream of `config.superb.upstreams` and every task of `config.superb.tasks`: features
 once, a head on the weighted layer sum and/or the last hidden state (`layer_selection`) trained
 on the train split (checkpointed under `<upstream>/heads/<task>/`, resumed after an
-interruption), its metrics on the test split; ER trains one head per fold and averages.
+interruption), its metrics on the test split; ER trains one head per fold and averages; QbE
+trains none (DTW, superb/qbe.py).
 Writes `<workdir>/superb/<upstream>/results.{md,json}` (SUPERB's table, its score where every
 task it needs is there, the protocol and deviations per task) and `layer_weights.png`; for students,
 `cka.png`/`cka.json` (linear CKA of every layer against every teacher layer); with several
@@ -25,7 +26,19 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from stackdistill.superb import benchmark, cka, features, heads, report, tasks, training, upstream
+from stackdistill.superb import (
+    asv,
+    benchmark,
+    cka,
+    features,
+    heads,
+    qbe,
+    report,
+    sd,
+    tasks,
+    training,
+    upstream,
+)
 from stackdistill.superb.config import LAYER_SELECTIONS
 
 log = logging.getLogger(__name__)
@@ -93,7 +106,10 @@ def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
     With `out_dir`, the head is checkpointed in it and resumed from it.
     """
     layer = -1 if selection == "last" else None
-    head = heads.make_head(task, hp, layer)
+    if task.kind == "sd":
+        head = sd.make_head(task, hp, layer, up.cfg.hop)
+    else:
+        head = (asv if task.kind == "asv" else heads).make_head(task, hp, layer)
     checkpoint = None if out_dir is None else training.HeadCheckpoint(out_dir, head_config)
     title = f"{up.name} {head_config['name']}" if config.superb.progress else None
     try:
@@ -116,7 +132,8 @@ def _fit(task, data, weights, hp, config, up, selection, out_dir, head_config):
     if task.kind == "utterance":
         baseline = majority_baseline(data["train"][1], data["test"][1])
     else:
-        baseline = 1.0 if task.metric in ("per", "wer") else 0.0  # an empty hypothesis
+        # an empty hypothesis; ASV: chance (random scores)
+        baseline = {"per": 1.0, "wer": 1.0, "eer": 0.5, "der": 1.0}.get(task.metric, 0.0)
     return {
         "test": test[task.metric],
         "metrics": test,
@@ -156,6 +173,8 @@ def evaluate_task(
     c = config.superb
     hp = c[task.name]
     up = up or store.upstream
+    if task.kind == "qbe":
+        return _evaluate_qbe(task, config, up, out_dir)
     selections = ("weighted", "last") if c.layer_selection == "both" else (c.layer_selection,)
     folds = task.folds or {"": task.splits}
     runs: dict[str, dict[str, dict]] = {s: {} for s in selections}
@@ -203,6 +222,55 @@ def evaluate_task(
     if "last" in combined and selections[0] != "last":
         result["last_layer"] = combined["last"]
     return result
+
+
+def _evaluate_qbe(task, config, up, out_dir) -> dict[str, Any]:
+    """QbE: DTW on one hidden state (the best on dev, or the one set), MTWV; no head."""
+    c = config.superb
+    options = _read_options(config, WHOLE)
+
+    def extract(records):
+        found = features.extract(up, records, options, pool=False, normalize=c.normalize_layers)
+        return {records[i]["name"]: x for i, x in found}
+
+    key = {"upstream": {"name": up.name, "kind": up.kind, "source": up.source},
+           "normalize_layers": bool(c.normalize_layers), "sizes": task.notes}  # fmt: skip
+    cache = None if out_dir is None else out_dir / "heads" / "qbe" / "layers.json"
+    layer = c.qbe.layer if c.qbe.layer == "best" else int(c.qbe.layer)
+    title = f"{up.name} qbe (DTW)" if c.progress else None
+    key["twv_beta"] = c.qbe.twv_beta
+    r = qbe.evaluate(
+        task.splits, extract, up.num_layers + 1, layer, cache, key, title, c.qbe.twv_beta
+    )
+    english = {k: sum(x["english"] for x in v) for k, v in task.splits.items()}
+    return {
+        "metric": "mtwv",
+        "kind": "qbe",  # no head: the same result under every layer selection
+        "test": r["test"],
+        "metrics": {"mtwv": r["test"]},
+        "baseline": 0.0,  # detecting nothing
+        "dev": r["dev"],
+        "best_step": r["layer"],
+        "seconds": r["seconds"],
+        "final_loss": None,
+        "resumed_from": r["resumed_from"],
+        "layer_weights": r["layer_weights"],
+        "layer": r["layer"],
+        "per_layer": r["per_layer"],
+        "layer_selection": f"layer {r['layer']}" + (" (best on dev)" if layer == "best" else ""),
+        "num_train": 0,
+        "num_dev": english["dev"],
+        "num_test": english["test"],
+        "num_docs": english["docs"],
+        "sizes": {"splits": english},
+        "classes": [],
+        "steps": 0,
+        "lr": 0.0,
+        "batch_size": 0,
+        "protocol": {"data": task.protocol, "head": benchmark.head_protocol(task, c.qbe)},
+        "deviations": list(task.deviations),
+        "notes": task.notes,
+    }
 
 
 def evaluate_upstream(
@@ -296,7 +364,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
             f"config.superb.layer_selection is {c.layer_selection!r}, not one of {LAYER_SELECTIONS}"
         )
     task_names = list(c.tasks)
-    task_list = [tasks.build(name, c, workdir) for name in task_names]
+    task_list = [benchmark.build(name, c, workdir) for name in task_names]
     teacher_up = None
     all_results = []
     for spec in c.upstreams:

@@ -1,29 +1,31 @@
-"""SUPERB's table: column order, each task's metric and direction, and the overall score.
+"""SUPERB's table: column order, each task's metric and direction, and the leaderboard's score.
 
 Column order: the leaderboard's and s3prl's task table (s3prl/downstream/docs/superb.md,
 "ID | Task Name | Category"): content (PR, ASR, KS, QbE), speaker (SID, ASV, SD),
-paralinguistics (ER), semantics (IC, SF). The SUPERB paper's Table 3 orders its columns
-differently (PR, KS, IC, SID, ER, ASR, QbE, SF, ASV, SD); the values are the same.
+paralinguistics (ER), semantics (IC, SF).
 
-The overall score is superb_s of the SUPERB challenge (Feng et al., "SUPERB @ SLT 2022:
-Challenge on Generalization and Efficiency of Self-Supervised Speech Representation
-Learning", arXiv:2210.08634, Sec. 3): every metric is mapped linearly so that the FBANK
-baseline scores 0 and the state of the art 1 (which handles lower-is-better metrics too),
-metrics are averaged within a task, tasks are averaged, and the result is scaled by 1000:
+superb_s is computed as the SUPERB leaderboard computes its "Score" column on the "Paper"
+subset (its default: the ten SUPERB tasks). Its code is superbbenchmark/website-react at
+commit cacb90e506388db6421714d184497c11056188ca:
+- frontend/src/overall_metrics.js, `interpolation` (lines 74-97): each metric becomes
+  `1000 / (topline - baseline + 1e-12) * (value - baseline)`, in the units the leaderboard
+  stores (percent; QbE's MTWV too, x100), so lower-is-better metrics need no flip;
+  `task_aggregate` (lines 99-115): the metrics of a task (the accessor's prefix before "_":
+  SF_f1 and SF_cer) are averaged, then the tasks; `score_normalizer` (lines 4-23) drops
+  ASR_LM, so ASR is scored without a language model; lines 122-125 list the "Paper" columns.
+- frontend/src/Data.js, `reference_points` (lines 977-992): `[baseline, topline]` per
+  accessor. The baseline is the leaderboard's FBANK row (without CMVN on KS, IC, SID, ER:
+  frontend/src/policy.js lines 409-415 explain why); the topline is the best upstream *per
+  task* (policy.js line 340: "the existing SOTA upstream for this task"), not one model.
+- frontend/src/policy.js lines 321 and 354-363: the leaderboard ranks by superb_r (the mean
+  over tasks of how many listed upstreams an upstream beats) and breaks ties with superb_s;
+  superb_r depends on every row on the board, so it is not computed here.
+Checked on the board's own rows (superbbenchmark/superbbenchmark.github.io at commit
+a35a9ec0636e6f5cb905f304d98ba0c6ab624277, src/data/public.json): FBANK 0.0, HuBERT Base
+941.0, WavLM Large 1144.5 (tests/test_superb_score.py).
 
-    superb_s = 1000 / |T| * sum_t 1 / |I_t| * sum_i (s_ti - fbank_ti) / (sota_ti - fbank_ti)
-
-Reference points, in the units the papers print (percent, except QbE's MTWV):
-- FBANK: the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051), Table 3, row
-  FBANK (ASR without a language model);
-- state of the art: WavLM Large, the best constrained-track upstream on most tasks, as in
-  the WavLM paper (Chen et al., IEEE JSTSP 2022, arXiv:2110.13900), Table 2 (SUPERB).
-These were transcribed from the papers' tables; no copy of the papers or of the leaderboard
-page was reachable from this workplace to check them again, so check them against the
-sources before publishing a score. The score needs every task it averages over: `score`
-returns None while any is missing. Our evaluation covers 7 of the 10 tasks (QbE, ASV and SD
-are not implemented), so the full leaderboard score is not computed; `score(..., tasks=...)`
-averages over a subset, which must be labelled as such wherever it is shown.
+`score` returns None while any task it averages over (or a metric of one) is missing;
+`score(..., tasks=...)` averages over a subset, which must be labelled as such where shown.
 """
 
 from __future__ import annotations
@@ -34,31 +36,39 @@ from collections.abc import Iterable, Mapping
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    """One column: the metric a task reports, its direction and its reference points."""
+    """One column: the metric a task reports, its direction and the leaderboard's references.
+
+    `fbank` and `sota` are in our published units (percent; MTWV as a fraction); the
+    leaderboard stores `key`'s values times `board_scale` (MTWV in percent).
+    """
 
     task: str
     name: str
     higher_is_better: bool
     percent: bool  # printed as a percentage (our metrics are fractions: x100)
-    fbank: float
-    sota: float
+    fbank: float  # the leaderboard's baseline (its FBANK row)
+    sota: float  # the leaderboard's topline (the best upstream on this task)
+    key: str = ""  # the leaderboard's accessor, e.g. "PR_per_public"
+    board_scale: float = 1.0  # published unit -> the leaderboard's unit
 
 
+# website-react@cacb90e, frontend/src/Data.js lines 979-989, `reference_points`
+# ([baseline, topline]); QbE's [0.58, 7.36] is MTWV in percent.
 COLUMNS = (
-    Metric("pr", "per", False, True, 82.01, 3.06),
-    Metric("asr", "wer", False, True, 23.18, 3.44),
-    Metric("ks", "accuracy", True, True, 8.63, 97.86),
-    Metric("qbe", "mtwv", True, False, 0.0058, 0.0886),
-    Metric("sid", "accuracy", True, True, 8.5e-4, 95.49),
-    Metric("asv", "eer", False, True, 9.56, 3.77),
-    Metric("sd", "der", False, True, 10.05, 3.24),
-    Metric("er", "accuracy", True, True, 35.39, 70.62),
-    Metric("ic", "accuracy", True, True, 9.10, 99.31),
-    Metric("sf", "slot_type_f1", True, True, 69.64, 92.21),
-    Metric("sf", "slot_value_cer", False, True, 52.94, 18.36),
+    Metric("pr", "per", False, True, 82.01, 3.53, "PR_per_public"),
+    Metric("asr", "wer", False, True, 23.18, 3.62, "ASR_wer_public"),
+    Metric("ks", "accuracy", True, True, 41.3826674, 96.66, "KS_acc_public"),
+    Metric("qbe", "mtwv", True, False, 0.0058, 0.0736, "QbE_mtwv_public", 100.0),
+    Metric("sid", "accuracy", True, True, 20.058174, 90.3, "SID_acc_public"),
+    Metric("asv", "eer", False, True, 9.56, 5.11, "SV_eer_public"),
+    Metric("sd", "der", False, True, 10.05, 5.62, "SD_der_public"),
+    Metric("er", "accuracy", True, True, 48.23672168, 67.62, "ER_acc_public"),
+    Metric("ic", "accuracy", True, True, 9.649354219, 98.76, "IC_acc_public"),
+    Metric("sf", "slot_type_f1", True, True, 69.64, 89.81, "SF_f1_public"),
+    Metric("sf", "slot_value_cer", False, True, 52.94, 21.76, "SF_cer_public"),
 )
 TASKS = tuple(dict.fromkeys(m.task for m in COLUMNS))  # leaderboard order
-EVALUATED = ("pr", "asr", "ks", "sid", "er", "ic", "sf")  # the tasks stackdistill runs
+EVALUATED = TASKS  # stackdistill runs all ten
 PAPER_TASKS = ("pr", "asr", "sf", "sid")  # the interleaved-stacking paper's four
 
 
@@ -82,8 +92,14 @@ def ordered(tasks: Iterable[str]) -> list[str]:
 
 
 def normalised(metric: Metric, value: float) -> float:
-    """A published-unit value mapped so that FBANK is 0 and the state of the art is 1."""
-    return (value - metric.fbank) / (metric.sota - metric.fbank)
+    """A published-unit value as the leaderboard maps it, divided by 1000 (FBANK 0, SOTA 1).
+
+    overall_metrics.js `interpolation`: 1000 / (top - base + 1e-12) * (value - base), in the
+    leaderboard's units.
+    """
+    k = metric.board_scale
+    base, top = k * metric.fbank, k * metric.sota
+    return (k * value - base) / (top - base + 1e-12)
 
 
 Results = Mapping[str, Mapping[str, float]]  # {task: {metric: value in published units}}

@@ -8,9 +8,9 @@ Mini-SUPERB on the espeak-ng corpus (offline):
 - `pr_synth`: espeak's phonemes (stress marks dropped, no word boundaries), CTC, PER; the
   split is by a hash of the file name.
 
-SUPERB's own tasks (`pr`, `asr`, `ks`, `sid`, `er`, `ic`, `sf`) read the datasets' own
-layouts (superb/benchmark.py). The alternatives kept here are labelled as not SUPERB's
-protocol: PR with espeak-ng phones when no lexicon is set, KS from TFDS (v0.02), and
+SUPERB's own tasks read the datasets' own layouts (superb/benchmark.py, which also holds
+`build`, the dispatcher of every task name). The alternatives kept here are labelled as not
+SUPERB's protocol: PR with espeak-ng phones when no lexicon is set, KS from TFDS (v0.02), and
 SID/IC/ER from a labelled JSONL manifest.
 """
 
@@ -45,7 +45,8 @@ class Task:
     """One downstream task: records per split, how to read each target, and its head."""
 
     name: str
-    kind: str  # "utterance": mean-pool + linear, accuracy | "ctc": frame-level CTC
+    kind: str  # "utterance": mean-pool + linear | "ctc": frame-level CTC | "qbe": DTW, no head
+    # | "asv": x-vector, trials scored by cosine | "sd": frame-level LSTM, PIT, DER
     metric: str  # the primary one: "accuracy" | "per" | "wer" | "slot_type_f1" (SF)
     splits: dict[str, Sequence[dict[str, Any]]]  # "train", "test" and optionally "dev"
     target_fn: Callable[[dict[str, Any]], Any]  # record -> class ids (one per group) or token ids
@@ -57,11 +58,12 @@ class Task:
     folds: dict[str, dict[str, Sequence[dict[str, Any]]]] | None = None  # ER: one per fold
     weight_fn: Callable[[Sequence[dict]], Sequence[float]] | None = None  # balanced sampling
     eos: int | None = None  # CTC targets end with this id; decoding stops at it (s3prl)
+    trials: Sequence[tuple[int, str, str]] = ()  # ASV: (1 same / 0 different, name, name)
 
     @property
     def higher_better(self) -> bool:
         """Whether the primary metric improves upwards (model selection on dev)."""
-        return self.metric in ("accuracy", "slot_type_f1")
+        return self.metric in ("accuracy", "slot_type_f1", "mtwv")
 
 
 def hash_unit(text: str) -> float:
@@ -266,20 +268,3 @@ def manifest_task(name: str, t: ml_collections.ConfigDict) -> Task:
 
 
 MINI = {"ks_synth": ks_synth, "sid_synth": sid_synth, "pr_synth": pr_synth}
-
-
-def build(name: str, c: ml_collections.ConfigDict, workdir: str) -> Task:
-    """The task called `name`, from the superb config section `c`."""
-    from stackdistill.superb import benchmark
-
-    if name in MINI:
-        return MINI[name](c, workdir)
-    if name in ("sid", "ic", "er") and c[name].manifest:
-        return manifest_task(name, c[name])
-    if name == "ks" and c.ks.source == "tfds":
-        return ks_tfds(c, workdir)
-    if name == "pr" and not c.pr.lexicon:
-        return pr_espeak(c, workdir)
-    if name in benchmark.BUILDERS:
-        return benchmark.BUILDERS[name](c)
-    raise ValueError(f"unknown SUPERB task {name!r}: {sorted([*MINI, *benchmark.BUILDERS])}")

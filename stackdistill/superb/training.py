@@ -1,11 +1,12 @@
 """Training and scoring of SUPERB heads: batches, Adam, dev selection, resumable checkpoints.
 
-Adam with global-norm clipping, as s3prl's runner; the best dev step is kept when a dev split
-exists, otherwise the last step. Batches are a function of (seed, step) alone (`IndexStream`),
-so a head checkpointed with orbax (`HeadCheckpoint`: params, optimizer state, the best dev
-params, history) continues after an interruption exactly as if it had not stopped. A resume
-whose head config changed is refused by stackdistill/resume.py's check (only the step count
-and the logging/checkpoint cadence may change).
+Adam (AdamW where the recipe says so: ASV) with global-norm clipping, as s3prl's runner; the
+best dev step is kept when a dev split exists, otherwise the last step. Batches are a
+function of (seed, step) alone (`IndexStream`), so a head checkpointed with orbax
+(`HeadCheckpoint`: params, optimizer state, the best dev params, history) continues after an
+interruption exactly as if it had not stopped. A resume whose head config changed is refused
+by stackdistill/resume.py's check (only the step count and the logging/checkpoint cadence may
+change).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import optax
 
 from stackdistill import resume
-from stackdistill.superb import metrics, sf_metrics
+from stackdistill.superb import asv, metrics, sd, sf_metrics
 from stackdistill.superb.features import StoredFrames
 from stackdistill.superb.heads import TaskHead
 
@@ -116,6 +117,8 @@ def scores(
     head: TaskHead, params: Any, data: Any, batch_size: int, weights=None
 ) -> dict[str, float]:
     """Every metric SUPERB reports for the task on a split (fractions)."""
+    if head.task.kind in ("asv", "sd"):
+        return (asv if head.task.kind == "asv" else sd).scores(head, params, data, batch_size)
     refs, hyps = predict_all(head, params, data, batch_size)
     metric, vocab = head.task.metric, head.task.classes[0]
     if metric == "accuracy":
@@ -222,8 +225,15 @@ def train(
     stream = IndexStream(size(train_data), hp.batch_size, seed, lengths, weights)
     first = head.batch(train_data, stream.batch(1))
     key = jax.random.key(seed)
-    params = head.model.init(key, first["hidden"], first.get("frames"))["params"]
-    tx = optax.chain(optax.clip_by_global_norm(hp.clip_norm), optax.adam(hp.lr))
+    if hasattr(head, "init"):  # a head with training-only layers (ASV)
+        params = head.init(key, first)
+    else:
+        params = head.model.init(key, first["hidden"], first.get("frames"))["params"]
+    if hp.get("optimizer", "adam") == "adamw":  # torch.optim.AdamW's default decay
+        optimizer = optax.adamw(hp.lr, weight_decay=hp.weight_decay)
+    else:
+        optimizer = optax.adam(hp.lr)
+    tx = optax.chain(optax.clip_by_global_norm(hp.clip_norm), optimizer)
     state = {"params": params, "opt_state": tx.init(params), "best_params": params}
     history: dict[str, Any] = {"loss": [], "dev": [], "best_step": hp.total_steps}
     history.update(dev_score=None, seconds=0.0, resumed_from=None)

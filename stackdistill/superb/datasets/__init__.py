@@ -14,12 +14,17 @@ module:
     ic = datasets.fluent_commands.read(path)
     er = datasets.iemocap.read(path, fold)                # fold 1..5 = test session
     sf = datasets.snips.read(path)
+    qbe = datasets.quesst14.read(path)                    # queries + utterances searched
+    asv, trials = datasets.voxceleb1.read_verification(path, trials)
+    sd = datasets.libri2mix.read(path)                    # s3prl's prepared folders
 """
 
 from stackdistill.superb.datasets import (
     fluent_commands,
     iemocap,
+    libri2mix,
     librispeech,
+    quesst14,
     snips,
     speech_commands,
     voxceleb1,
@@ -31,7 +36,9 @@ __all__ = [
     "MissingData",
     "fluent_commands",
     "iemocap",
+    "libri2mix",
     "librispeech",
+    "quesst14",
     "snips",
     "speech_commands",
     "voxceleb1",

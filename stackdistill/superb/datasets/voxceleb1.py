@@ -86,3 +86,78 @@ def read(path: str, split_file: str) -> Dataset:
         "VoxCeleb1 with iden_split.txt (1 train, 2 dev, 3 test; voxceleb1/dataset.py); classes "
         "= speakers in id order; training crops of 128,000 samples (voxceleb1/config.yaml)",
     )
+
+
+# ------------------------------------------------------------------ ASV (verification)
+
+MIN_TRAIN_SAMPLES = 32_000  # sv_voxceleb1/config.yaml datarc.vad_config.min_sec (in samples)
+
+
+def read_verification(path: str, trials: str) -> tuple[Dataset, list[tuple[int, str, str]]]:
+    """VoxCeleb1 dev/wav + test/wav and the trial list -> ASV splits and the trials.
+
+    Rules from s3prl/downstream/sv_voxceleb1/ (s3prl 0.4.18): expert.py trains on every file
+    under `path/dev/wav` and tests the trials of `test_meta_data` (voxceleb1_test_v2.txt, the
+    official cleaned list: `1|0 idXXXXX/<video>/<n>.wav idYYYYY/<video>/<n>.wav`) looked up
+    under `path/test/wav`; dataset.py `SpeakerVerifi_train` keeps training files longer than
+    vad_config.min_sec = 32,000 samples, labels speakers by the sorted dev/wav folder names,
+    and crops to max_timestep = 128,000 samples.
+    """
+    root = require_dir(path, "asv", "path", "the VoxCeleb1 root holding dev/wav and test/wav")
+    dev, test = root / "dev" / "wav", root / "test" / "wav"
+    for folder, what in ((dev, "vox1_dev_wav"), (test, "vox1_test_wav")):
+        if not folder.is_dir():
+            raise MissingData(
+                f"{field_name('asv', 'path')}: no folder {folder} (s3prl's layout: {what} "
+                "unpacked as dev/wav/ and test/wav/ side by side)"
+            )
+    trial_path = require_file(
+        trials, "asv", "trials", "VoxCeleb1's trial list (voxceleb1_test_v2.txt)"
+    )
+    import soundfile as sf
+
+    speakers = tuple(sorted(p.name for p in dev.iterdir() if p.is_dir()))
+    train, short = [], 0
+    for wav in sorted(dev.rglob("*.wav")):
+        if sf.info(str(wav)).frames <= MIN_TRAIN_SAMPLES:
+            short += 1
+            continue
+        name = "/".join(wav.parts[-3:])
+        train.append({"path": str(wav), "name": name, "label": wav.parts[-3],
+                      "speaker": wav.parts[-3], "crop_samples": TRAIN_CROP_SAMPLES})  # fmt: skip
+    if not train:
+        raise MissingData(f"{field_name('asv', 'path')}: no .wav over 2 s under {dev}")
+    pairs, names, missing = [], {}, []
+    for number, line in enumerate(trial_path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise ValueError(
+                f"{field_name('asv', 'trials')}: {trial_path}:{number}: {line.strip()!r} is not "
+                "`1|0 idXXXXX/<video>/<n>.wav idYYYYY/<video>/<n>.wav`"
+            )
+        for entry in fields[1:]:
+            if entry not in names:
+                names[entry] = test / entry
+                if not names[entry].is_file():
+                    missing.append(entry)
+        pairs.append((int(fields[0]), fields[1], fields[2]))
+    if missing:
+        raise MissingData(
+            f"{field_name('asv', 'trials')} lists {len(missing)} files not found under {test}, "
+            f"e.g. {missing[:3]}"
+        )
+    test_records = [
+        {"path": str(p), "name": n, "label": n.split("/")[0], "speaker": n.split("/")[0]}
+        for n, p in names.items()
+    ]
+    test_speakers = tuple(sorted({r["label"] for r in test_records}))
+    return Dataset(
+        {"train": train, "test": test_records},
+        ("label",),
+        (speakers, test_speakers),
+        f"VoxCeleb1 dev/wav for training ({len(speakers)} speakers, {short} files of 2 s or "
+        f"less dropped), {len(pairs)} trials of {trial_path.name} on test/wav "
+        "(sv_voxceleb1/expert.py, dataset.py, config.yaml)",
+    ), pairs
