@@ -22,6 +22,7 @@ import os
 import platform
 import time
 
+import harness
 import numpy as np
 import soundfile as sf
 from input_rates import cores_table, per_core_rates
@@ -74,18 +75,6 @@ def measure(cfg, batches: int, warmup: int) -> dict[str, float]:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name where Linux tells it, else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main() -> None:
     """Runs the benchmark and prints the results section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,7 +95,7 @@ def main() -> None:
 
     if args.per_core or args.per_core_only:
         rates = per_core_rates(long_corpus, args.corpus + "_formats", args.records)
-        print(cores_table(rates, f"{cpu_model()}, {os.cpu_count()} cores", args.records))
+        print(cores_table(rates, f"{harness.cpu_name()}, {os.cpu_count()} cores", args.records))
         if args.per_core_only:
             return
     rows = []
@@ -125,7 +114,7 @@ def main() -> None:
     command = "python benchmarks/data_pipeline.py " + " ".join(
         f"--{k}={v}" for k, v in (("batches", args.batches), ("warmup", args.warmup))
     )
-    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    machine = f"{harness.cpu_name()}, {os.cpu_count()} cores"
     print("\n## Data pipeline throughput (benchmarks/data_pipeline.py)\n")
     print(f"- Command: `{command}`")
     print(f"- Machine: {machine}, shared with other jobs; Python {platform.python_version()}")

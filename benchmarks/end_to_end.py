@@ -11,7 +11,7 @@ the same way at every checkpoint (steps/6 apart): the paper loss against the liv
 Reports wall-clock (compiles included; the targets build is added where there is one), step time
 without compiles, and when each run first reaches the baseline's final eval loss.
 --teacher: the demo's random teacher (configs/demo.py), the bigger random pair of
-benchmarks/targets.py --big, or the trained tiny teacher of benchmarks/stacking.py.
+benchmarks/targets.py --big, or the trained tiny teacher (benchmarks/harness.py).
 Results go to stdout as a markdown table and to WORKDIR/results.json.
 """
 
@@ -21,17 +21,9 @@ import argparse
 import json
 import os
 import pathlib
-import sys
 
+import harness
 import numpy as np
-
-from stackdistill import paths
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from targets import demo_config, table  # noqa: E402
-
-TINY_DIR = paths.cache_home() / "tiny_teacher"
 
 
 def live_reference(c, workdir: pathlib.Path, num_crops: int = 32):
@@ -85,13 +77,12 @@ E2E = {
 def e2e_config(workdir: pathlib.Path, teacher: str, method: str, steps: int, crop: int):
     """The e2e runs' config: the demo's random teacher (demo, big) or the trained tiny one."""
     if teacher == "tiny":
-        import stacking
-
-        c = stacking.stacking_config(method, stacking.ensure_tiny_teacher(TINY_DIR), steps)
+        teacher_dir = harness.ensure_tiny_teacher(harness.TINY_TEACHER_DIR)
+        c = harness.tiny_student_config(method, teacher_dir, steps)
         c.data.max_samples = crop
         return c
-    overrides = {"total_steps": steps, "stacking.method": method}
-    return demo_config(workdir, big=teacher == "big", **overrides, **{"data.max_samples": crop})
+    overrides = {"total_steps": steps, "stacking.method": method, "data.max_samples": crop}
+    return harness.demo_config(workdir, big=teacher == "big", **overrides)
 
 
 def end_to_end(
@@ -99,7 +90,6 @@ def end_to_end(
 ) -> list[dict]:
     """Whole runs: wall time (with and without compiles), train and eval loss, and when each
     run's student first reaches the first run's final eval loss (checkpoints every steps/6)."""
-    import stacking
     import tensorboardX  # noqa: F401  (imports torch when present: not charged to the first run)
 
     from stackdistill import targets
@@ -118,7 +108,7 @@ def end_to_end(
             build = targets.build(c, workdir)["build_seconds"]
         name = f"{label.replace(' + ', '+').replace(' ', '_')}_{teacher}_{steps}_{crop}"
         run_dir = workdir / "runs" / name
-        run = stacking.timed_run(c, run_dir)
+        run = harness.timed_run(c, run_dir)
         at = {s: t for t, s, _ in run["curve"]}  # seconds since the start at each logged step
         reference = reference or live_reference(c, workdir)  # same teacher and crops for all
         evals = [(build + at[s], s, eval_loss(c, run_dir, reference, step=s))
@@ -158,7 +148,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     uptime = os.popen("uptime").read().strip()
     rows = end_to_end(workdir, args.steps, args.crop, args.runs.split(","), args.teacher)
-    print(table(rows), flush=True)
+    print(harness.table(rows), flush=True)
     results = {"uptime_before": uptime, "uptime_after": os.popen("uptime").read().strip(),
                "args": vars(args), "e2e": rows}  # fmt: skip
     print(results["uptime_before"], "|", results["uptime_after"])

@@ -30,20 +30,16 @@ import json
 import logging
 import os
 import pathlib
-import re
-import runpy
 import shutil
 import sys
 import time
 from typing import Any
 
+import harness
 import ml_collections
 import numpy as np
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import table_stats as stats  # noqa: E402  (benchmarks/ is not a package)
-from table_eval import downstream, evaluate_teacher, profile, superb_config  # noqa: E402
+import table_stats as stats
+from table_eval import downstream, evaluate_teacher, profile, superb_config
 
 METHODS = ("full", "full_l2l", "top", "middle", "interleaved")
 STACKED = ("top", "middle", "interleaved")
@@ -64,8 +60,6 @@ ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
 # Spec fields that only choose which cells run: a table grows by more seeds, methods or
 # ablations in the same folder, its finished cells kept. Every other field defines a cell.
 SELECTS = ("methods", "schedules", "seeds", "ablations")
-_STEP_LINE = re.compile(r"^step (\d+): (.*)$")
-_COMPILE_LINE = re.compile(r"compiled in ([0-9.]+)s")
 
 
 def table_spec(quick: bool = False) -> ml_collections.ConfigDict:
@@ -150,25 +144,13 @@ def cells_of(spec: ml_collections.ConfigDict) -> list[Cell]:
     return cells
 
 
-def _config_file(name: str) -> ml_collections.ConfigDict:
-    file, _, arg = name.partition(":")
-    return runpy.run_path(str(ROOT / "configs" / file))["get_config"](arg or None)
-
-
 def ensure_teacher(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     """The teacher's folder (teacher/ in transformers format), trained first if missing."""
     from stackdistill import paths
 
     default = workdir / "teacher" if "quick" in spec.teacher_config else paths.cache_home()
     folder = pathlib.Path(spec.teacher_dir or default / "tiny_teacher").expanduser()
-    if not (folder / "teacher" / "config.json").is_file():
-        from stackdistill import tiny_teacher
-
-        print(f"training the teacher into {folder} (configs/{spec.teacher_config})", flush=True)
-        config = _config_file(spec.teacher_config)
-        config.probe.num = config.probe.num if spec.teacher_probe else 0
-        tiny_teacher.run(config, folder)
-    return folder
+    return harness.ensure_tiny_teacher(folder, spec.teacher_config, spec.teacher_probe)
 
 
 def teacher_layers(num_teacher_layers: int, l2l: bool) -> tuple[int, ...]:
@@ -181,32 +163,27 @@ def teacher_layers(num_teacher_layers: int, l2l: bool) -> tuple[int, ...]:
 def distill_config(
     spec: ml_collections.ConfigDict, cell: Cell, teacher_dir: pathlib.Path, num_teacher_layers: int
 ) -> ml_collections.ConfigDict:
-    """The run config of one cell."""
-    from stackdistill.config import apply_arg, base_config
+    """The run config of one cell: the tiny teacher's 12 x 96 student (harness.py) as `spec`
+    sizes it."""
+    from stackdistill.config import apply_overrides
 
-    c = base_config()
+    method = cell.method if cell.method in STACKED else "none"
+    c = harness.tiny_student_config(method, teacher_dir, spec.steps)
     c.seed = cell.seed
-    c.teacher.name = str(teacher_dir / "teacher")
     c.student.update(dict(spec.student))
-    c.stacking.method = cell.method if cell.method in STACKED else "none"
     c.stacking.start_depth, c.stacking.num_new = spec.start_depth, spec.num_new
     c.stacking.stage_lengths = SCHEDULES.get(cell.schedule, "equal")
     c.distill.teacher_layers = teacher_layers(num_teacher_layers, cell.method == "full_l2l")
-    c.data.source = "synthetic"
-    c.data.path = str(teacher_dir / "synth")
     c.data.synth_num = spec.corpus_num
     c.data.max_samples = spec.max_samples
-    c.data.min_samples = 4_000
-    c.total_steps, c.batch_size = spec.steps, spec.batch_size
+    c.batch_size = spec.batch_size
     c.optim.learning_rate = spec.learning_rate
-    c.optim.warmup_fraction = 0.05
     c.log_every = spec.log_every
     steps = eval_steps(spec)
     c.checkpoint_every = int(np.gcd.reduce(steps))
     c.keep_checkpoints = spec.steps // c.checkpoint_every + 1
     c.compilation_cache_dir = ""  # set once per table by run_table (spec.compilation_cache)
-    overrides = ABLATIONS.get(cell.ablation, {})
-    return apply_arg(c, ",".join(f"{k}={v!r}" for k, v in overrides.items()))
+    return apply_overrides(c, ABLATIONS.get(cell.ablation, {}))
 
 
 def eval_steps(spec: ml_collections.ConfigDict) -> list[int]:
@@ -220,45 +197,16 @@ def eval_steps(spec: ml_collections.ConfigDict) -> list[int]:
     return steps
 
 
-class _LogTimes(logging.Handler):
-    """Times of the training log's step lines and the stages' compile seconds."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.start = time.perf_counter()
-        self.points: list[tuple[float, int, float]] = []  # (seconds, step, loss)
-        self.compiles: list[float] = []
-        self.train_s: dict[int, float] = {}  # step -> seconds since start minus compiles
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if match := _STEP_LINE.match(message):
-            loss = dict(kv.split("=", 1) for kv in match.group(2).split(", "))["loss"]
-            seconds, step = time.perf_counter() - self.start, int(match.group(1))
-            self.points.append((seconds, step, float(loss)))
-            self.train_s[step] = seconds - sum(self.compiles)
-        elif match := _COMPILE_LINE.search(message):
-            self.compiles.append(float(match.group(1)))
-
-
 def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, Any]:
     """Distils one cell from scratch, then scores its checkpoints; the cell's JSON record."""
-    from stackdistill import train
     from stackdistill.superb import benchmark, upstream
     from stackdistill.superb import run as superb_run
 
     run_dir = pathlib.Path(workdir) / "runs" / cell.key
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over
     config = distill_config(spec, cell, teacher_dir, teacher_cell["num_layers"])
-    logger = logging.getLogger("stackdistill")
-    logger.setLevel(logging.INFO)
-    times = _LogTimes()
-    logger.addHandler(times)
-    try:
-        summary = train.train_and_evaluate(config, str(run_dir))
-    finally:
-        logger.removeHandler(times)
-    wall = time.perf_counter() - times.start
+    run = harness.train_timed(config, run_dir)
+    summary, wall = run.summary, run.wall_s
     if summary["status"] != "completed":  # SIGTERM: the cell is not finished, nor written
         raise SystemExit(f"cell {cell.key} {summary['status']}; rerun to continue the table")
     steps_s = sum(summary["stage_seconds"].values())
@@ -268,22 +216,22 @@ def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, 
         **dataclasses.asdict(cell),
         "wall_s": wall,
         "steps_s": steps_s,
-        "compile_s": sum(times.compiles),
-        "other_s": wall - steps_s - sum(times.compiles),
+        "compile_s": run.compile_s,
+        "other_s": wall - steps_s - run.compile_s,
         "final_losses": {k: v for k, v in summary["final_metrics"].items() if k.startswith("loss")},
-        "curve": times.points,
+        "curve": run.points,
         "teacher_layers": list(config.distill.teacher_layers),
     }
     ev_config = superb_config(spec, teacher_dir, workdir)
     task_list = [benchmark.build(n, ev_config.superb, str(workdir)) for n in ev_config.superb.tasks]
-    at = {step: t for t, step, _ in times.points}
+    at = {step: t for t, step, _ in run.points}
     record["evals"] = []
     started = time.perf_counter()
     for step in eval_steps(spec):
         up = upstream.load(f"{cell.key}=student:{run_dir}@{step}", ev_config, str(workdir))
         scores, store = downstream(up, task_list, ev_config)
         record["evals"].append(
-            {"step": step, "wall_s": at[step], "train_s": times.train_s[step], **scores}
+            {"step": step, "wall_s": at[step], "train_s": run.train_at[step], **scores}
         )
         record["evals"][-1]["depth"] = up.num_layers
     record["downstream"] = record["evals"][-1]
@@ -388,11 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.teacher_dir:
         spec.teacher_dir = args.teacher_dir
     if args.spec:
-        for key, value in json.loads(pathlib.Path(args.spec).read_text()).items():
-            node, *parents, leaf = [spec, *key.split(".")]
-            for p in parents:
-                node = node[p]
-            node[leaf] = tuple(value) if isinstance(value, list) else value
+        from stackdistill.config import apply_overrides
+
+        overrides = json.loads(pathlib.Path(args.spec).read_text())
+        apply_overrides(
+            spec, {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        )
     from stackdistill import console
 
     console.setup()  # the bar and one line per cell; each run's steps go to its log.txt

@@ -29,38 +29,16 @@ import sys
 import time
 from typing import Any
 
+import harness
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
+import op_profile
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import op_profile  # noqa: E402
-
-from stackdistill import distill, fastpath, flops, models, optim  # noqa: E402
-from stackdistill.models import student  # noqa: E402
+from stackdistill import fastpath, flops, models
 
 CONFIGS = ("teacher", "live", "live_shared", "cached", "cached_shared")
-TEACHERS = {
-    "base": {},  # HuBERT Base
-    "demo": dict(hidden_size=48, num_layers=12, num_heads=4, intermediate_size=96,
-                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-                 num_conv_pos_embedding_groups=4),  # configs/demo.py's random teacher
-    "tiny": dict(hidden_size=32, num_layers=12, num_heads=2, intermediate_size=64,
-                 conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-                 num_conv_pos_embedding_groups=4),  # the test's
-}  # fmt: skip
-TEACHER_LAYERS = (4, 8, 12)
-MODELS = {
-    # name: (student config fields, loss, student hidden state feeding each teacher layer)
-    "distilhubert": (dict(num_layers=2, hidden_size=768, intermediate_size=3072, num_heads=12),
-                     "l1_cos", {4: 2, 8: 2, 12: 2}),
-    "12x384": (dict(num_layers=12, hidden_size=384, intermediate_size=1536, num_heads=6),
-               "mse", {4: 4, 8: 8, 12: 12}),
-    "demo": (dict(num_layers=12, hidden_size=32, intermediate_size=64, num_heads=2),
-             "mse", {4: 4, 8: 8, 12: 12}),
-}  # fmt: skip
 
 
 def build(
@@ -85,31 +63,21 @@ def build(
             (t_params, jnp.asarray(wav), jnp.asarray(lengths)),
             flops.encoder_flops(t_cfg, batch, samples),
         )
-    fields, loss, sources = MODELS[model]
     shared, cached = config.endswith("_shared"), config.startswith("cached")
-    section = student.default_config()
-    section.update(fields)
-    s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=dtype, remat=remat)
-    params = student.init_student(s_cfg, jax.random.key(0), t_cfg, t_params, TEACHER_LAYERS)
-    distill_cfg = distill.default_config()
-    distill_cfg.update(teacher_layers=TEACHER_LAYERS, loss=loss)
-    schedule = optax.constant_schedule(2e-4)
-    tx = optim.make_optimizer(optim.default_config(), schedule, frozen_frontend=shared)
-    fn = distill.make_train_step(distill_cfg, t_run, s_cfg, sources, tx, schedule, shared, cached)
-    # Fresh buffers: teacher-initialised leaves may alias the teacher's, and the step donates.
-    state = jax.tree_util.tree_map(jnp.copy, distill.init_state(params, tx, seed=0))
+    setup = harness.train_step(model, t_cfg, t_params, dtype, shared, cached, remat)
+    s_cfg, sources = setup["s_cfg"], setup["sources"]
     data: dict[str, Any] = {"lengths": jnp.asarray(lengths)}
     if not (cached and shared):
         data["audio"] = jnp.asarray(wav)
     if cached:
         frames = t_cfg.num_frames(samples)
-        shape = (batch, len(TEACHER_LAYERS), frames, t_cfg.hidden_size)
+        shape = (batch, len(harness.TEACHER_LAYERS), frames, t_cfg.hidden_size)
         data["targets"] = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
         if shared:
             feats = rng.standard_normal((batch, frames, t_cfg.conv_dim[-1]))
             data["features"] = jnp.asarray(feats, jnp.bfloat16)
     analytic = flops.step_flops(t_cfg, s_cfg, batch, samples, len(sources), shared, not cached)
-    return jax.jit(fn, donate_argnums=0), (state, t_params, data), analytic
+    return setup["step"], (setup["state"], t_params, data), analytic
 
 
 def profile(fn, args: tuple, steps: int, trace_dir: pathlib.Path) -> dict[str, Any]:
@@ -180,8 +148,8 @@ def markdown(name: str, r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Profiles the configurations asked for; prints the tables, writes OUT/profile.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="12x384", choices=sorted(MODELS))
-    parser.add_argument("--teacher", default="base", choices=sorted(TEACHERS))
+    parser.add_argument("--model", default="12x384", choices=sorted(harness.STUDENTS))
+    parser.add_argument("--teacher", default="base", choices=harness.TEACHER_NAMES)
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=15.625)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
@@ -203,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.peak_flops or (flops.H100_BF16_PEAK_FLOPS if gpu else flops.CPU_PEAK_FLOPS)
     samples = int(round(args.seconds * 16000))
     t_cfg = models.EncoderConfig(
-        **TEACHERS[args.teacher], attention=args.attention, frontend_norm=args.frontend_norm
+        **harness.teacher_arch(args.teacher),
+        attention=args.attention,
+        frontend_norm=args.frontend_norm,
     )
     t_params = jax.device_put(models.init_params(t_cfg, jax.random.key(0)))
     device = jax.devices()[0].device_kind
@@ -226,9 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--configs: {config!r} is not one of {CONFIGS}")
         remat = args.remat
         if remat == "auto":
-            section = student.default_config()
-            section.update(MODELS[args.model][0])
-            s_cfg = student.student_encoder_config(section, t_cfg).replace(dtype=args.dtype)
+            s_cfg = harness.student_encoder_config(args.model, t_cfg, args.dtype)
             run = ml_collections.ConfigDict({"remat": "auto", "data": {"max_samples": samples}})
             remat = fastpath.remat_policy(run, s_cfg, args.batch)
         fn, fn_args, analytic = build(

@@ -24,105 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import pathlib
-import re
-import runpy
-import time
 from typing import Any
 
+import harness
 import ml_collections
 import numpy as np
 
-from stackdistill import paths
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("none", "top", "middle", "interleaved")
-_STEP_LINE = re.compile(r"^step (\d+): (.*)$")
-
-
-class _Curve(logging.Handler):
-    """Collects (seconds since start, step, metrics) from the training log's step lines."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.start = time.perf_counter()
-        self.points: list[tuple[float, int, dict[str, float]]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = _STEP_LINE.match(record.getMessage())
-        if match:
-            pairs = (kv.split("=", 1) for kv in match.group(2).split(", "))
-            metrics = {k: float(v) for k, v in pairs}
-            self.points.append((time.perf_counter() - self.start, int(match.group(1)), metrics))
-
-
-def timed_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
-    """train_and_evaluate with its logged losses timed; the summary plus the curve."""
-    from stackdistill import train
-
-    logger = logging.getLogger("stackdistill")
-    logger.setLevel(logging.INFO)
-    curve = _Curve()
-    logger.addHandler(curve)
-    try:
-        summary = train.train_and_evaluate(config, str(workdir))
-    finally:
-        logger.removeHandler(curve)
-    wall = time.perf_counter() - curve.start
-    train_seconds = sum(summary["stage_seconds"].values())
-    return {
-        "wall_s": wall,
-        "train_s": train_seconds,
-        "step_s": train_seconds / summary["steps"],
-        "final": summary["final_metrics"],
-        "curve": [(t, s, m["loss"]) for t, s, m in curve.points],
-    }
-
-
-def _config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """configs/NAME.py's config, read by path (configs/ is not a package)."""
-    return runpy.run_path(str(ROOT / "configs" / f"{name}.py"))["get_config"](arg)
-
-
-def ensure_tiny_teacher(teacher_dir: pathlib.Path) -> pathlib.Path:
-    """The trained tiny teacher's folder, training it first if missing."""
-    if not (teacher_dir / "teacher" / "config.json").is_file():
-        from stackdistill import tiny_teacher
-
-        print(f"training the tiny teacher into {teacher_dir} (configs/tiny_teacher.py)")
-        tiny_teacher.run(_config("tiny_teacher"), teacher_dir)
-    return teacher_dir
-
-
-def stacking_config(
-    method: str, teacher_dir: pathlib.Path, steps: int
-) -> ml_collections.ConfigDict:
-    """12 x 96 student of the tiny teacher, targets teacher 2/4/6, stacking `method`."""
-    from stackdistill.config import base_config
-
-    c = base_config()
-    c.teacher.name = str(teacher_dir / "teacher")
-    c.student.update(num_layers=12, hidden_size=96, intermediate_size=384, num_heads=2)
-    c.stacking.method = method
-    c.distill.teacher_layers = (2, 4, 6)
-    c.data.source = "synthetic"
-    c.data.path = str(teacher_dir / "synth")  # the teacher's own corpus, seed 0
-    c.data.max_samples = 24_000
-    c.data.min_samples = 4_000
-    c.total_steps = steps
-    c.batch_size = 8
-    c.optim.learning_rate = 2e-3
-    c.optim.warmup_fraction = 0.05
-    c.log_every = 10
-    c.checkpoint_every = 10 * steps  # only the final one
-    return c
 
 
 def time_to_reach(curve: list[tuple[float, int, float]], target: float) -> tuple[float, int] | None:
     """(seconds, step) of the first logged loss at or below `target`, or None."""
-    target *= 1 + 1e-4  # the log prints 5 significant digits
     return next(((t, s) for t, s, loss in curve if loss <= target), None)
 
 
@@ -148,14 +62,14 @@ def plot(runs: dict[str, dict[str, Any]], path: pathlib.Path, title: str) -> Non
 
 def stacking_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """The four methods; a markdown table and the PNG."""
-    teacher_dir = ensure_tiny_teacher(pathlib.Path(args.teacher_dir).expanduser())
+    teacher_dir = harness.ensure_tiny_teacher(pathlib.Path(args.teacher_dir).expanduser())
     runs = {}
     variants = [(m, None) for m in METHODS] + [("none", lr) for lr in args.none_learning_rates]
     for method, lr in variants:
-        config = stacking_config(method, teacher_dir, args.steps)
+        config = harness.tiny_student_config(method, teacher_dir, args.steps)
         name = method if lr is None else f"none, lr {lr:g}"
         config.optim.learning_rate = lr or config.optim.learning_rate
-        runs[name] = timed_run(config, args.workdir / name.replace(", lr ", "_lr"))
+        runs[name] = harness.timed_run(config, args.workdir / name.replace(", lr ", "_lr"))
         print(name, json.dumps({k: v for k, v in runs[name].items() if k != "curve"}))
     target = runs["none"]["final"]["loss"]
     print(
@@ -172,7 +86,7 @@ def stacking_experiment(args: argparse.Namespace) -> dict[str, Any]:
               f"{f['loss/layer_2']:.4g} | {f['loss/layer_4']:.4g} | {f['loss/layer_6']:.4g} | "
               f"{reached} |")  # fmt: skip
     title = f"tiny teacher 6x192 -> student 12x96, {args.steps} steps, batch 8"
-    plot(runs, ROOT / "benchmarks" / "stacking.png", title)
+    plot(runs, harness.ROOT / "benchmarks" / "stacking.png", title)
     return runs
 
 
@@ -180,13 +94,13 @@ def seeds_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """The four methods over several seeds (init of the new heads, batch order): mean and
     spread of the final per-target losses, so that method differences can be set against
     seed noise."""
-    teacher_dir = ensure_tiny_teacher(pathlib.Path(args.teacher_dir).expanduser())
+    teacher_dir = harness.ensure_tiny_teacher(pathlib.Path(args.teacher_dir).expanduser())
     runs: dict[str, dict[str, Any]] = {}
     for seed in args.seeds:
         for method in METHODS:
-            config = stacking_config(method, teacher_dir, args.steps)
+            config = harness.tiny_student_config(method, teacher_dir, args.steps)
             config.seed = seed
-            run = timed_run(config, args.workdir / f"{method}_seed{seed}")
+            run = harness.timed_run(config, args.workdir / f"{method}_seed{seed}")
             runs[f"{method}, seed {seed}"] = run
             print(method, seed, json.dumps({k: v for k, v in run.items() if k != "curve"}))
     keys = ("loss", "loss/layer_2", "loss/layer_4", "loss/layer_6")
@@ -213,7 +127,7 @@ def seeds_experiment(args: argparse.Namespace) -> dict[str, Any]:
         ))  # fmt: skip
     first = {m: runs[f"{m}, seed {args.seeds[0]}"] for m in METHODS}
     title = f"tiny teacher 6x192 -> 12x96 student, {args.steps} steps, seed {args.seeds[0]}"
-    plot(first, ROOT / "benchmarks" / "stacking.png", title)
+    plot(first, harness.ROOT / "benchmarks" / "stacking.png", title)
     return runs
 
 
@@ -230,7 +144,7 @@ def frontend_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """configs/demo.py with and without the shared frozen front-end."""
     runs = {}
     for shared in (False, True):
-        c = _config("demo")
+        c = harness.config_file("demo")
         c.teacher.name = str(args.workdir / "teacher")  # written once, shared by both runs
         c.data.path = str(args.workdir / "synth")
         c.total_steps = args.steps
@@ -238,7 +152,7 @@ def frontend_experiment(args: argparse.Namespace) -> dict[str, Any]:
         c.student.frozen_shared_frontend = shared
         _prepare_inputs(c, args.workdir)  # corpus and teacher outside the timed runs
         name = "shared frozen front-end" if shared else "own front-end"
-        runs[name] = timed_run(c, args.workdir / ("shared" if shared else "own"))
+        runs[name] = harness.timed_run(c, args.workdir / ("shared" if shared else "own"))
         print(name, json.dumps({k: v for k, v in runs[name].items() if k != "curve"}))
     own, shared = runs["own front-end"], runs["shared frozen front-end"]
     print("\n| student front-end | wall-clock s | step s (no compile) | final loss |")
@@ -258,7 +172,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds: seeds")
     parser.add_argument("--steps", type=int, default=None, help="240 (stacking), 160 (frontend)")
-    parser.add_argument("--teacher-dir", default=str(paths.cache_home() / "tiny_teacher"))
+    parser.add_argument("--teacher-dir", default=str(harness.TINY_TEACHER_DIR))
     parser.add_argument(
         "--none-learning-rates",
         type=float,

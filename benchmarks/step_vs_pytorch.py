@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,205 +42,20 @@ if "cuda" in sys.argv or "--device=cuda" in sys.argv:  # PyTorch shares the GPU 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
+import harness  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
+from harness import cpu_name, median_time  # noqa: E402
+from torch_reference import (  # noqa: E402
+    autocast,
+    frontend_times,
+    sync,
+    torch_step_fn,
+    torch_student,
+    torch_variants,
+)
 
-from stackdistill import distill, flops, models, optim, teacher  # noqa: E402
-from stackdistill.models import student  # noqa: E402
-
-TEACHER_LAYERS = (4, 8, 12)
-STUDENTS = {
-    # name: (student config fields, loss, student hidden state feeding each teacher layer)
-    "distilhubert": (dict(num_layers=2, hidden_size=768, intermediate_size=3072, num_heads=12),
-                     "l1_cos", {4: 2, 8: 2, 12: 2}),
-    "12x384": (dict(num_layers=12, hidden_size=384, intermediate_size=1536, num_heads=6),
-               "mse", {4: 4, 8: 8, 12: 12}),
-}  # fmt: skip
-LEARNING_RATE = 2e-4
-
-
-def cpu_name() -> str:
-    """lscpu's model name (or what platform says)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or "unknown CPU"
-
-
-def median_time(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-# ---------------------------------------------------------------- JAX
-
-
-def jax_setup(name: str, t_cfg, t_params, dtype: str) -> dict[str, Any]:
-    """Student params (teacher-initialised), jitted step and state for student `name`."""
-    fields, loss, sources = STUDENTS[name]
-    s_section = student.default_config()
-    s_section.update(fields)
-    s_cfg = student.student_encoder_config(s_section, t_cfg).replace(dtype=dtype)
-    params = student.init_student(s_cfg, jax.random.key(0), t_cfg, t_params, TEACHER_LAYERS)
-    distill_cfg = distill.default_config()
-    distill_cfg.update(teacher_layers=TEACHER_LAYERS, loss=loss)
-    schedule = optax.constant_schedule(LEARNING_RATE)
-    tx = optim.make_optimizer(optim.default_config(), schedule, frozen_frontend=False)
-    fn = distill.make_train_step(
-        distill_cfg, t_cfg.replace(dtype=dtype), s_cfg, sources, tx, schedule, shared_frontend=False
-    )
-    # Fresh buffers: teacher-initialised leaves may alias the teacher's, and the step donates.
-    state = jax.tree_util.tree_map(jnp.copy, distill.init_state(params, tx, seed=0))
-    params = jax.device_get(params)  # host copy for the PyTorch reference
-    return {"s_cfg": s_cfg, "params": params, "step": jax.jit(fn, donate_argnums=0),
-            "state": state}  # fmt: skip
-
-
-# ---------------------------------------------------------------- PyTorch reference
-
-
-def torch_student(s_cfg, params: dict[str, Any], sources: dict[int, int]):
-    """transformers HubertModel + nn.Linear heads holding the JAX student's initial weights."""
-    import torch
-    import transformers
-
-    from stackdistill import convert
-
-    hf = {**s_cfg.to_hf(), "hidden_dropout": 0.0, "activation_dropout": 0.0,
-          "attention_dropout": 0.0, "feat_proj_dropout": 0.0, "layerdrop": 0.0,
-          "apply_spec_augment": False}  # fmt: skip
-    model = transformers.HubertModel(transformers.HubertConfig(**hf))
-    state = convert.params_to_state_dict(s_cfg.replace(dtype="float32"), params["encoder"])
-    missing, unexpected = model.load_state_dict(
-        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False
-    )
-    if unexpected or set(missing) - {"masked_spec_embed"}:
-        raise RuntimeError(f"student weights do not fit: {missing=} {unexpected=}")
-    heads = torch.nn.ModuleDict()
-    for k in sources:
-        head = params["heads"][f"layer_{k}"]
-        linear = torch.nn.Linear(*np.shape(head["kernel"]))
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.asarray(head["kernel"]).T.copy()))
-            linear.bias.copy_(torch.from_numpy(np.asarray(head["bias"])))
-        heads[str(k)] = linear
-    return model.train(), heads.train()
-
-
-def torch_loss(preds: dict[int, Any], targets: dict[int, Any], loss: str):
-    """The same losses as stackdistill.losses on an unpadded batch."""
-    import torch
-    import torch.nn.functional as F
-
-    if loss == "mse":
-        inner = [F.mse_loss(preds[k], targets[k]) for k in TEACHER_LAYERS[:-1]]
-        return F.mse_loss(preds[12], targets[12]) + 0.5 * torch.stack(inner).mean()
-    heads = [
-        F.l1_loss(preds[k], targets[k])
-        - F.logsigmoid(F.cosine_similarity(preds[k], targets[k], dim=-1, eps=1e-8)).mean()
-        for k in TEACHER_LAYERS
-    ]
-    return torch.stack(heads).mean()
-
-
-def autocast(device: str, dtype: str):
-    """bf16 autocast on `device`, or a no-op context."""
-    import contextlib
-
-    import torch
-
-    if dtype == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def torch_step_fn(t_model, s_model, heads, loss: str, sources: dict[int, int], wav,
-                  device: str = "cpu", amp: str = "none", fused: bool = False):  # fmt: skip
-    """A closure running one reference step (teacher no_grad, student fwd/bwd, AdamW).
-
-    t_model and s_model may be torch.compile'd modules; with amp="bf16" the forwards and the
-    loss run under bf16 autocast (the weights and AdamW stay float32).
-    """
-    import torch
-
-    params = list(s_model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0, eps=1e-8,
-                            **({"fused": True} if fused else {}))  # fmt: skip
-    x = torch.from_numpy(wav).to(device)
-
-    def run() -> float:
-        with torch.no_grad(), autocast(device, amp):
-            hidden = t_model(x, output_hidden_states=True).hidden_states
-        targets = {k: hidden[k].float() for k in TEACHER_LAYERS}
-        with autocast(device, amp):
-            s_hidden = s_model(x, output_hidden_states=True).hidden_states
-            preds = {k: heads[str(k)](s_hidden[s]) for k, s in sources.items()}
-        value = torch_loss({k: v.float() for k, v in preds.items()}, targets, loss)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        return value.item()
-
-    return run
-
-
-def frontend_times(s_cfg, encoder_params, s_model, wav: np.ndarray, repeats: int,
-                   device: str = "cpu", amp: str = "none") -> dict:  # fmt: skip
-    """Median forward+backward seconds of the student's CNN front-end alone, JAX and PyTorch."""
-    from stackdistill.models.encoder import FeatureExtractor
-
-    module = FeatureExtractor(s_cfg)
-    grad = jax.jit(jax.grad(lambda p, w: jnp.mean(jnp.square(module.apply({"params": p}, w)))))
-    params, wav_d = jax.device_put(encoder_params["feature_extractor"]), jax.device_put(wav)
-    jax.block_until_ready(grad(params, wav_d))
-    out = {"jax_frontend_fwd_bwd_s": median_time(
-        lambda: jax.block_until_ready(grad(params, wav_d)), repeats)}  # fmt: skip
-    if s_model is not None:
-        import torch
-
-        x = torch.from_numpy(wav).to(device)
-
-        def run_torch():
-            s_model.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                y = s_model.feature_extractor(x)
-            y.float().square().mean().backward()
-            sync(device)
-
-        run_torch()
-        out["torch_frontend_fwd_bwd_s"] = median_time(run_torch, repeats)
-    return out
-
-
-def sync(device: str) -> None:
-    """Waits for the GPU's queued work (nothing to wait for on a CPU)."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def torch_variants(args) -> list[tuple[str, bool]]:
-    """(name, torch.compile?) of the reference variants: eager, and compiled on CUDA/--compile."""
-    suffix = "" if args.autocast == "none" else f"+{args.autocast}"
-    out = [("eager" + suffix, False)]
-    if args.compile or (args.device == "cuda" and not args.no_compile):
-        out.append(("compile" + suffix, True))
-    return out
-
+from stackdistill import flops, models, teacher  # noqa: E402
 
 # ---------------------------------------------------------------- main
 
@@ -302,7 +116,7 @@ def main() -> None:
     forward = jax.jit(lambda p, w, n: models.encode(t_cfg_run, p, w, n).hidden_states)
     forward(t_params, batch["audio"], batch["lengths"]).block_until_ready()
     results: dict[str, Any] = {
-        "machine": cpu_name() if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
+        "machine": harness.machine_name(),
         "load_1min": os.getloadavg()[0], "batch": args.batch, "seconds": args.seconds,
         "dtype": args.dtype, "repeats": args.repeats, "jax": jax.__version__,
         "malloc": args.malloc, "torch_device": args.device, "torch_autocast": args.autocast,
@@ -333,9 +147,9 @@ def main() -> None:
         results["torch_teacher_best"] = best
 
     for name in args.students.split(","):
-        setup = jax_setup(name, t_cfg, t_params, args.dtype)
-        fields, loss, sources = STUDENTS[name]
-        state = setup["state"]
+        setup = harness.train_step(name, t_cfg, t_params, args.dtype)
+        setup["params"] = jax.device_get(setup["params"])  # host copy for the PyTorch reference
+        loss, sources, state = setup["loss"], setup["sources"], setup["state"]
         compile_start = time.perf_counter()
         compiled = setup["step"].lower(state, t_params, batch).compile()
         compile_s = time.perf_counter() - compile_start

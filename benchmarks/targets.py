@@ -25,43 +25,12 @@ import pathlib
 import statistics
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-BIG_TEACHER = dict(
-    model_type="hubert",
-    hidden_size=256,
-    num_layers=12,
-    num_heads=4,
-    intermediate_size=1024,
-    conv_dim=(128,) * 7,
-    num_conv_pos_embeddings=32,
-    num_conv_pos_embedding_groups=8,
-)
-BIG_STUDENT = dict(num_layers=12, hidden_size=128, intermediate_size=512, num_heads=2)
 HUBERT_BASE = dict(layers=3, hidden=768, conv=512)
-
-
-def demo_config(workdir: pathlib.Path, big: bool = False, **overrides):
-    """configs/demo.py with teacher and corpus shared under workdir (big: bigger models)."""
-    from stackdistill import config as config_lib
-
-    c = config_lib.load_file(ROOT / "configs" / "demo.py")
-    c.teacher.name = str(workdir / ("teacher_big" if big else "teacher"))
-    c.data.path = str(workdir / "synth")
-    if big:
-        c.teacher.random_arch = BIG_TEACHER
-        c.student.update(BIG_STUDENT)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 def bytes_per_second(layers: int, hidden: int, conv: int, features: bool) -> float:
@@ -105,7 +74,7 @@ def disk(workdir: pathlib.Path) -> list[dict]:
 
     rows = []
     for mode in ("fixed_crop", "whole"):
-        c = demo_config(workdir, **{"targets.mode": mode})
+        c = harness.demo_config(workdir, **{"targets.mode": mode})
         c.targets.dir = str(workdir / f"targets_{mode}_{c.data.max_samples}")
         meta = targets.build(c, workdir)
         on_disk = sum(p.stat().st_size for p in pathlib.Path(c.targets.dir).glob("*.*"))
@@ -141,7 +110,7 @@ def context_effect(workdir: pathlib.Path, crop: int, max_crops: int = 48) -> lis
     from stackdistill import models, targets, teacher
     from stackdistill.data import targets as stored
 
-    c = demo_config(workdir, **{"data.max_samples": crop, "targets.mode": "whole"})
+    c = harness.demo_config(workdir, **{"data.max_samples": crop, "targets.mode": "whole"})
     c.targets.dir = str(workdir / f"targets_whole_{crop}")
     meta = targets.build(c, workdir)
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
@@ -227,7 +196,7 @@ def step_times(workdir: pathlib.Path, big: bool, repeats: int, steps: int) -> li
     from stackdistill.data import targets as stored
 
     name = "big" if big else "demo"
-    c = demo_config(workdir, big, **{"targets.dir": str(workdir / f"targets_step_{name}")})
+    c = harness.demo_config(workdir, big, **{"targets.dir": str(workdir / f"targets_step_{name}")})
     targets.build(c, workdir)
     t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
     c.student.frozen_shared_frontend = True
@@ -308,14 +277,6 @@ def _loader_rate(loader, batches: int) -> float:
     return (time.perf_counter() - start) / batches
 
 
-def table(rows: list[dict]) -> str:
-    """Rows as a markdown table (union of keys, in first-seen order)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="/tmp/bench_targets")
@@ -331,27 +292,27 @@ def main() -> None:
     parts = args.parts.split(",")
     if "disk" in parts:
         results["disk"] = disk(workdir)
-        print(table(results["disk"]), flush=True)
+        print(harness.table(results["disk"]), flush=True)
         results["context"] = [r for m in (args.crop, 8000) for r in context_effect(workdir, m)]
-        print(table(results["context"]), flush=True)
+        print(harness.table(results["context"]), flush=True)
     if "step" in parts:
         results["step"] = []
         for big in (False, True) if args.big else (False,):
             results["step"] += step_times(workdir, big, args.repeats, args.timed_steps)
-        print(table(results["step"]), flush=True)
+        print(harness.table(results["step"]), flush=True)
     if "quant" in parts:  # 8-bit targets against bfloat16 (benchmarks/targets_8bit.py)
         import targets_8bit
 
         for name, rows in (
-            ("quant_disk", lambda: targets_8bit.disk(demo_config, workdir)),
+            ("quant_disk", lambda: targets_8bit.disk(workdir)),
             ("quant_loader", targets_8bit.loader_rate),
-            ("quant_loss", lambda: targets_8bit.loss_effect(demo_config, workdir)),
+            ("quant_loss", lambda: targets_8bit.loss_effect(workdir)),
         ):
             results[name] = rows()
-            print(table(results[name]), flush=True)
+            print(harness.table(results[name]), flush=True)
     if "paper" in parts:
         results["paper"] = paper_steps(args.repeats, args.timed_steps, 24, 250_000)
-        print(table(results["paper"]), flush=True)
+        print(harness.table(results["paper"]), flush=True)
     results["uptime_after"] = os.popen("uptime").read().strip()
     print(results["uptime_before"], "|", results["uptime_after"])
     (workdir / "results.json").write_text(json.dumps(results, indent=1))

@@ -20,6 +20,7 @@ import pathlib
 import tempfile
 import time
 
+import harness
 import jax
 import numpy as np
 
@@ -35,20 +36,20 @@ def bytes_per_second(layers: int, hidden: int, conv: int, dtype: str, audio: boo
     return (2 * 16000 if audio else 0) + values + scales
 
 
-def _build(demo_config, workdir: pathlib.Path, dtype: str, synth_num: int = 200):
+def _build(workdir: pathlib.Path, dtype: str, synth_num: int = 200):
     from stackdistill import targets
 
-    c = demo_config(workdir, **{"targets.dtype": dtype})
+    c = harness.demo_config(workdir, **{"targets.dtype": dtype})
     c.data.synth_num = synth_num
     c.targets.dir = str(workdir / f"targets_{dtype}_{c.data.max_samples}_{synth_num}")
     return c, targets.build(c, workdir)
 
 
-def disk(demo_config, workdir: pathlib.Path) -> list[dict]:
+def disk(workdir: pathlib.Path) -> list[dict]:
     """Per dtype: GB per audio-hour (measured, formula) and the error against bfloat16."""
     from stackdistill.data import targets as stored
 
-    built = {d: _build(demo_config, workdir, d) for d in DTYPES}
+    built = {d: _build(workdir, d) for d in DTYPES}
     ref = stored.TargetSource(built["bfloat16"][0].targets.dir)
     ref_by_name = {r["name"]: r for r in (ref[i] for i in range(len(ref)))}
     rows = []
@@ -148,7 +149,7 @@ def loader_rate(records: int = 48, batch: int = 8, seconds: float = 15.625) -> l
     return rows
 
 
-def loss_effect(demo_config, workdir: pathlib.Path, steps: int = 80) -> list[dict]:
+def loss_effect(workdir: pathlib.Path, steps: int = 80) -> list[dict]:
     """One short cached run per dtype from the same init and batches: loss, and scored on bf16."""
     import optax
 
@@ -158,7 +159,7 @@ def loss_effect(demo_config, workdir: pathlib.Path, steps: int = 80) -> list[dic
 
     runs = {}
     for dtype in DTYPES:
-        c, _ = _build(demo_config, workdir, dtype)
+        c, _ = _build(workdir, dtype)
         c.student.frozen_shared_frontend = True
         t_cfg, t_params = teacher.load(teacher.prepare(c.teacher, workdir))
         s_cfg = student.student_encoder_config(c.student, t_cfg).replace(num_layers=3)

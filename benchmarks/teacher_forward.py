@@ -13,24 +13,13 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 
+import harness
 import jax
 import numpy as np
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -103,7 +92,7 @@ def main() -> None:
         )
         print(f"ratio JAX/PyTorch throughput: {torch_med / jax_med:.2f}x")
         row = (
-            f"| {datetime.date.today()} | {_cpu_name()} ({os.cpu_count()} cores, load "
+            f"| {datetime.date.today()} | {harness.cpu_name()} ({os.cpu_count()} cores, load "
             f"{os.getloadavg()[0]:.1f}) | {args.batch} x {args.seconds:g} s, {args.dtype} | "
             f"{jax_med:.2f} s ({audio / jax_med:.1f} audio-s/s) | {torch_med:.2f} s "
             f"({audio / torch_med:.1f} audio-s/s) | {torch_med / jax_med:.2f}x |"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -72,17 +74,47 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
         elif key == "stacking":
             c.stacking.method = value
         elif value:
-            node = c
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            try:
-                parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                parsed = value
-            node[leaf] = parsed
+            apply_overrides(c, [item])
         else:
             raise ValueError(f"config argument {item!r}: expected runlocal, stacking=M or a.b=v")
+    return c
+
+
+_SECTIONS = (ml_collections.ConfigDict, Mapping)
+
+
+def apply_overrides(
+    c: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Iterable[str]
+) -> ml_collections.ConfigDict:
+    """Sets dotted fields of `c` in place and returns it.
+
+    `overrides` is a mapping `{"a.b": value}` (values set as they are) or strings `"a.b=VALUE"`
+    (VALUE read as a Python literal, else kept as text). A field that `c` does not have is a
+    KeyError naming it; a string without `=` is a ValueError.
+    """
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            key, sep, value = text.partition("=")
+            if not sep or not key:
+                raise ValueError(f"config override {text!r}: expected a.b=VALUE")
+            try:
+                items.append((key, ast.literal_eval(value)))
+            except (ValueError, SyntaxError):
+                items.append((key, value))
+    for key, value in items:
+        node = c
+        *parents, leaf = key.split(".")
+        for depth, name in enumerate(parents):
+            if not isinstance(node, _SECTIONS) or name not in node:
+                where = ".".join(parents[: depth + 1])
+                raise KeyError(f"config override {key!r}: the config has no section {where!r}")
+            node = node[name]
+        if not isinstance(node, _SECTIONS) or leaf not in node:
+            raise KeyError(f"config override {key!r}: the config has no field {key!r}")
+        node[leaf] = value
     return c
 
 

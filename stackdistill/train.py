@@ -206,6 +206,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
             loop = _Loop(data_iter, ckpt, writer, preemption, config.to_dict())
             for stage in stages[stage_index:]:
                 record = _stage_record(setup, stage)
+                writer.compile_started(stage.index)
                 step_fns = _compile(setup, record, state, t_params)
                 writer.stage_started(stage.index)
                 state, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)

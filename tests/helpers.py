@@ -28,13 +28,7 @@ def demo_config(shared: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
     c.total_steps = 16
     c.log_every = 1
     c.checkpoint_every = 2
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return stackdistill.config.apply_overrides(c, overrides)
 
 
 def cli_args(c: ml_collections.ConfigDict, workdir) -> list[str]:

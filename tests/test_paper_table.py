@@ -86,6 +86,7 @@ def test_a_table_folder_takes_more_cells_but_not_another_spec(tmp_path):
 
 FAKE_RUN = """
 import importlib.util, json, os, pathlib, signal, sys
+sys.path.insert(0, str(pathlib.Path(sys.argv[1]).parent))  # benchmarks/, as for the script
 spec = importlib.util.spec_from_file_location("paper_table", sys.argv[1])
 pt = sys.modules["paper_table"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pt)

@@ -56,15 +56,11 @@ def _run(**changes):
     """The demo's config as a plain dict, with dotted `changes`."""
     from helpers import DEMO, load_config
 
+    from stackdistill.config import apply_overrides
+
     c = load_config(DEMO)
     c.total_steps = 16
-    for name, value in changes.items():
-        node = c
-        *parents, leaf = name.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c.to_dict()
+    return apply_overrides(c, changes).to_dict()
 
 
 def test_run_rules_refuse_architecture_and_pass_cadence_and_paths():

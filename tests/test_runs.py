@@ -61,6 +61,26 @@ def test_console_stays_under_its_line_budget(reference):
     assert "stage 3: depth 12" in log_txt and "orbax" in log_txt  # the full log
 
 
+def _metrics(workdir):
+    """metrics.jsonl: (log windows, compile records)."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [r for r in records if "loss" in r], [r for r in records if "compile_s" in r]
+
+
+def test_metrics_jsonl_holds_every_window_and_compile_at_full_precision(reference):
+    workdir, _ = reference
+    summary = json.loads((workdir / "summary.json").read_text())
+    windows, compiles = _metrics(workdir)
+    assert [[r["step"], r["loss"]] for r in windows] == summary["loss_history"]
+    assert windows[-1] == {"step": 16, "time": windows[-1]["time"], **summary["final_metrics"]}
+    assert [(r["stage"], r["step"]) for r in compiles] == [(0, 0), (1, 4), (2, 8), (3, 12)]
+    assert {str(r["stage"]): r["compile_s"] for r in compiles} == summary["compile_seconds"]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    times = [json.loads(line)["time"] for line in lines]
+    assert len(times) == 20 and times == sorted(times)
+
+
 def test_verbosity_flag_brings_third_party_info_back(shared, reference):
     workdir, _ = reference
     args = cli_args(_config(shared), workdir) + ["--verbosity=0"]
@@ -164,6 +184,16 @@ def _kill_twice_and_resume(shared, expected, tmp_path, monkeypatch, caplog):
     )
     assert plotted[-1] == summary["loss_history"] and (tmp_path / "loss.png").exists()
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    windows, compiles = _metrics(tmp_path)  # the three runs' lines, appended
+    last = {r["step"]: r["loss"] for r in windows}  # a step logged twice: the later line
+    assert all(last[s] == v for s, v in summary["loss_history"])
+    assert last.keys() - {s for s, _ in summary["loss_history"]} == {11}  # logged, then killed
+    seconds = {}
+    for r in compiles:
+        seconds[str(r["stage"])] = seconds.get(str(r["stage"]), 0.0) + r["compile_s"]
+    # A compile before a kill counts in the record when a checkpoint followed it.
+    assert seconds.keys() == summary["compile_seconds"].keys() == set("0123")
+    assert seconds["3"] == pytest.approx(summary["compile_seconds"]["3"])
 
 
 def test_empty_folder_manifest_exits_nonzero(tmp_path):

@@ -21,14 +21,9 @@ LAYER_NORM_FRONTEND = {"feat_extract_norm": "layer", "conv_bias": True}
 
 
 def _config(shared: pathlib.Path, dir_name: str, **overrides):
-    c = _demo(shared, **{"data.synth_num": 12, "targets.dir": str(shared / dir_name)})
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return _demo(
+        shared, **{"data.synth_num": 12, "targets.dir": str(shared / dir_name), **overrides}
+    )
 
 
 def _live_teacher(c, workdir):
