@@ -7,7 +7,9 @@ metadata (`meta`) and the config (`config`). The teacher is never checkpointed.
 
 from __future__ import annotations
 
+import logging
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -30,6 +32,41 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of every complete checkpoint, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def restore_newest_good(self, restore: Callable[[int], Any]) -> tuple[int, Any] | None:
+        """(step, restore(step)) of the newest checkpoint that restores, or None when none exist.
+
+        A newer one that fails while an older one restores is damaged (a host crash or a bad
+        disk mid-write): it is moved aside to `checkpoints_damaged/` with one warning. When
+        none restores, nothing is moved and DamagedCheckpoints names them all.
+        """
+        failed: list[tuple[int, BaseException]] = []
+        for step in self.all_steps():
+            try:
+                result = restore(step)
+            except Exception as e:  # noqa: BLE001 - any library's error is "does not restore"
+                failed.append((step, e))
+                continue
+            for bad, error in failed:
+                aside = move_aside(self.manager.directory, bad)
+                logging.getLogger("stackdistill").warning(
+                    "checkpoint at step %d does not restore (%s): moved aside to %s; "
+                    "resuming from step %d",
+                    bad,
+                    first_line(error),
+                    aside,
+                    step,
+                )
+            if failed:
+                self.manager.reload()
+            return step, result
+        if failed:
+            raise DamagedCheckpoints(self.manager.directory, failed)
+        return None
 
     def save(
         self,
@@ -72,6 +109,54 @@ class Checkpointer:
         self.manager.close()
 
 
+class DamagedCheckpoints(ValueError):
+    """No checkpoint of a workdir restores (damaged, or the config changes the state's shapes)."""
+
+    def __init__(self, directory: Any, failed: list[tuple[int, BaseException]]):
+        steps = ", ".join(str(s) for s, _ in failed)
+        newest, error = failed[0]
+        super().__init__(
+            f"no checkpoint in {directory} restores (steps {steps}); step {newest}: "
+            f"{first_line(error)}\nIf the config changes the state's shapes, use a new --workdir; "
+            f"if the checkpoints are damaged, move {directory} aside to start the run again."
+        )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of what went wrong, from the innermost error raised (a TensorStore
+    error's own message ends in a dump of its spec; its cause names the file and the fault)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    text = text.split(". See full TensorStore details")[0]
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def move_aside(directory: Any, step: int) -> epath.Path:
+    """Moves the step folder of a damaged checkpoint to `<workdir>/checkpoints_damaged/`."""
+    directory = epath.Path(directory)
+    target_dir = directory.parent / "checkpoints_damaged"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / str(step)
+    n = 1
+    while target.exists():
+        target, n = target_dir / f"{step}.{n}", n + 1
+    (directory / str(step)).rename(target)
+    return target
+
+
+def latest_good_step(workdir: str | pathlib.Path) -> int | None:
+    """The newest complete checkpoint step in workdir (no file read beyond the folder names)."""
+    directory = epath.Path(workdir) / "checkpoints"
+    if not directory.exists():
+        return None
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
 def latest_run(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
     """(step, meta, config) of the newest checkpoint in workdir, or None; reads JSON only.
 
@@ -85,15 +170,15 @@ def latest_run(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any], dict[s
         options=ocp.CheckpointManagerOptions(create=False),
         item_names=("meta", "config"),
     )
-    try:
-        step = manager.latest_step()
-        if step is None:
-            return None
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()),
-        )
-        return step, restored["meta"], restored["config"]
+    args = ocp.args.Composite(meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+    try:  # a checkpoint whose JSON does not read is left to the restore to move aside
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = manager.restore(step, args=args)
+            except Exception:  # noqa: BLE001
+                continue
+            return step, restored["meta"], restored["config"]
+        return None
     finally:
         manager.close()
 

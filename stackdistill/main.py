@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 import jax
 from absl import app, flags
 from absl.logging import converter
 from ml_collections import config_flags
 
-from stackdistill import console, distributed, fastpath, hostmem
+from stackdistill import console, distributed, errors, fastpath, hostmem, workdir_lock
 
 # mode -> module whose run(config, workdir) does it (imported on use)
 MODES = {
@@ -44,6 +46,7 @@ def _use_compilation_cache(config) -> None:
 _USER_ERRORS = (ValueError, FileNotFoundError)
 _WHAT_TO_DO = {
     "ResumeMismatch": "",  # its message says what to do
+    "DamagedCheckpoints": "",
     "FileNotFoundError": "Check the path named above (workdir, data, teacher or targets).",
 }
 
@@ -52,6 +55,47 @@ def _third_party_level() -> int:
     """absl/orbax/jax INFO off unless --verbosity is given (then its level)."""
     flag = flags.FLAGS["verbosity"]
     return converter.absl_to_standard(flag.value) if flag.present else logging.WARNING
+
+
+def _fail(message: str) -> None:
+    """Ends the command before logging is set up: one `error:` line (and what to do)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a flag that names no config field or file as one line."""
+    missing = errors.config_file_message(argv)
+    if missing:
+        _fail(f"{missing}\nName an existing config file, e.g. --config=configs/demo.py.")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e}\nRun with --helpshort to see the flags.")
+    except (KeyError, AttributeError):  # ml_collections: an override names no field
+        message = errors.unknown_override(argv, _config_without_overrides(argv))
+        if message is None:
+            raise
+        _fail(f"{message}\nFix the flag and run the command again.")
+    return []  # not reached
+
+
+def _config_without_overrides(argv: list[str]) -> dict:
+    from stackdistill import config as config_lib
+
+    value = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+    path, _, arg = value.partition(":")
+    return config_lib.load_file(path, arg or None).to_dict()
+
+
+def _last_checkpoint(workdir: str) -> int | None:
+    """The newest checkpoint step a rerun would resume from (None when none or unreadable)."""
+    try:
+        from stackdistill import checkpoint
+
+        return checkpoint.latest_good_step(workdir)
+    except Exception:  # noqa: BLE001 - only decorates an error message
+        return None
 
 
 def main(argv: list[str]) -> None:
@@ -64,19 +108,53 @@ def main(argv: list[str]) -> None:
     if not primary:
         console.setup(_third_party_level(), primary=False)
     _use_compilation_cache(_CONFIG.value)
-    log = logging.getLogger("stackdistill")
     module = importlib.import_module(MODES[_MODE.value])
-    with console.run_output(_WORKDIR.value, primary=primary):
-        try:
-            module.run(_CONFIG.value, _WORKDIR.value, mode=_MODE.value)
-        except _USER_ERRORS as e:
-            todo = _WHAT_TO_DO.get(
-                type(e).__name__, "Fix the config field named above and run the command again."
-            )
-            log.error("%s%s", e, f"\n{todo}" if todo else "")
-            sys.exit(1)
+    workdir = _WORKDIR.value
+    # A run that writes the workdir owns it; an export or evaluation may read it meanwhile.
+    owned = _MODE.value in ("distill", "cache")
+    with _reported(workdir):
+        with workdir_lock.hold(workdir) if owned else contextlib.nullcontext():
+            with console.run_output(workdir, primary=primary):
+                module.run(_CONFIG.value, workdir, mode=_MODE.value)
+
+
+@contextlib.contextmanager
+def _reported(workdir: str) -> Iterator[None]:
+    """Ends the command with one `error:` message (and what to do) for the faults a person
+    fixes: config errors, a workdir in use, a folder that cannot be written, a full disk."""
+    log = logging.getLogger("stackdistill")
+    try:
+        yield
+    except _USER_ERRORS as e:
+        todo = _WHAT_TO_DO.get(
+            type(e).__name__, "Fix the config field named above and run the command again."
+        )
+        log.error("%s%s", e, f"\n{todo}" if todo else "")
+        sys.exit(1)
+    except errors.RunError as e:  # its message says what to do
+        log.error("%s", e)
+        sys.exit(1)
+    except OSError as e:  # a folder that cannot be written, a full disk
+        last = _last_checkpoint(workdir) if errors.is_no_space(e) else None
+        log.error("%s", errors.os_error_message(e, workdir, last))
+        _exit(1)
+    except Exception as e:  # a full disk seen through a library's wrapper
+        if not errors.is_no_space(e):
+            raise
+        no_space = OSError(28, "No space left on device")
+        log.error("%s", errors.os_error_message(no_space, workdir, _last_checkpoint(workdir)))
+        _exit(1)
+
+
+def _exit(status: int) -> None:
+    """Exits after an `error:` line; what is left of libraries' background threads is not
+    waited for (their shutdown on a failed disk is a storm of tracebacks, not information)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
     hostmem.configure()  # STACKDISTILL_MALLOC; must run before the JAX backend starts
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

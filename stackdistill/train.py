@@ -293,21 +293,19 @@ def _restore_or_init(setup: _Setup, ckpt: checkpoint.Checkpointer, fresh_state, 
     kept, so the summary and plot of a resumed run cover all of it.
     """
     abstract = jax.eval_shape(fresh_state)
-    latest = ckpt.latest_step()
-    if latest is None:
+
+    def restore(step: int):
+        meta = ckpt.restore_meta(step)
+        shaped = abstract
+        for s in setup.stages[1 : int(meta["stage"]) + 1]:
+            shaped = jax.eval_shape(lambda st, s=s: _grown(st, s, setup.config.stacking), shaped)
+        return ckpt.restore(step, _abstract(shaped, setup.shardings(shaped)), data_iter), meta
+
+    restored = ckpt.restore_newest_good(restore)  # a damaged newest one is moved aside
+    if restored is None:
         return jax.jit(fresh_state, out_shardings=setup.shardings(abstract))(), 0, {}
-    meta = ckpt.restore_meta(latest)
+    latest, (state, meta) = restored
     stage_index = int(meta["stage"])
-    for s in setup.stages[1 : stage_index + 1]:
-        abstract = jax.eval_shape(lambda st, s=s: _grown(st, s, setup.config.stacking), abstract)
-    try:
-        state = ckpt.restore(latest, _abstract(abstract, setup.shardings(abstract)), data_iter)
-    except ValueError as e:  # e.g. a shape change let through by config.resume_changed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise resume.ResumeMismatch(
-            f"the checkpoint at step {latest} does not fit this config: {first}. "
-            "Use a new --workdir for a run of another shape."
-        ) from None
     log.info("resumed from step %d (stage %d)", latest, stage_index)
     return state, stage_index, meta
 
@@ -398,6 +396,8 @@ def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, lo
         step += 1
         window_steps += 1
         pending.append((step, step_metrics))
+        if len(pending) > 1:  # at most one step in flight: a SIGTERM is seen a step later
+            jax.block_until_ready(pending[-2][1])
         log_now = step % c.log_every == 0 or step == stage.end_step
         if log_now or loop.ckpt.manager.should_save(step):
             metrics = _check_finite(pending)
