@@ -54,7 +54,14 @@ class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == PACKAGE or record.name.startswith(PACKAGE + "."):
             return record.levelno >= logging.INFO
+        if self.third_party_level >= logging.WARNING and _orbax_thread_error(record):
+            return False  # raised again in the main thread, where the run reports it once
         return record.levelno >= self.third_party_level
+
+
+def _orbax_thread_error(record: logging.LogRecord) -> bool:
+    """An error orbax logs in a background save thread (it re-raises it in the main one)."""
+    return record.levelno >= logging.ERROR and "/orbax/" in record.pathname.replace("\\", "/")
 
 
 def setup(third_party_level: int = logging.WARNING, primary: bool = True) -> None:
@@ -76,7 +83,20 @@ def setup(third_party_level: int = logging.WARNING, primary: bool = True) -> Non
 
 
 class _FileHandler(logging.FileHandler):
-    """The run's log.txt (a type of its own, so `setup` keeps it)."""
+    """The run's log.txt (a type of its own, so `setup` keeps it).
+
+    A write that fails (a full disk) stops the file quietly: the console still shows the
+    run's lines and the error that ends it, instead of a traceback per record.
+    """
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.failed = True
 
 
 def _console_handler(third_party_level: int) -> _ConsoleHandler:

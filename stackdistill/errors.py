@@ -67,20 +67,9 @@ def config_file_message(argv: Sequence[str]) -> str | None:
     return None
 
 
-def os_error_message(e: OSError, workdir: str, last_checkpoint: int | None = None) -> str:
-    """One line naming the path and the fact (no space, not writable, a file in the way)."""
+def os_error_message(e: OSError, workdir: str) -> str:
+    """One line naming the path and the fact (not writable, a file in the way), and what to do."""
     path = e.filename or workdir
-    if e.errno == errno.ENOSPC or "No space left on device" in str(e):
-        where = _folder_of(path, workdir)
-        kept = (
-            f"the last good checkpoint is step {last_checkpoint}"
-            if last_checkpoint is not None
-            else "no checkpoint was saved yet"
-        )
-        return (
-            f"no space left on device in {where} ({kept}).\n"
-            "Free space there and run the same command again: the run resumes."
-        )
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
         return f"cannot write {path}: {what}.\nName a folder you can write, or fix its rights."
@@ -93,6 +82,21 @@ def os_error_message(e: OSError, workdir: str, last_checkpoint: int | None = Non
     return f"{path}: {e.strerror or e}.\nCheck that path and run the command again."
 
 
+def no_space_message(e: BaseException, workdir: str, last_checkpoint: int | None) -> str:
+    """One line: the disk of the workdir (or of the file named) is full, and the last good
+    checkpoint, which a rerun resumes from once space is freed."""
+    path = getattr(e, "filename", None) or workdir
+    kept = (
+        f"the last good checkpoint is step {last_checkpoint}"
+        if last_checkpoint is not None
+        else "no checkpoint was saved yet"
+    )
+    return (
+        f"no space left on device in {_folder_of(str(path), workdir)} ({kept}).\n"
+        "Free space there and run the same command again: the run resumes."
+    )
+
+
 def is_no_space(e: BaseException) -> bool:
     """Whether `e` (or what it was raised from) is a full disk."""
     seen = set()
@@ -100,7 +104,7 @@ def is_no_space(e: BaseException) -> bool:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return True
-        if "No space left on device" in str(e):
+        if "No space left on device" in str(e) or "[os_error_code='28']" in str(e):
             return True
         e = e.__cause__ or e.__context__
     return False

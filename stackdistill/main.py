@@ -125,25 +125,23 @@ def _reported(workdir: str) -> Iterator[None]:
     log = logging.getLogger("stackdistill")
     try:
         yield
-    except _USER_ERRORS as e:
-        todo = _WHAT_TO_DO.get(
-            type(e).__name__, "Fix the config field named above and run the command again."
-        )
-        log.error("%s%s", e, f"\n{todo}" if todo else "")
-        sys.exit(1)
-    except errors.RunError as e:  # its message says what to do
-        log.error("%s", e)
-        sys.exit(1)
-    except OSError as e:  # a folder that cannot be written, a full disk
-        last = _last_checkpoint(workdir) if errors.is_no_space(e) else None
-        log.error("%s", errors.os_error_message(e, workdir, last))
-        _exit(1)
-    except Exception as e:  # a full disk seen through a library's wrapper
-        if not errors.is_no_space(e):
-            raise
-        no_space = OSError(28, "No space left on device")
-        log.error("%s", errors.os_error_message(no_space, workdir, _last_checkpoint(workdir)))
-        _exit(1)
+    except Exception as e:
+        if errors.is_no_space(e):  # OSError, or a library's wrapper of one
+            log.error("%s", errors.no_space_message(e, workdir, _last_checkpoint(workdir)))
+            _exit(1)
+        if isinstance(e, errors.RunError):  # its message says what to do
+            log.error("%s", e)
+            sys.exit(1)
+        if isinstance(e, _USER_ERRORS):
+            todo = _WHAT_TO_DO.get(
+                type(e).__name__, "Fix the config field named above and run the command again."
+            )
+            log.error("%s%s", e, f"\n{todo}" if todo else "")
+            sys.exit(1)
+        if isinstance(e, OSError):  # a folder that cannot be written
+            log.error("%s", errors.os_error_message(e, workdir))
+            _exit(1)
+        raise
 
 
 def _exit(status: int) -> None:
