@@ -137,26 +137,57 @@ def _teacher_fn(t_cfg: EncoderConfig, layer_ids: tuple[int, ...], with_features:
 
 
 class _ShardWriter:
-    """Spreads records over this process's shards in order (expected count known ahead)."""
+    """Spreads records over this process's shards in order (expected count known ahead).
 
-    def __init__(self, out: pathlib.Path, process_index: int, num_shards: int, expected: int):
-        self._writers = [
-            recordio.writer(out / f"targets-p{process_index:03d}-{k:05d}{recordio.SUFFIX}")
+    `only`: the shard indices to write (a rebuild of missing shards); the records of the
+    others are counted, not written, so each record lands in the shard it was first built in.
+    """
+
+    def __init__(
+        self,
+        out: pathlib.Path,
+        process_index: int,
+        num_shards: int,
+        expected: int,
+        only: set[int] | None = None,
+    ):
+        self._num_shards = num_shards
+        self._writers = {
+            k: recordio.writer(shard_path(out, process_index, k))
             for k in range(num_shards)
-        ]
+            if only is None or k in only
+        }
         self._expected = max(expected, 1)
         self.count = 0
         self.bytes = 0
 
-    def write(self, record: bytes) -> None:
-        shard = min(self.count * len(self._writers) // self._expected, len(self._writers) - 1)
-        self._writers[shard].write(record)
+    def _shard(self, count: int) -> int:
+        return min(count * self._num_shards // self._expected, self._num_shards - 1)
+
+    def wants(self, num_records: int) -> bool:
+        """Whether any of the next `num_records` records goes to a shard being written."""
+        return any(self._shard(self.count + i) in self._writers for i in range(num_records))
+
+    def write(self, record: bytes | None) -> None:
+        """Writes `record` to its shard (None: a record of a shard not being written)."""
+        writer = self._writers.get(self._shard(self.count))
+        if writer is not None and record is not None:
+            writer.write(record)
+            self.bytes += len(record)
         self.count += 1
-        self.bytes += len(record)
 
     def close(self) -> None:
-        for w in self._writers:
+        for w in self._writers.values():
             w.close()
+
+
+def shard_path(out: pathlib.Path, process_index: int, k: int) -> pathlib.Path:
+    """Shard k of process `process_index` in the targets folder `out`."""
+    return out / f"targets-p{process_index:03d}-{k:05d}{recordio.SUFFIX}"
+
+
+def _missing_shards(out: pathlib.Path, process_index: int, num_shards: int) -> set[int]:
+    return {k for k in range(num_shards) if not shard_path(out, process_index, k).exists()}
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -183,12 +214,23 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 f"config.targets.dtype={t.dtype!r} but {out} already holds {meta['dtype']!r} "
                 "targets: build them in another folder"
             )
-        log.info("teacher targets already built in %s (%d records)", out, meta["records"])
-        return meta
+        missing = _missing_shards(out, jax.process_index(), meta.get("shards", t.shards))
+        if not missing:
+            log.info("teacher targets already built in %s (%d records)", out, meta["records"])
+            return meta
+        return _write(config, workdir, out, only=missing, shards=meta.get("shards", t.shards))
     out.mkdir(parents=True, exist_ok=True)
+    return _write(config, workdir, out, only=None, shards=t.shards)
+
+
+def _write(config, workdir, out: pathlib.Path, only: set[int] | None, shards: int) -> dict:
+    """Runs the teacher and writes this process's shards (`only` those, for a rebuild)."""
+    t = config.targets
     pi, pc = jax.process_index(), jax.process_count()
 
     t_cfg, t_params = teacher.for_run(config, workdir)
+    if only is not None and stored.read_meta(out)["teacher_fingerprint"] != fingerprint(t_params):
+        raise ValueError(f"{out} was built by another teacher: rebuild all of it in a new folder")
     layer_ids = tuple(int(k) for k in config.distill.teacher_layers)
     data_cfg = data_config.for_run(config.data, workdir)
     records, description = sources.open_source(data_cfg)
@@ -197,13 +239,17 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     batch_size = max(config.batch_size // pc, 1)
     epochs = t.epochs if t.mode == "fixed_crop" else 1
     expected = epochs * len(range(pi, len(records), pc))
-    writer = _ShardWriter(out, pi, t.shards, expected)
+    writer = _ShardWriter(out, pi, shards, expected, only)
     pending: dict[int, list[tuple[str, np.ndarray]]] = {}
     stats = {"audio_seconds": 0.0, "teacher_seconds": 0.0, "skipped": []}
     started = time.perf_counter()
 
     def flush(length: int) -> None:
         rows = pending.pop(length)
+        if not writer.wants(len(rows)):  # a rebuild: these rows' shard is intact
+            for _ in rows:
+                writer.write(None)
+            return
         wav = np.zeros((batch_size, length), np.float32)
         lengths = np.full(batch_size, length, np.int32)  # unused rows: full-length silence
         for row, (_, pcm) in enumerate(rows):
@@ -234,6 +280,14 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     writer.close()
     if not writer.count:
         raise ValueError(f"no usable audio in {description}: {stats['skipped'][:3]}")
+    if only is not None:
+        names = ", ".join(shard_path(out, pi, k).name for k in sorted(only))
+        log.info("teacher targets: rebuilt %s in %s", names, out)
+        if pc > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("stackdistill.targets.rebuild")
+        return stored.read_meta(out)
 
     part = {
         "records": writer.count,
@@ -261,6 +315,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         "seed": int(config.seed),
         "source": description,
         "dtype": t.dtype,
+        "shards": shards,
     }
     if pi == 0:
         parts = [json.loads(p.read_text()) for p in sorted(out.glob("part-p*.json"))]

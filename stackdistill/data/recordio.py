@@ -84,16 +84,36 @@ def writer(path: str | os.PathLike) -> Any:
 
 
 class RecordSource:
-    """Random access to the decoded records of the shards at `path` (grain reads it)."""
+    """Random access to the decoded records of the shards at `path` (grain reads it).
 
-    def __init__(self, path: str | os.PathLike, magic: bytes):
+    A record that does not read (a damaged shard) raises RunError naming the shard, the
+    record in it and `what_to_do`.
+    """
+
+    def __init__(self, path: str | os.PathLike, magic: bytes, what_to_do: str = ""):
         import grain  # heavy import, deferred so that writing shards does not pay for it
 
-        self._records = grain.sources.ArrayRecordDataSource(shard_paths(path))
+        self._paths = shard_paths(path)
+        self._records = grain.sources.ArrayRecordDataSource(self._paths)
         self._magic = magic
+        self._what_to_do = what_to_do or "Write that shard again."
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return decode(self._records[index], self._magic)
+        try:
+            return decode(self._records[index], self._magic)
+        except Exception as e:  # noqa: BLE001 - riegeli, JSON or struct: the bytes are bad
+            raise self._damaged(index, e) from None
+
+    def _damaged(self, index: int, error: Exception) -> Exception:
+        from stackdistill import errors
+
+        try:  # array_record's own map from a global index to (shard, position)
+            shard, position = self._records._reader_idx_and_position(index)
+            where = f"{self._paths[shard]} (record {position})"
+        except Exception:  # noqa: BLE001
+            where = f"one of {len(self._paths)} shards, e.g. {self._paths[0]} (record {index})"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return errors.RunError(f"damaged shard {where}: {reason[:200]}\n{self._what_to_do}")

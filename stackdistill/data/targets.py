@@ -106,7 +106,12 @@ class TargetSource(recordio.RecordSource):
     """Random access to the decoded records of every shard of a targets folder."""
 
     def __init__(self, targets_dir: str | os.PathLike):
-        super().__init__(targets_dir, MAGIC)
+        super().__init__(
+            targets_dir,
+            MAGIC,
+            what_to_do="Delete that shard and run --mode=cache with the same config: it "
+            "rebuilds the missing shards only.",
+        )
 
 
 class CropExample:
