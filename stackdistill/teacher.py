@@ -2,9 +2,11 @@
 
 `load` accepts a local directory in the `save_pretrained` layout or a hub id. The converted
 params are cached with orbax in `paths.teachers_dir()` (`$STACKDISTILL_CACHE/teachers/`, default
-`~/.cache/stackdistill/teachers/`), keyed by the source files, so a second load reads the
-cache and needs neither torch nor the conversion. Task-model checkpoints (`HubertForCTC`,
-`Wav2Vec2ForPreTraining`, ...) load too: their encoder is read, their heads are ignored.
+`~/.cache/stackdistill/teachers/`), keyed by the contents of the source files, so a second
+load reads the cache and needs neither torch nor the conversion, and the same checkpoint in
+two folders is stored once. Writing an entry removes those whose source folders are all gone.
+Task-model checkpoints (`HubertForCTC`, `Wav2Vec2ForPreTraining`, ...) load too: their
+encoder is read, their heads are ignored.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import logging
 import os
 import pathlib
-import re
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ from stackdistill.models.config import EncoderConfig
 log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1  # bump when the params layout changes, to invalidate old caches
+SOURCES_FILE = "sources.json"  # in each cache entry: the folders its checkpoint was read from
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -87,17 +89,72 @@ def _read_state_dict(weights: pathlib.Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items()}
 
 
-def _cache_key(model_dir: pathlib.Path, weights: pathlib.Path) -> str:
+def _source_files(model_dir: pathlib.Path, weights: pathlib.Path) -> list[pathlib.Path]:
     files = [model_dir / "config.json", weights]
     if weights.name.endswith(".index.json"):
         shards = json.loads(weights.read_text())["weight_map"].values()
         files += [model_dir / s for s in sorted(set(shards))]
+    return files
+
+
+def _cache_key(files: list[pathlib.Path], cache: pathlib.Path) -> str:
+    """A hash of the source files' contents: the same checkpoint anywhere is one entry.
+
+    Each file's sha256 is remembered in `cache/index.json` under its path, size and mtime,
+    so a file is read once, not at every load.
+    """
+    index_path = cache / "index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
     h = hashlib.sha256(f"v{CONVERTER_VERSION}".encode())
     for f in files:
-        st = f.resolve().stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(model_dir.resolve()))[-60:]
-    return f"{slug}-{h.hexdigest()[:16]}"
+        real = f.resolve()
+        st = real.stat()
+        stamp = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+        if stamp not in index:
+            with open(real, "rb") as fh:
+                index[stamp] = hashlib.file_digest(fh, "sha256").hexdigest()
+        h.update(index[stamp].encode())
+    index = {k: v for k, v in index.items() if os.path.exists(k.rsplit("|", 2)[0])}
+    _write_json(index_path, index)
+    return h.hexdigest()[:24]
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+    """Replaces `path` atomically (a concurrent reader sees the old or the new file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def _note_source(entry: pathlib.Path, model_dir: pathlib.Path) -> None:
+    """Records that `model_dir` holds the entry's checkpoint (what `_prune` checks)."""
+    path = entry / SOURCES_FILE
+    try:
+        sources = json.loads(path.read_text())
+    except (OSError, ValueError):
+        sources = []
+    if str(model_dir.resolve()) not in sources:
+        _write_json(path, sources + [str(model_dir.resolve())])
+
+
+def _prune(cache: pathlib.Path, keep: pathlib.Path) -> None:
+    """Removes the entries none of whose source folders exist any more (and older layouts)."""
+    import shutil
+
+    for entry in cache.iterdir():
+        if not entry.is_dir() or entry == keep:
+            continue
+        try:
+            sources = json.loads((entry / SOURCES_FILE).read_text())
+        except (OSError, ValueError):
+            sources = []
+        if not any(os.path.isdir(s) for s in sources):
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("teacher cache: removed %s (its source is gone)", entry)
 
 
 def _read_cache(path: pathlib.Path) -> tuple[EncoderConfig, Any] | None:
@@ -139,11 +196,12 @@ def load(
         raise FileNotFoundError(f"{model_dir} has no config.json")
     weights = _weights_file(model_dir)
     cache = pathlib.Path(cache_dir).expanduser() if cache_dir else paths.teachers_dir()
-    entry = cache / _cache_key(model_dir, weights)
     # Orbax refuses to save host-local arrays in a multi-process job, so there every
     # process converts the checkpoint itself and the cache is left alone.
     use_cache = use_cache and jax.process_count() == 1
+    entry = cache / _cache_key(_source_files(model_dir, weights), cache) if use_cache else None
     if use_cache and (cached := _read_cache(entry)) is not None:
+        _note_source(entry, model_dir)
         log.info("teacher %s: converted params from cache %s", name_or_path, entry)
         return cached
 
@@ -159,6 +217,8 @@ def load(
     params = jax.tree_util.tree_map(jax.numpy.asarray, params)
     if use_cache:
         _write_cache(entry, cfg, params)
+        _note_source(entry, model_dir)
+        _prune(cache, keep=entry)
         log.info("teacher %s: converted and cached at %s", name_or_path, entry)
     return cfg, params
 

@@ -94,9 +94,12 @@ class RecordSource:
         import grain  # heavy import, deferred so that writing shards does not pay for it
 
         self._paths = shard_paths(path)
-        self._records = grain.sources.ArrayRecordDataSource(self._paths)
         self._magic = magic
         self._what_to_do = what_to_do or "Write that shard again."
+        try:
+            self._records = grain.sources.ArrayRecordDataSource(self._paths)
+        except Exception as e:  # noqa: BLE001 - a shard whose index does not read
+            raise self._unreadable(e) from None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -107,6 +110,22 @@ class RecordSource:
         except Exception as e:  # noqa: BLE001 - riegeli, JSON or struct: the bytes are bad
             raise self._damaged(index, e) from None
 
+    def _unreadable(self, error: Exception) -> Exception:
+        """The first shard that does not open, named (or `error` when each opens alone)."""
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        from stackdistill import errors
+
+        for path in self._paths:
+            try:
+                ArrayRecordReader(path).close()
+            except Exception as e:  # noqa: BLE001
+                return errors.RunError(
+                    f"damaged shard {path} (its index does not read): {_first_line(e)}\n"
+                    f"{self._what_to_do}"
+                )
+        return error
+
     def _damaged(self, index: int, error: Exception) -> Exception:
         from stackdistill import errors
 
@@ -115,5 +134,9 @@ class RecordSource:
             where = f"{self._paths[shard]} (record {position})"
         except Exception:  # noqa: BLE001
             where = f"one of {len(self._paths)} shards, e.g. {self._paths[0]} (record {index})"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return errors.RunError(f"damaged shard {where}: {reason[:200]}\n{self._what_to_do}")
+        return errors.RunError(f"damaged shard {where}: {_first_line(error)}\n{self._what_to_do}")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
