@@ -131,13 +131,13 @@ def _reported(workdir: str) -> Iterator[None]:
             _exit(1)
         if isinstance(e, errors.RunError):  # its message says what to do
             log.error("%s", e)
-            sys.exit(1)
+            _exit(1)
         if isinstance(e, _USER_ERRORS):
             todo = _WHAT_TO_DO.get(
                 type(e).__name__, "Fix the config field named above and run the command again."
             )
             log.error("%s%s", e, f"\n{todo}" if todo else "")
-            sys.exit(1)
+            _exit(1)
         if isinstance(e, OSError):  # a folder that cannot be written
             log.error("%s", errors.os_error_message(e, workdir))
             _exit(1)

@@ -208,7 +208,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     out = pathlib.Path(out)
     if (out / stored.META_FILE).is_file():
         meta = stored.read_meta(out)
-        resume.check_targets(meta, config, str(out))  # refuses targets of another config
+        check(meta, config, out)  # refuses targets of another config
         if meta.get("dtype", "bfloat16") != t.dtype:
             raise ValueError(
                 f"config.targets.dtype={t.dtype!r} but {out} already holds {meta['dtype']!r} "
@@ -337,11 +337,63 @@ def _write(config, workdir, out: pathlib.Path, only: set[int] | None, shards: in
     return stored.read_meta(out)
 
 
-def check_compatible(
-    meta: dict[str, Any], config: ml_collections.ConfigDict, teacher_params: Any
-) -> None:
-    """Refuses teacher targets that do not hold what this run distils, naming the field."""
-    where = f"the targets dir {config.targets.dir}"
+# targets.json key -> the config field it was built from (what --mode=cache compares).
+BUILT_FROM = {
+    "teacher": "teacher.name",
+    "mode": "targets.mode",
+    "epochs": "targets.epochs",
+    "teacher_layers": "distill.teacher_layers",
+    "features": "targets.features",
+    "max_samples": "data.max_samples",
+    "normalize": "data.normalize",
+    "seed": "seed",
+}
+
+
+def check(
+    meta: dict[str, Any],
+    config: ml_collections.ConfigDict,
+    folder: str | os.PathLike,
+    teacher_params: Any = None,
+) -> list[str]:
+    """The one compatibility check of a finished targets folder (its targets.json `meta`).
+
+    Building (`teacher_params` None, before the teacher loads): the folder must have been
+    built by this config, every field of BUILT_FROM as in the resume rules (refused unless
+    `config.resume_changed` names it); returns the notes of fields let through.
+    Training: the folder must hold what this run reads (this teacher by the fingerprint of
+    its params, the distilled layers, mode, crop, normalisation, features); raises ValueError
+    naming the field.
+    """
+    if teacher_params is None:
+        return _check_built_by(meta, config, str(folder))
+    _check_readable(meta, config, f"the targets dir {folder}", teacher_params)
+    return []
+
+
+def _check_built_by(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str):
+    flat = resume.flatten(config.to_dict())
+    epochs = flat["targets.epochs"] if flat["targets.mode"] == "fixed_crop" else 1
+    current = {field: flat[field] for field in BUILT_FROM.values()}
+    current["targets.epochs"] = epochs
+    built = {field: meta.get(key, "<unset>") for key, field in BUILT_FROM.items()}
+    if meta.get("mode") == "whole" and flat["targets.mode"] == "whole":
+        built.pop("data.max_samples")  # max_samples only matters to fixed crops
+        current.pop("data.max_samples")
+    return resume.check(
+        built,
+        current,
+        refuse=tuple(current),
+        allow=resume.parse_allow(flat.get("resume_changed", "")),
+        what=f"the teacher targets in {where}",
+        way_out=(
+            "To build targets for this config, name another folder with "
+            f"--config.targets.dir, or delete {where}."
+        ),
+    )
+
+
+def _check_readable(meta, config, where: str, teacher_params: Any) -> None:
     if meta["teacher_fingerprint"] != fingerprint(teacher_params):
         raise ValueError(
             f"{where} was built by another teacher ({meta['teacher']}) than "
@@ -379,24 +431,20 @@ def check_compatible(
         )
 
 
-def read_meta(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """The targets.json of the run's teacher targets (raises if they were not built)."""
-    return stored.read_meta(location(config, workdir))
-
-
-def make_loader(
+def run_loader(
     config: ml_collections.ConfigDict,
     data_cfg: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
+    folder: str | os.PathLike,
     **shard: Any,
 ) -> Any:
-    """This process's iterator of batches with teacher targets (data_cfg: its data section).
+    """This run's iterator of batches from the targets `folder` (data_cfg: its data section).
 
-    A student fed the stored CNN features gets no "audio": nothing would read it.
+    `data.targets.make_loader` with what the run's config says it reads: a student fed the
+    stored CNN features gets no "audio", nothing would read it.
     """
     shared_frontend = config.student.frozen_shared_frontend
     return stored.make_loader(
-        location(config, workdir),
+        folder,
         data_cfg,
         config.distill.teacher_layers,
         shared_frontend,

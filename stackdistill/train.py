@@ -36,6 +36,7 @@ from stackdistill import (
 from stackdistill import data as data_lib
 from stackdistill import flops as flops_lib
 from stackdistill.data import config as data_config
+from stackdistill.data import targets as stored_targets
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
 from stackdistill.writers import RunWriter, Timer
@@ -255,7 +256,7 @@ def _make_loader(config: ml_collections.ConfigDict, workdir: epath.Path, use_tar
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
     )
     if use_targets:
-        return targets.make_loader(config, data_cfg, workdir, **shard)
+        return targets.run_loader(config, data_cfg, targets.location(config, workdir), **shard)
     return data_lib.make_loader(data_cfg, **shard)
 
 
@@ -263,7 +264,8 @@ def _load_teacher(config: ml_collections.ConfigDict, workdir: epath.Path, use_ta
     """The teacher's config (in the run's dtype) and host params; checks stored targets match it."""
     t_cfg, t_params = teacher.for_run(config, workdir)
     if use_targets:
-        targets.check_compatible(targets.read_meta(config, workdir), config, t_params)
+        folder = targets.location(config, workdir)
+        targets.check(stored_targets.read_meta(folder), config, folder, t_params)
     return t_cfg, t_params
 
 

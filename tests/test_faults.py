@@ -300,8 +300,8 @@ def test_damaged_targets_shard_is_named_and_rebuilt_alone(shared, tmp_path):
     out = _cli(*_args(shared, tmp_path, *flags))
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert lines[-2].startswith(f"error: damaged shard {bad} (record ")
-    assert "chunk data hash mismatch" in lines[-2] and "--mode=cache" in lines[-1]
+    assert lines[-2].startswith(f"error: damaged shard {bad} (")
+    assert "Corrupted Riegeli/records file" in lines[-2] and "--mode=cache" in lines[-1]
     bad.unlink()
     out = _cli(*_args(shared, tmp_path, "--mode=cache", *flags))
     assert out.returncode == 0 and f"rebuilt {bad.name}" in out.stderr, out.stderr[-3000:]

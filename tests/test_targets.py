@@ -196,7 +196,7 @@ def test_loader_for_stored_features_skips_the_audio(shared, fixed_targets):
     c = copy.deepcopy(c)
     c.student.frozen_shared_frontend = True
     shard = dict(seed=c.seed, process_index=0, process_count=1)
-    lean = next(targets.make_loader(c, c.data, shared, **shard))
+    lean = next(targets.run_loader(c, c.data, targets.location(c, shared), **shard))
     full = next(
         stored.make_loader(
             targets.location(c, shared), c.data, c.distill.teacher_layers, True, **shard
@@ -237,17 +237,17 @@ def test_training_from_stored_targets_resumes_exactly(shared, fixed_targets, tmp
 def test_incompatible_targets_are_refused(shared, fixed_targets, overrides, message):
     c, meta = fixed_targets
     _, t_params = _live_teacher(c, shared)
-    targets.check_compatible(meta, c, t_params)
+    targets.check(meta, c, c.targets.dir, t_params)
     bad = _config(shared, "fixed", **overrides)
     with pytest.raises(ValueError, match=message):
-        targets.check_compatible(meta, bad, t_params)
+        targets.check(meta, bad, c.targets.dir, t_params)
     other = jax.tree_util.tree_map(lambda x: x + 1e-3, t_params)
     with pytest.raises(ValueError, match="another teacher"):
-        targets.check_compatible(meta, c, other)
+        targets.check(meta, c, c.targets.dir, other)
     shared_frontend = _config(shared, "fixed", **{"student.frozen_shared_frontend": True})
-    targets.check_compatible(meta, shared_frontend, t_params)
+    targets.check(meta, shared_frontend, c.targets.dir, t_params)
     with pytest.raises(ValueError, match="frozen_shared_frontend"):
-        targets.check_compatible({**meta, "features": False}, shared_frontend, t_params)
+        targets.check({**meta, "features": False}, shared_frontend, c.targets.dir, t_params)
 
 
 def test_records_round_trip():
