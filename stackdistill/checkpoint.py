@@ -49,6 +49,8 @@ class Checkpointer:
             try:
                 result = restore(step)
             except Exception as e:  # noqa: BLE001 - any library's error is "does not restore"
+                if _not_the_checkpoint(e):
+                    raise  # memory, network, rights: an older checkpoint would not help
                 failed.append((step, e))
                 continue
             for bad, error in failed:
@@ -122,11 +124,28 @@ class DamagedCheckpoints(ValueError):
         )
 
 
+# Errors that say nothing about the checkpoint's bytes (TensorStore/absl status codes).
+_NOT_DAMAGE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED")
+
+
+def _not_the_checkpoint(error: BaseException) -> bool:
+    """Whether a failed restore came from memory, the network or rights, not the files."""
+    text = "\n".join(str(e) for e in _chain(error))
+    return any(code in text for code in _NOT_DAMAGE) or "out of memory" in text.lower()
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def first_line(error: BaseException) -> str:
     """The first line of what went wrong, from the innermost error raised (a TensorStore
     error's own message ends in a dump of its spec; its cause names the file and the fault)."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
+    error = _chain(error)[-1]
     text = str(error).strip()
     text = text.split(". See full TensorStore details")[0]
     return (text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import pathlib
 import sys
+import threading
 from collections.abc import Iterator
 
 PACKAGE = "stackdistill"
@@ -64,11 +65,37 @@ def _orbax_thread_error(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR and "/orbax/" in record.pathname.replace("\\", "/")
 
 
+def _quiet_closed_loops() -> None:
+    """Keeps "Event loop is closed" off the console: TensorStore's callbacks into an event
+    loop that orbax closed after a failed read or write, one traceback each (log.txt only)."""
+
+    def closed_loop(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+    def excepthook(kind, value, tb, previous=sys.excepthook):
+        if closed_loop(value):
+            logging.getLogger(PACKAGE).debug("ignored: %s", value)
+            return
+        previous(kind, value, tb)
+
+    def unraisablehook(unraisable, previous=sys.unraisablehook):
+        if not closed_loop(unraisable.exc_value):
+            previous(unraisable)
+
+    def thread_excepthook(args, previous=threading.excepthook):
+        if not closed_loop(args.exc_value):
+            previous(args)
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    threading.excepthook = thread_excepthook
+
+
 def setup(third_party_level: int = logging.WARNING, primary: bool = True) -> None:
     """Replaces the root handlers (absl's included) by the console handler.
 
     `primary` is process 0: other processes print warnings and errors only.
     """
+    _quiet_closed_loops()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if not isinstance(handler, _FileHandler):

@@ -317,6 +317,25 @@ def test_export_onto_a_file_is_one_error(shared, reference, tmp_path):
 
 
 @pytest.mark.slow
+def test_export_into_a_read_only_folder_is_one_error(shared, reference, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+    elif subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)]
+    ).returncode:
+        pytest.skip("root ignores file modes and no read-only tmpfs can be mounted here")
+    try:
+        out = _cli(
+            *_args(shared, reference, "--mode=export", f"--config.export.out_dir={folder}/x")
+        )
+        _one_error(out, f"cannot write {folder}/x")
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_within_a_step_or_two(shared, tmp_path):
     """log_every and checkpoint_every far apart: the save comes at the next step, not window."""
     args = _args(shared, tmp_path) + [
