@@ -55,14 +55,19 @@ class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == PACKAGE or record.name.startswith(PACKAGE + "."):
             return record.levelno >= logging.INFO
-        if self.third_party_level >= logging.WARNING and _orbax_thread_error(record):
+        if self.third_party_level >= logging.WARNING and _reported_elsewhere(record):
             return False  # raised again in the main thread, where the run reports it once
         return record.levelno >= self.third_party_level
 
 
-def _orbax_thread_error(record: logging.LogRecord) -> bool:
-    """An error orbax logs in a background save thread (it re-raises it in the main one)."""
-    return record.levelno >= logging.ERROR and "/orbax/" in record.pathname.replace("\\", "/")
+def _reported_elsewhere(record: logging.LogRecord) -> bool:
+    """An error orbax logs in a background thread (it raises it again in the main one), or
+    asyncio's note on the other reads of a failed restore, whose error the run reports."""
+    if record.levelno < logging.ERROR:
+        return False
+    if record.name == "asyncio":
+        return "exception was never retrieved" in str(record.msg)
+    return "/orbax/" in record.pathname.replace("\\", "/")
 
 
 def _quiet_closed_loops() -> None:

@@ -187,7 +187,10 @@ def shard_path(out: pathlib.Path, process_index: int, k: int) -> pathlib.Path:
 
 
 def _missing_shards(out: pathlib.Path, process_index: int, num_shards: int) -> set[int]:
-    return {k for k in range(num_shards) if not shard_path(out, process_index, k).exists()}
+    """The shards of this process deleted from a finished folder (none when none is left:
+    such a folder is not a build to repair)."""
+    missing = {k for k in range(num_shards) if not shard_path(out, process_index, k).exists()}
+    return missing if len(missing) < num_shards else set()
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:

@@ -261,7 +261,7 @@ def test_full_disk_is_one_error_and_the_run_resumes_once_space_is_freed(
     assert lines[-2].startswith(f"error: no space left on device in {workdir} (the last good ")
     last = int(lines[-2].split("checkpoint is step ")[1].split(")")[0])
     assert last == final_params(workdir)[0]
-    assert len(lines) <= 16 + 4 + 2, out.stderr  # step and stage lines, the error
+    assert len(lines) <= 16 + 4 + 3, out.stderr  # step, stage and teacher lines, the error
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     out = _cli(*_args(shared, workdir))
     assert out.returncode == 0, out.stderr[-3000:]
