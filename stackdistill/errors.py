@@ -52,19 +52,23 @@ def unknown_override(argv: Sequence[str], config: Mapping[str, Any]) -> str | No
     return None
 
 
-def config_file_message(argv: Sequence[str]) -> str | None:
-    """The message for a `--config=FILE[:arg]` whose file does not exist, or None."""
+def config_flag(argv: Sequence[str]) -> str | None:
+    """The value of `--config=FILE[:arg]` (or `--config FILE[:arg]`) in argv, or None."""
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        else:
-            continue
-        path = value.split(":", 1)[0]
-        if not os.path.isfile(path):
-            return f"--config={value}: no config file {path}"
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
     return None
+
+
+def config_file_message(argv: Sequence[str]) -> str | None:
+    """The message for a `--config=FILE[:arg]` whose file does not exist, or None."""
+    value = config_flag(argv)
+    if value is None:
+        return None
+    path = value.split(":", 1)[0]
+    return None if os.path.isfile(path) else f"--config={value}: no config file {path}"
 
 
 def os_error_message(e: OSError, workdir: str) -> str:

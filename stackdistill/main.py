@@ -83,8 +83,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _config_without_overrides(argv: list[str]) -> dict:
     from stackdistill import config as config_lib
 
-    value = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
-    path, _, arg = value.partition(":")
+    path, _, arg = (errors.config_flag(argv) or "").partition(":")
     return config_lib.load_file(path, arg or None).to_dict()
 
 
