@@ -71,8 +71,10 @@ def _reported_elsewhere(record: logging.LogRecord) -> bool:
 
 
 def _quiet_closed_loops() -> None:
-    """Keeps "Event loop is closed" off the console: TensorStore's callbacks into an event
-    loop that orbax closed after a failed read or write, one traceback each (log.txt only)."""
+    """Keeps the leftovers of a failed orbax read or write off the console (log.txt only):
+    "Event loop is closed" from TensorStore's callbacks into a loop orbax closed, and the
+    errors of the other reads of a restore that failed, raised when their coroutines are
+    collected. The failure itself is reported once, where the run meets it."""
 
     def closed_loop(value: BaseException | None) -> bool:
         return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
@@ -83,9 +85,15 @@ def _quiet_closed_loops() -> None:
             return
         previous(kind, value, tb)
 
+    def orbax_leftover(unraisable) -> bool:  # the other reads of a restore that failed
+        code = getattr(unraisable.object, "cr_code", None)
+        return code is not None and "/orbax/" in code.co_filename.replace("\\", "/")
+
     def unraisablehook(unraisable, previous=sys.unraisablehook):
-        if not closed_loop(unraisable.exc_value):
-            previous(unraisable)
+        if closed_loop(unraisable.exc_value) or orbax_leftover(unraisable):
+            logging.getLogger(PACKAGE).debug("ignored: %s", unraisable.exc_value)
+            return
+        previous(unraisable)
 
     def thread_excepthook(args, previous=threading.excepthook):
         if not closed_loop(args.exc_value):
