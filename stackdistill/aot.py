@@ -35,6 +35,7 @@ from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger("stackdistill")
 SAMPLE_RATE = 16_000
+MAX_BATCH, MAX_BATCH_PROBES = 4096, 8  # find_batch's range and compiles
 DISCLAIMER = "estimates of XLA's TPU cost model for the compiled step, not measurements"
 
 _BASE = dict(
@@ -250,7 +251,12 @@ def _report(setup, record, compiled, tgt: Target, compile_seconds: float) -> dic
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:.2f}"
+    """Bytes as GB, or MB below one GB."""
+    return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _flop(n: float) -> str:
+    return f"{n / 1e12:.2f} TFLOP" if n >= 1e12 else f"{n / 1e9:.3g} GFLOP"
 
 
 def stage_line(r: dict, tgt: Target) -> str:
@@ -258,17 +264,17 @@ def stage_line(r: dict, tgt: Target) -> str:
     h = r["hbm_per_device_bytes"]
     limit = r["hbm_limit_bytes"]
     if r["fits"] is None:
-        fit = f"HBM {_gb(h['total'])} GB per device (no limit known)"
+        fit = f"HBM {_gb(h['total'])} per device (no limit known)"
     else:
         verdict = "fits" if r["fits"] else "DOES NOT FIT"
-        fit = f"{verdict}: HBM {_gb(h['total'])} of {_gb(limit)} GB per device"
+        fit = f"{verdict}: HBM {_gb(h['total'])} of {_gb(limit)} per device"
     fit += f" (args {_gb(h['arguments'])}, temp {_gb(h['temporaries'])}, out {_gb(h['outputs'])})"
     e = r["estimate"]
-    speed = f"{e['flops_per_device'] / 1e12:.3f} TFLOP/device"
+    speed = f"{_flop(e['flops_per_device'])}/device"
     if "step_seconds" in e:
         speed = (
             f"est. (XLA cost model) {e['step_seconds'] * 1e3:.1f} ms/step {e['bound']}-bound, "
-            f"MFU {e['mfu']:.0%}, {e['audio_s_per_s_per_chip']:.0f} audio-s/s/chip, {speed}"
+            f"MFU {e['mfu']:.1%}, {e['audio_s_per_s_per_chip']:.0f} audio-s/s/chip, {speed}"
         )
     return (
         f"compile {tgt.name}: stage {r['stage']} depth {r['depth']} batch "
@@ -288,26 +294,48 @@ def _selected(stages: list[stacking.Stage], picks) -> list[stacking.Stage]:
 
 
 def _find_batch(config, tgt: Target, t_cfg, t_params, stage_index: int) -> dict:
-    """The largest per-device batch whose step fits: doubling, then bisection (one compile each)."""
-    probes: dict[int, bool] = {}
+    """The largest per-device batch whose step fits, in a few compiles.
 
-    def fits(per_device: int) -> bool:
-        if per_device not in probes:
+    Two compiles (the run's batch and twice it) give memory as a line in the batch; its
+    crossing with the HBM limit is checked (then doubled while it fits: memory often grows
+    less than linearly), then bisected between the largest batch that fits and the smallest
+    that does not, to within 1/32 or `MAX_BATCH_PROBES` compiles.
+    """
+    if tgt.hbm_bytes is None:
+        raise ValueError("config.compile.find_batch: the devices report no memory limit")
+    totals: dict[int, int] = {}
+
+    def total(per_device: int) -> int:
+        if per_device not in totals:
             c = config.copy_and_resolve_references()
             c.batch_size = per_device * len(tgt.devices)
             setup = _setup(c, tgt, t_cfg)
             r = compile_stage(setup, setup.stages[stage_index], t_params, tgt)
-            probes[per_device] = bool(r["fits"])
-            log.info("find_batch: %d per device: %s", per_device, "fits" if r["fits"] else "no")
-        return probes[per_device]
+            totals[per_device] = r["hbm_per_device_bytes"]["total"]
+            log.info("find_batch: %d per device: %s", per_device, _gb(totals[per_device]))
+        return totals[per_device]
 
-    lo, hi = 0, max(1, config.batch_size // len(tgt.devices))
-    while fits(hi) and hi < 4096:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
+    def fits(b: int) -> bool:
+        return total(b) <= tgt.hbm_bytes
+
+    b0 = max(1, config.batch_size // len(tgt.devices))
+    per_sample = max(1.0, (total(2 * b0) - total(b0)) / b0)
+    guess = max(1, min(MAX_BATCH, int((tgt.hbm_bytes - total(b0)) / per_sample) + b0))
+    fitting = [b for b in totals if fits(b)] + ([guess] if fits(guess) else [])
+    lo = max(fitting, default=0)
+    hi = min((b for b in totals if not fits(b)), default=None)
+    while hi is None and len(totals) < MAX_BATCH_PROBES and lo < MAX_BATCH:
+        step = min(MAX_BATCH, max(lo + 1, 2 * lo))
+        lo, hi = (step, None) if fits(step) else (lo, step)
+    while hi is not None and hi - lo > max(1, lo // 32) and len(totals) < MAX_BATCH_PROBES:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return {"stage": stage_index, "largest_batch_per_device": lo, "probes": probes}
+    return {
+        "stage": stage_index,
+        "largest_batch_per_device": lo,
+        "smallest_not_fitting": hi,
+        "hbm_per_device_bytes_by_batch": {str(b): totals[b] for b in sorted(totals)},
+    }
 
 
 def compile_run(config: ml_collections.ConfigDict) -> dict:
@@ -351,8 +379,8 @@ def not_fitting(out: dict) -> str | None:
             total, limit = r["hbm_per_device_bytes"]["total"], r["hbm_limit_bytes"]
             return (
                 f"stage {r['stage']} (depth {r['depth']}) does not fit on {out['topology']}: "
-                f"{_gb(total)} GB per device, {_gb(total - limit)} GB over the {_gb(limit)} GB "
-                "of HBM. Lower config.batch_size or config.data.max_samples, set "
+                f"{_gb(total)} per device, {_gb(total - limit)} over the {_gb(limit)} of HBM. "
+                "Lower config.batch_size or config.data.max_samples, set "
                 "config.remat, or shard params (config.mesh.params='fsdp')"
             )
     return None
@@ -367,7 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "compile") 
     (path / "compile.json").write_text(json.dumps(out, indent=1))
     if "run_chip_hours" in out:
         log.info(
-            "compile: the whole run (%d steps) est. %.2f %s chip-hours (%s); wrote %s",
+            "compile: the whole run (%d steps) est. %.3g %s chip-hours (%s); wrote %s",
             config.total_steps,
             out["run_chip_hours"],
             out["chip"],
@@ -377,9 +405,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "compile") 
     if "find_batch" in out:
         fb = out["find_batch"]
         log.info(
-            "compile: largest batch that fits at stage %d: %d per device",
+            "compile: largest batch that fits at stage %d: %d per device (%s)",
             fb["stage"],
             fb["largest_batch_per_device"],
+            f"{fb['smallest_not_fitting']} does not"
+            if fb["smallest_not_fitting"]
+            else f"no larger one tried within {MAX_BATCH_PROBES} compiles",
         )
     refusal = not_fitting(out)
     if refusal:

@@ -137,6 +137,12 @@ def topology(name: str) -> Topology:
     return Topology(name, chip, n, desc)
 
 
+def accelerator_type(topo: Topology) -> str:
+    """The Cloud TPU API's name of the slice: v4-8, v5litepod-16, v5p-8, v6e-8."""
+    prefix = "v5litepod" if topo.chip.name == "v5e" else topo.chip.name
+    return f"{prefix}-{topo.num_chips * (2 if topo.chip.cores_in_name else 1)}"
+
+
 def devices(topo: Topology) -> list:
     """The compile-only devices of `topo` (needs libtpu; no TPU is used or needed)."""
     import os
@@ -145,10 +151,13 @@ def devices(topo: Topology) -> list:
     from jax.experimental import topologies
 
     if jax.default_backend() != "tpu":
-        # Without a TPU host libtpu asks the GCE metadata server for its workers and prints
-        # an error when there is none; nothing is wrong for compile-only devices.
+        # Without a TPU host libtpu asks the GCE metadata server what it runs on and prints
+        # errors when there is none, and one process at a time may load it (a lock file):
+        # nothing of that matters for compile-only devices.
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type(topo))
         os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(topology_name=topo.desc_name, platform="tpu")
     except Exception as e:  # noqa: BLE001 - no libtpu, or a shape it refuses: one message

@@ -27,6 +27,8 @@ from stackdistill import chips
 def test_topology_names(name, chip, num_chips, desc):
     topo = chips.topology(name)
     assert (topo.chip.name, topo.num_chips, topo.desc_name) == (chip, num_chips, desc)
+    again = chips.topology(chips.accelerator_type(topo))  # the Cloud TPU API's name
+    assert (again.chip, again.num_chips) == (topo.chip, topo.num_chips)
 
 
 @pytest.mark.parametrize(
