@@ -67,3 +67,38 @@ def test_compile_for_v5e_writes_compile_json(tmp_path):
     e3, e6 = (s["estimate"] for s in out["stages"])
     added = e6["analytic_flops_per_device"] - e3["analytic_flops_per_device"]
     assert e6["flops_per_device"] - e3["flops_per_device"] > 0.8 * added
+
+
+@needs_libtpu
+@pytest.mark.slow  # ~8 compiles (~3 minutes on 2 cores)
+def test_find_batch_brackets_the_limit(tmp_path):
+    c = tiny_config("v5e-4")
+    c.compile.stages = (-1,)
+    c.compile.find_batch = True
+    c.compile.hbm_bytes = 30_000_000
+    fb = aot.run(c, str(tmp_path))["find_batch"]
+    by_batch = {int(k): v for k, v in fb["hbm_per_device_bytes_by_batch"].items()}
+    assert by_batch[fb["largest_batch_per_device"]] <= 30_000_000
+    if fb["smallest_not_fitting"]:
+        assert by_batch[fb["smallest_not_fitting"]] > 30_000_000
+
+
+@needs_libtpu
+@pytest.mark.slow  # the CLI in a subprocess: 4 stages of the demo config (~1 minute)
+def test_cli_compile_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "stackdistill.main", "--config=configs/demo.py",
+        f"--workdir={tmp_path}", "--mode=compile", "--config.compile.topology=v5e-4",
+        "--config.data.max_samples=8000", "--config.batch_size=4",
+        "--config.compilation_cache_dir=",
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [x for x in done.stderr.splitlines() if x.startswith("compile v5e-4: stage")]
+    assert len(lines) == 4 and all("est. (XLA cost model)" in x for x in lines)
+    assert json.loads((tmp_path / "compile.json").read_text())["run_chip_hours"] > 0
