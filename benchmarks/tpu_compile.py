@@ -8,7 +8,8 @@ HBM, the cost-model step time, MFU against the chip's bf16 peak, audio-seconds p
 and the paper's 200k steps in chip-hours (the cell's stage time x all steps: the deepest
 stage bounds the run from above). Default cells: configs/demo.py's models (a few seconds a
 compile) on v4-8, v5e-8, v5p-8 and v6e-8. `--full` adds HuBERT Base live, deepest stage, on
-v5e-8 (~10-17 minutes on 2 cores; XLA's persistent cache makes a rerun free). Writes one JSON
+v5e-8 (~9-17 minutes on 2 cores, every time: jax 0.10.2 cannot read compile-only executables
+back from the persistent compilation cache, so aot.py turns it off). Writes one JSON
 line per cell to OUT/tpu_compile.jsonl and prints a markdown table. Every number is an
 estimate of XLA's cost model, not a measurement.
 """
@@ -21,9 +22,7 @@ import os
 import pathlib
 import time
 
-import jax
-
-from stackdistill import aot, config, paths
+from stackdistill import aot, config
 
 PAPER_STEPS = 200_000
 DEMO_CELLS = [("configs/demo.py", {}, topo) for topo in ("v4-8", "v5e-8", "v5p-8", "v6e-8")]
@@ -70,7 +69,6 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="add HuBERT Base on v5e-8")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    jax.config.update("jax_compilation_cache_dir", str(paths.cache_home() / "xla"))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

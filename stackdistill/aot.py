@@ -95,6 +95,9 @@ def target(c: ml_collections.ConfigDict) -> Target:
     override = int(c.get("hbm_bytes", 0) or 0)
     if c.topology:
         topo = chips.topology(c.topology)
+        # jax 0.10.2 writes compile-only executables to the persistent cache but cannot read
+        # them back ("PjRtCompiler must be constructed with a Client"): skip the cache.
+        jax.config.update("jax_enable_compilation_cache", False)
         devices = chips.devices(topo)
         hbm = override or topo.chip.hbm_bytes * topo.num_chips // len(devices)
         return Target(topo.name, devices, topo.chip, topo.num_chips, hbm)
