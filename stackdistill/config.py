@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from stackdistill import (
+    aot,
     distill,
     export,
     fastpath,
@@ -45,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = sharding.default_config()
     c.export = export.default_config()
     c.superb = superb_config.default_config()
+    c.compile = aot.default_config()  # --mode=compile: topology, stages, batch search
     c.peak_flops = 0.0  # FLOP/s of all devices together, for the logged MFU (0: not logged)
     c.log_every = 100
     c.checkpoint_every = 2_000

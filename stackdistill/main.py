@@ -23,6 +23,7 @@ MODES = {
     "compare": "stackdistill.superb.run",
     "export": "stackdistill.export",
     "cache": "stackdistill.targets",
+    "compile": "stackdistill.aot",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")

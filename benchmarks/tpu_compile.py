@@ -1,0 +1,92 @@
+"""TPU fit and speed by XLA's own cost model, without a TPU: the --mode=compile table.
+
+    python benchmarks/tpu_compile.py [--out /tmp/tpu_compile] [--full]
+
+Needs libtpu (`pip install "jax[tpu]==<the installed jax version>"`); runs on CPU. Each cell
+compiles one config's train step for one topology (stackdistill/aot.py) and reads per chip:
+HBM, the cost-model step time, MFU against the chip's bf16 peak, audio-seconds per second,
+and the paper's 200k steps in chip-hours (the cell's stage time x all steps: the deepest
+stage bounds the run from above). Default cells: configs/demo.py's models (a few seconds a
+compile) on v4-8, v5e-8, v5p-8 and v6e-8. `--full` adds HuBERT Base live, deepest stage, on
+v5e-8 (~9-17 minutes on 2 cores, every time: jax 0.10.2 cannot read compile-only executables
+back from the persistent compilation cache, so aot.py turns it off). Writes one JSON
+line per cell to OUT/tpu_compile.jsonl and prints a markdown table. Every number is an
+estimate of XLA's cost model, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+from stackdistill import aot, config
+
+PAPER_STEPS = 200_000
+DEMO_CELLS = [("configs/demo.py", {}, topo) for topo in ("v4-8", "v5e-8", "v5p-8", "v6e-8")]
+FULL_CELLS = [("configs/hubert_base.py", {}, "v5e-8")]
+
+
+def cell(path: str, overrides: dict, topology: str) -> dict:
+    """One config's deepest stage compiled for `topology`: the table row."""
+    c = config.load_file(path)
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    c.compile.topology = topology
+    c.compile.stages = (-1,)
+    if c.batch_size % 8:  # split over the 8 chips of the cells (v4-8: 8 compile-only devices)
+        c.batch_size = 8 * max(1, c.batch_size // 8)
+    start = time.perf_counter()
+    out = aot.compile_run(c)
+    stage = out["stages"][-1]
+    e = stage["estimate"]
+    return {
+        "config": path + ("" if not overrides else f" {overrides}"),
+        "topology": topology,
+        "depth": stage["depth"],
+        "global_batch": c.batch_size,
+        "crop_s": c.data.max_samples / 16_000,
+        "hbm_gb_per_device": stage["hbm_per_device_bytes"]["total"] / 1e9,
+        "fits": stage["fits"],
+        "step_ms": e["step_seconds"] * 1e3,
+        "bound": e["bound"],
+        "mfu": e["mfu"],
+        "audio_s_per_s_per_chip": e["audio_s_per_s_per_chip"],
+        "paper_chip_hours": PAPER_STEPS * e["step_seconds"] * out["num_chips"] / 3600,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/tpu_compile")
+    parser.add_argument("--full", action="store_true", help="add HuBERT Base on v5e-8")
+    args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path, overrides, topology in DEMO_CELLS + (FULL_CELLS if args.full else []):
+        row = cell(path, overrides, topology)
+        rows.append(row)
+        with open(out / "tpu_compile.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+    print("| config | topology | depth | HBM GB/device | step ms (bound) | est. MFU | "
+          "audio-s/s/chip | 200k steps, chip-h |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['topology']} | {r['depth']} | {r['hbm_gb_per_device']:.2f} | "
+            f"{r['step_ms']:.2f} ({r['bound']}) | {r['mfu']:.1%} | "
+            f"{r['audio_s_per_s_per_chip']:.0f} | {r['paper_chip_hours']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

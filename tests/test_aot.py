@@ -1,0 +1,104 @@
+"""--mode=compile (stackdistill/aot.py): the run's steps compiled, fit checked, cost estimated."""
+
+import importlib.util
+import json
+
+import pytest
+
+from stackdistill import aot, config
+from stackdistill.models.config import EncoderConfig
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="needs libtpu (jax[tpu])"
+)
+
+
+def tiny_config(topology: str = ""):
+    """configs/demo.py shrunk further: a 4 x 48 teacher, students 3 -> 6, 0.25 s crops."""
+    c = config.load_file("configs/demo.py")
+    c.teacher.random_arch.update(num_layers=4, conv_dim=(16,) * 7)
+    c.distill.teacher_layers = (2, 3, 4)
+    c.student.num_layers = 6
+    c.data.max_samples = 4000
+    c.batch_size = 4
+    c.total_steps = 20
+    c.compile.topology = topology
+    return c
+
+
+@pytest.mark.parametrize("name", sorted(aot.KNOWN_TEACHERS))
+def test_known_teachers_are_valid_architectures(name):
+    cfg = EncoderConfig.from_hf(aot.KNOWN_TEACHERS[name])
+    assert cfg.num_layers in (12, 24) and cfg.hidden_size in (768, 1024)
+
+
+def test_unknown_hub_teacher_is_refused_by_name():
+    c = tiny_config()
+    c.teacher.random_arch = None
+    c.teacher.name = "someone/unknown-model"
+    with pytest.raises(ValueError, match="config.teacher.name"):
+        aot.teacher_shapes(c)
+
+
+def test_not_fitting_names_the_stage_and_the_excess(tmp_path):
+    c = tiny_config()  # local CPU devices, with a made-up 1 MB of device memory
+    c.compile.stages = (-1,)
+    c.compile.hbm_bytes = 1_000_000
+    with pytest.raises(ValueError, match=r"stage 1 \(depth 6\) does not fit .* over"):
+        aot.run(c, str(tmp_path))
+    out = json.loads((tmp_path / "compile.json").read_text())  # written before the refusal
+    assert out["fits"] is False and [s["depth"] for s in out["stages"]] == [6]
+
+
+@needs_libtpu
+def test_compile_for_v5e_writes_compile_json(tmp_path):
+    out = aot.run(tiny_config("v5e-4"), str(tmp_path))
+    assert json.loads((tmp_path / "compile.json").read_text()) == json.loads(json.dumps(out))
+    assert out["chip"] == "v5e" and out["num_devices"] == 4 and out["fits"] is True
+    assert "XLA's TPU cost model" in out["note"] and out["run_chip_hours"] > 0
+    assert [s["depth"] for s in out["stages"]] == [3, 6]
+    for s in out["stages"]:
+        hbm, est = s["hbm_per_device_bytes"], s["estimate"]
+        assert 0 < hbm["total"] <= s["hbm_limit_bytes"] == 16 * 10**9
+        assert est["step_seconds"] > 0 and 0 < est["mfu"] < 1
+        assert est["audio_s_per_s_per_chip"] > 0 and est["bound"] in ("compute", "memory")
+    # the scanned layers are counted per layer: depth 3 -> 6 adds what the analytic count adds
+    # (XLA's cost_analysis alone adds next to nothing: the scan body counted once)
+    e3, e6 = (s["estimate"] for s in out["stages"])
+    added = e6["analytic_flops_per_device"] - e3["analytic_flops_per_device"]
+    assert e6["flops_per_device"] - e3["flops_per_device"] > 0.8 * added
+
+
+@needs_libtpu
+@pytest.mark.slow  # ~8 compiles (~3 minutes on 2 cores)
+def test_find_batch_brackets_the_limit(tmp_path):
+    c = tiny_config("v5e-4")
+    c.compile.stages = (-1,)
+    c.compile.find_batch = True
+    c.compile.hbm_bytes = 30_000_000
+    fb = aot.run(c, str(tmp_path))["find_batch"]
+    by_batch = {int(k): v for k, v in fb["hbm_per_device_bytes_by_batch"].items()}
+    assert by_batch[fb["largest_batch_per_device"]] <= 30_000_000
+    if fb["smallest_not_fitting"]:
+        assert by_batch[fb["smallest_not_fitting"]] > 30_000_000
+
+
+@needs_libtpu
+@pytest.mark.slow  # the CLI in a subprocess: 4 stages of the demo config (~1 minute)
+def test_cli_compile_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "stackdistill.main", "--config=configs/demo.py",
+        f"--workdir={tmp_path}", "--mode=compile", "--config.compile.topology=v5e-4",
+        "--config.data.max_samples=8000", "--config.batch_size=4",
+        "--config.compilation_cache_dir=",
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [x for x in done.stderr.splitlines() if x.startswith("compile v5e-4: stage")]
+    assert len(lines) == 4 and all("est. (XLA cost model)" in x for x in lines)
+    assert json.loads((tmp_path / "compile.json").read_text())["run_chip_hours"] > 0
