@@ -8,10 +8,10 @@ HBM, the cost-model step time, MFU against the chip's bf16 peak, audio-seconds p
 and the paper's 200k steps in chip-hours (the cell's stage time x all steps: the deepest
 stage bounds the run from above). Default cells: configs/demo.py's models (a few seconds a
 compile) on v4-8, v5e-8, v5p-8 and v6e-8. `--full` adds HuBERT Base live, deepest stage, on
-v5e-8 (~9-17 minutes on 2 cores, every time: jax 0.10.2 cannot read compile-only executables
-back from the persistent compilation cache, so aot.py turns it off). Writes one JSON
-line per cell to OUT/tpu_compile.jsonl and prints a markdown table. Every number is an
-estimate of XLA's cost model, not a measurement.
+v5e-8 (92 s on 2 quiet cores, up to ~17 minutes loaded, every time: jax 0.10.2 cannot read
+compile-only executables back from the persistent compilation cache, so aot.py turns it
+off). Writes one JSON line per cell to OUT/tpu_compile.jsonl and prints a markdown table.
+Every number is an estimate of XLA's cost model, not a measurement.
 """
 
 from __future__ import annotations
@@ -22,22 +22,18 @@ import os
 import pathlib
 import time
 
+import harness
+
 from stackdistill import aot, config
 
 PAPER_STEPS = 200_000
-DEMO_CELLS = [("configs/demo.py", {}, topo) for topo in ("v4-8", "v5e-8", "v5p-8", "v6e-8")]
-FULL_CELLS = [("configs/hubert_base.py", {}, "v5e-8")]
+DEMO_CELLS = [("demo.py", {}, topo) for topo in ("v4-8", "v5e-8", "v5p-8", "v6e-8")]
+FULL_CELLS = [("hubert_base.py", {}, "v5e-8")]
 
 
-def cell(path: str, overrides: dict, topology: str) -> dict:
-    """One config's deepest stage compiled for `topology`: the table row."""
-    c = config.load_file(path)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+def cell(name: str, overrides: dict, topology: str) -> dict:
+    """configs/NAME's deepest stage compiled for `topology`: the table row."""
+    c = config.apply_overrides(harness.config_file(name), overrides)
     c.compile.topology = topology
     c.compile.stages = (-1,)
     if c.batch_size % 8:  # split over the 8 chips of the cells (v4-8: 8 compile-only devices)
@@ -47,7 +43,7 @@ def cell(path: str, overrides: dict, topology: str) -> dict:
     stage = out["stages"][-1]
     e = stage["estimate"]
     return {
-        "config": path + ("" if not overrides else f" {overrides}"),
+        "config": "configs/" + name + ("" if not overrides else f" {overrides}"),
         "topology": topology,
         "depth": stage["depth"],
         "global_batch": c.batch_size,
@@ -72,8 +68,8 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, overrides, topology in DEMO_CELLS + (FULL_CELLS if args.full else []):
-        row = cell(path, overrides, topology)
+    for name, overrides, topology in DEMO_CELLS + (FULL_CELLS if args.full else []):
+        row = cell(name, overrides, topology)
         rows.append(row)
         with open(out / "tpu_compile.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -4,12 +4,13 @@
         --config.compile.topology=v5e-16
 
 For every stage depth of the run (or `config.compile.stages`), compiles exactly the train
-step the run would compile (train.py's pieces: mesh rules, dtype, remat, fast path, global
-batch, crop) for the named TPU topology with libtpu's compile-only devices (MaxText's
-train_compile), or for the local devices when the topology is "". Prints one line per stage
-and writes `compile.json`: fits or not against the chip's HBM and the HBM breakdown, then
-estimates of XLA's cost model (not measurements): step time, audio-seconds per second per
-chip, MFU against the chip's bf16 peak, and the chip-hours of the whole run. A config that
+step the run would compile (stage.py's setup and compile_step, as train.py uses them: mesh
+rules, dtype, remat, fast path, global batch, crop) for the named TPU topology with libtpu's
+compile-only devices (MaxText's train_compile), or for the local devices when the topology
+is "". Prints one line per stage and writes `compile.json`: fits or not against the chip's
+HBM and the HBM breakdown, then estimates of XLA's cost model (not measurements): step time,
+audio-seconds per second per chip, MFU against the chip's bf16 peak, and the chip-hours of
+the whole run. A config that
 does not fit is refused, naming the stage and by how much.
 
 The teacher's weights are not needed: its architecture comes from `config.teacher.random_arch`,
@@ -28,9 +29,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from stackdistill import chips, costmodel, fastpath, optim, sharding, stacking, train
+from stackdistill import chips, costmodel, fastpath, sharding, stacking
 from stackdistill import models as models_lib
-from stackdistill.models import student
+from stackdistill import stage as stage_lib
 from stackdistill.models.config import EncoderConfig
 
 log = logging.getLogger("stackdistill")
@@ -144,65 +145,28 @@ def teacher_shapes(config: ml_collections.ConfigDict) -> tuple[EncoderConfig, An
     return cfg, params
 
 
-def _setup(config, tgt: Target, t_cfg: EncoderConfig) -> train._Setup:
-    """train.py's setup for this config on the target's devices (see train._train)."""
+def _setup(config, tgt: Target, t_cfg: EncoderConfig) -> stage_lib.Setup:
+    """train.py's setup for this config on the target's devices (remat sized for its HBM)."""
     mesh = sharding.make_mesh(config.mesh, tgt.devices)
-    stages = train.validate_config(config, mesh.size)
-    use_targets = bool(config.targets.dir)
-    s_cfg = student.student_encoder_config(config.student, t_cfg)
-    remat = fastpath.remat_policy(config, s_cfg, config.batch_size // mesh.size, tgt.hbm_bytes)
-    schedule = optim.make_schedule(config.optim, stages)
-    tx = optim.make_optimizer(
-        config.optim, schedule, frozen_frontend=config.student.frozen_shared_frontend
-    )
-    return train._Setup(
-        config=config,
-        mesh=mesh,
-        stages=stages,
-        teacher_cfg=t_cfg,
-        student_cfg=s_cfg.replace(remat=remat),
-        tx=tx,
-        schedule=schedule,
-        use_targets=use_targets,
-        batch_abstract=train._batch_abstract(config, t_cfg, mesh, use_targets),
-    )
+    return stage_lib.make_setup(config, mesh, t_cfg, tgt.hbm_bytes)
 
 
-def _state_shapes(setup: train._Setup, stage: stacking.Stage, t_params) -> Any:
+def _state_shapes(setup: stage_lib.Setup, stage: stacking.Stage, t_params) -> Any:
     """The train state at `stage` as ShapeDtypeStructs: fresh, then grown stage by stage."""
-    c = setup.config
-
-    def fresh(tp):
-        params = student.init_student(
-            setup.student_cfg.replace(num_layers=setup.stages[0].depth),
-            jax.random.key(c.seed),
-            setup.teacher_cfg,
-            tp,
-            tuple(c.distill.teacher_layers),
-            c.student.init_from_teacher,
-            head=c.student.head,
-            copy_teacher_encoder_norm=c.student.copy_teacher_encoder_norm,
-        )
-        from stackdistill import distill
-
-        return distill.init_state(params, setup.tx, c.seed + 1)
-
-    state = jax.eval_shape(fresh, t_params)
-    for s in setup.stages[1 : stage.index + 1]:
-        state = jax.eval_shape(lambda st, s=s: train._grown(st, s, c.stacking), state)
-    return state
+    first = jax.eval_shape(lambda tp: stage_lib.init_state(setup, tp), t_params)
+    return stage_lib.shapes_at(setup, first, stage.index)
 
 
-def compile_stage(setup: train._Setup, stage: stacking.Stage, t_params, tgt: Target) -> dict:
-    """Compiles the stage's train step (train._compile) and reports memory and estimates."""
-    record = train._stage_record(setup, stage)
+def compile_stage(setup: stage_lib.Setup, stage: stacking.Stage, t_params, tgt: Target) -> dict:
+    """Compiles the stage's train step (stage.compile_step) and reports memory and estimates."""
+    record = stage_lib.record(setup, stage)
     state = _state_shapes(setup, stage, t_params)
     t_in = {} if setup.use_targets else t_params
     start = time.perf_counter()
     quiet = log.level
-    log.setLevel(logging.WARNING)  # train._compile's own line: ours says more
+    log.setLevel(logging.WARNING)  # compile_step's own line: ours says more
     try:
-        compiled, _ = train._compile(setup, record, state, t_in)
+        compiled, _ = stage_lib.compile_step(setup, record, state, t_in)
     finally:
         log.setLevel(quiet)
     seconds = time.perf_counter() - start

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from typing import Any
 
 import jax
@@ -22,10 +21,7 @@ from etils import epath
 from stackdistill import (
     checkpoint,
     console,
-    distill,
     distributed,
-    fastpath,
-    optim,
     resume,
     sharding,
     stacking,
@@ -34,75 +30,13 @@ from stackdistill import (
     writers,
 )
 from stackdistill import data as data_lib
-from stackdistill import flops as flops_lib
+from stackdistill import stage as stage_lib
 from stackdistill.data import config as data_config
 from stackdistill.data import targets as stored_targets
-from stackdistill.models import student
-from stackdistill.models.config import EncoderConfig
+from stackdistill.stage import Setup, StageRecord
 from stackdistill.writers import RunWriter, Timer
 
 log = logging.getLogger("stackdistill")
-
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list[stacking.Stage]:
-    """Refuses a config that cannot work before anything is loaded or compiled."""
-    distill.validate(config.distill)
-    stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
-    if config.batch_size % jax.process_count():
-        raise ValueError(
-            f"config.batch_size={config.batch_size} is not divisible by the "
-            f"{jax.process_count()} processes"
-        )
-    if config.batch_size % num_devices:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices "
-            "of the mesh (config.mesh.data x config.mesh.fsdp): the batch is split over all"
-        )
-    start = stages[0].depth
-    distill.initial_student_layers(config.distill, start)
-    return stages
-
-
-@dataclasses.dataclass(frozen=True)
-class _Setup:
-    """What every stage is built from: the config, mesh, both models, optimizer, batch shapes."""
-
-    config: ml_collections.ConfigDict
-    mesh: jax.sharding.Mesh
-    stages: list[stacking.Stage]
-    teacher_cfg: EncoderConfig
-    student_cfg: EncoderConfig  # at the final depth; each stage replaces num_layers
-    tx: Any  # optax.GradientTransformation
-    schedule: Any  # optax.Schedule
-    use_targets: bool  # teacher targets read from disk (config.targets.dir), not computed
-    batch_abstract: dict[str, jax.ShapeDtypeStruct]
-
-    def shardings(self, tree: Any) -> Any:
-        """Per-leaf shardings of params-like trees (state, teacher params) on the mesh."""
-        return sharding.tree_shardings(tree, self.mesh, self.config.mesh.params)
-
-
-@dataclasses.dataclass(frozen=True)
-class StageRecord:
-    """One stage as its step and checkpoints see it: depth, lineage, targets, cost."""
-
-    stage: stacking.Stage
-    lineage: tuple[int, ...]  # the initial-stack layer each layer descends from
-    sources: dict[int, int]  # teacher layer -> student hidden state that predicts it
-    student_cfg: EncoderConfig  # the student at this stage's depth
-    flops: float  # analytic FLOPs of one step
-
-    def checkpoint_meta(self, step: int) -> dict[str, Any]:
-        """The metadata that says how to read a checkpoint at `step` back."""
-        return {
-            "step": step,
-            "stage": self.stage.index,
-            "depth": self.stage.depth,
-            "lineage": list(self.lineage),
-            "encoder_config": self.student_cfg.to_dict(),
-            "target_sources": {str(k): v for k, v in self.sources.items()},
-            "time": time.time(),
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +84,7 @@ def _finished(config, workdir: epath.Path, step: int, meta: dict[str, Any]) -> d
 def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh)
-    stages = validate_config(config, mesh.size)
+    stage_lib.validate_config(config, mesh.size)  # before any data or teacher is loaded
 
     # ------------------------------------------------------------------ data
     use_targets = bool(config.targets.dir)  # teacher targets read from disk, not computed
@@ -161,42 +95,13 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
     t_params = jax.device_put(t_params, sharding.tree_shardings(t_params, mesh, config.mesh.params))
 
     # ------------------------------------------------------------------ student, optimizer
-    s_cfg = student.student_encoder_config(config.student, t_cfg)
-    remat = fastpath.remat_policy(config, s_cfg, config.batch_size // mesh.size)
-    s_cfg = s_cfg.replace(remat=remat)
-    schedule = optim.make_schedule(config.optim, stages)
-    tx = optim.make_optimizer(
-        config.optim, schedule, frozen_frontend=config.student.frozen_shared_frontend
-    )
-    setup = _Setup(
-        config=config,
-        mesh=mesh,
-        stages=stages,
-        teacher_cfg=t_cfg,
-        student_cfg=s_cfg,
-        tx=tx,
-        schedule=schedule,
-        use_targets=use_targets,
-        batch_abstract=_batch_abstract(config, t_cfg, mesh, use_targets),
-    )
-
-    def fresh_state():
-        params = student.init_student(
-            s_cfg.replace(num_layers=stages[0].depth),
-            jax.random.key(config.seed),
-            t_cfg,
-            t_params,
-            tuple(config.distill.teacher_layers),
-            config.student.init_from_teacher,
-            head=config.student.head,
-            copy_teacher_encoder_norm=config.student.copy_teacher_encoder_norm,
-        )
-        return distill.init_state(params, tx, config.seed + 1)
+    setup = stage_lib.make_setup(config, mesh, t_cfg)
+    stages = setup.stages
 
     # ------------------------------------------------------------------ restore
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
     try:  # closed on every way out: no async save is left to fail at exit
-        state, stage_index, past = _restore_or_init(setup, ckpt, fresh_state, data_iter)
+        state, stage_index, past = _restore_or_init(setup, ckpt, t_params, data_iter)
         if use_targets:  # the targets come from disk: the step needs no teacher params on device
             t_params = {}
 
@@ -206,9 +111,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
         with distributed.Preemption() as preemption:
             loop = _Loop(data_iter, ckpt, writer, preemption, config.to_dict())
             for stage in stages[stage_index:]:
-                record = _stage_record(setup, stage)
+                record = stage_lib.record(setup, stage)
                 writer.compile_started(stage.index)
-                step_fns = _compile(setup, record, state, t_params)
+                step_fns = stage_lib.compile_step(setup, record, state, t_params)
                 writer.stage_started(stage.index)
                 state, preempted = _run_stage(setup, record, state, t_params, step_fns, loop)
                 writer.stage_ended()
@@ -216,7 +121,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
                     status = "preempted"
                     break
                 if stage.index + 1 < len(stages):
-                    state = _grow(setup, state, stages[stage.index + 1])
+                    state = stage_lib.grow(setup, state, stages[stage.index + 1])
             _save(loop, record, state, step=int(state["step"]), force=True)
     finally:
         ckpt.close()
@@ -269,43 +174,30 @@ def _load_teacher(config: ml_collections.ConfigDict, workdir: epath.Path, use_ta
     return t_cfg, t_params
 
 
-def _batch_abstract(config, t_cfg: EncoderConfig, mesh, use_targets: bool) -> dict[str, Any]:
-    """Shapes and shardings of one global batch: what the step is compiled for."""
-    batch_sh = sharding.batch_sharding(mesh)
-    n = config.batch_size
-    batch_abstract = {
-        "audio": jax.ShapeDtypeStruct((n, config.data.max_samples), np.float32, sharding=batch_sh),
-        "lengths": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sh),
-    }
-    if use_targets:  # + "targets" (and "features" for a shared front-end)
-        for key, (shape, dtype) in targets.batch_shapes(config, t_cfg, n).items():
-            batch_abstract[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
-        if "features" in batch_abstract:  # no CNN runs at all: the waveform stays on the host
-            del batch_abstract["audio"]
-    return batch_abstract
-
-
 # ---------------------------------------------------------------------- restore
 
 
-def _restore_or_init(setup: _Setup, ckpt: checkpoint.Checkpointer, fresh_state, data_iter):
+def _restore_or_init(setup: Setup, ckpt: checkpoint.Checkpointer, t_params, data_iter):
     """(state, stage, record of the steps before) from the latest checkpoint, or fresh.
 
     The record (loss history, last metrics, stage seconds) is what the checkpoint's metadata
     kept, so the summary and plot of a resumed run cover all of it.
     """
-    abstract = jax.eval_shape(fresh_state)
+
+    def fresh():
+        return stage_lib.init_state(setup, t_params)
+
+    first = jax.eval_shape(fresh)
 
     def restore(step: int):
         meta = ckpt.restore_meta(step)
-        shaped = abstract
-        for s in setup.stages[1 : int(meta["stage"]) + 1]:
-            shaped = jax.eval_shape(lambda st, s=s: _grown(st, s, setup.config.stacking), shaped)
-        return ckpt.restore(step, _abstract(shaped, setup.shardings(shaped)), data_iter), meta
+        shaped = stage_lib.shapes_at(setup, first, int(meta["stage"]))
+        target = stage_lib.abstract(shaped, setup.shardings(shaped))
+        return ckpt.restore(step, target, data_iter), meta
 
     restored = ckpt.restore_newest_good(restore)  # a damaged newest one is moved aside
     if restored is None:
-        return jax.jit(fresh_state, out_shardings=setup.shardings(abstract))(), 0, {}
+        return jax.jit(fresh, out_shardings=setup.shardings(first))(), 0, {}
     latest, (state, meta) = restored
     stage_index = int(meta["stage"])
     log.info("resumed from step %d (stage %d)", latest, stage_index)
@@ -315,65 +207,7 @@ def _restore_or_init(setup: _Setup, ckpt: checkpoint.Checkpointer, fresh_state, 
 # ---------------------------------------------------------------------- a stage
 
 
-def _stage_record(setup: _Setup, stage: stacking.Stage) -> StageRecord:
-    """Depth, lineage, target sources and step FLOPs of `stage`."""
-    c = setup.config
-    lineage = np.arange(setup.stages[0].depth)
-    for s in setup.stages[1 : stage.index + 1]:
-        lineage = stacking.lineage_after(lineage, c.stacking.method, s.num_new)
-    initial_layers = distill.initial_student_layers(c.distill, setup.stages[0].depth)
-    sources = distill.target_sources(c.distill, lineage, initial_layers, c.stacking.follow)
-    student_cfg = setup.student_cfg.replace(num_layers=stage.depth)
-    # Analytic: XLA's cost analysis counts a scanned layer stack only once.
-    flops = flops_lib.step_flops(
-        setup.teacher_cfg,
-        student_cfg,
-        c.batch_size,
-        c.data.max_samples,
-        len(c.distill.teacher_layers),
-        shared_frontend=c.student.frozen_shared_frontend,
-        with_teacher=not setup.use_targets,
-    )
-    return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
-
-
-def _compile(setup: _Setup, record: StageRecord, state, t_params):
-    """The stage's step, jitted and compiled ahead for the batch shape; logs time and memory."""
-    train_step = distill.make_train_step(
-        setup.config.distill,
-        setup.teacher_cfg,
-        setup.student_cfg,
-        record.sources,
-        setup.tx,
-        setup.schedule,
-        setup.config.student.frozen_shared_frontend,
-        cached=setup.use_targets,
-    )
-    st_sh = setup.shardings(state)
-    jitted = jax.jit(
-        train_step,
-        in_shardings=(st_sh, setup.shardings(t_params), sharding.batch_sharding(setup.mesh)),
-        out_shardings=(st_sh, sharding.replicated(setup.mesh)),
-        donate_argnums=0,
-    )
-    timer = Timer()
-    compiled = jitted.lower(_abstract(state, st_sh), t_params, setup.batch_abstract).compile()
-    stage = record.stage
-    log.info(
-        "stage %d: depth %d, steps %d-%d, targets %s (teacher layer -> student hidden state), "
-        "compiled in %.1fs, %s",
-        stage.index,
-        stage.depth,
-        stage.start_step,
-        stage.end_step,
-        record.sources,
-        timer.lap(),
-        _memory(compiled),
-    )
-    return compiled, jitted
-
-
-def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, loop: _Loop):
+def _run_stage(setup: Setup, record: StageRecord, state, t_params, step_fns, loop: _Loop):
     """Steps to the end of the stage (or a preemption): logs every window, saves on schedule.
 
     Returns the state and whether it stopped for a preemption.
@@ -417,30 +251,6 @@ def _run_stage(setup: _Setup, record: StageRecord, state, t_params, step_fns, lo
     return state, preempted
 
 
-def _grow(setup: _Setup, state: dict, stage: stacking.Stage) -> dict:
-    """The state grown to `stage`, laid out on the mesh again."""
-    state = _grown(state, stage, setup.config.stacking)
-    return jax.device_put(state, setup.shardings(state))
-
-
-def _grown(state: dict, stage: stacking.Stage, c: ml_collections.ConfigDict) -> dict:
-    """The state of the previous stage grown to `stage.depth` (params and moments)."""
-    return {
-        **state,
-        "params": stacking.grow(state["params"], c.method, stage.num_new),
-        "opt_state": stacking.grow_opt_state(
-            state["opt_state"], c.method, stage.num_new, c.reset_new_moments
-        ),
-        "stage": state["stage"] + 1,
-    }
-
-
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
-    )
-
-
 # ---------------------------------------------------------------------- checkpoints, metrics
 
 
@@ -479,12 +289,3 @@ def _speed(metrics, steps, seconds, flops, peak_flops) -> dict[str, float]:
         if peak_flops:
             out["mfu"] = flops * steps / seconds / peak_flops
     return out
-
-
-def _memory(compiled) -> str:
-    try:
-        m = compiled.memory_analysis()
-        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-        return f"memory {total / 2**20:.0f} MiB (temp {m.temp_size_in_bytes / 2**20:.0f} MiB)"
-    except Exception:  # noqa: BLE001
-        return "memory n/a"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, cli_args, demo_config, final_params
 
-from stackdistill import checkpoint, models, train
+from stackdistill import checkpoint, models, stage, train
 from stackdistill import config as config_lib
 
 
@@ -117,7 +117,7 @@ def test_sharded_run_matches_single_device(shared, tmp_path):
 )
 def test_invalid_configs_fail_before_compiling(shared, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        train.validate_config(demo_config(shared, **overrides), num_devices=4)
+        stage.validate_config(demo_config(shared, **overrides), num_devices=4)
 
 
 def test_config_variants():

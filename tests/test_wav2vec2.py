@@ -15,7 +15,7 @@ import pytest
 from hf_fixtures import XLSR_300M, hf_hidden_states, make_hf_model, padded_batch, save_hf_model
 from safetensors.numpy import load_file
 
-from stackdistill import convert, models, teacher, train
+from stackdistill import convert, models, stage, teacher
 from stackdistill.config import base_config
 from stackdistill.models import EncoderConfig, student
 
@@ -123,7 +123,7 @@ def _xlsr_config(arg=None):
 
 def test_xlsr_config_loads_validates_and_fits_the_teacher():
     c = _xlsr_config()
-    stages = train.validate_config(c, num_devices=8)
+    stages = stage.validate_config(c, num_devices=8)
     assert [s.depth for s in stages] == [3, 6, 9, 12]
     assert c.teacher.name == "facebook/wav2vec2-xls-r-300m"
     assert c.data.normalize  # XLS-R's feature extractor: do_normalize=True
@@ -144,7 +144,7 @@ def test_xlsr_config_loads_validates_and_fits_the_teacher():
     assert {k: v["kernel"].shape for k, v in shapes["heads"].items()} == {
         f"layer_{k}": (384, 1024) for k in (8, 16, 24)
     }
-    train.validate_config(_xlsr_config("runlocal,stacking=top"), num_devices=1)
+    stage.validate_config(_xlsr_config("runlocal,stacking=top"), num_devices=1)
 
 
 def test_student_of_a_stable_wav2vec2_teacher_starts_from_its_front_end(tmp_path):
