@@ -15,6 +15,7 @@ import pytest
 from helpers import cli_args, demo_config
 
 from stackdistill import distributed, main, resume, train, writers
+from stackdistill import stage as stage_lib
 
 # Console lines of a run on a non-terminal: one per log window and per stage, and at most
 # this many others (README, "Console").
@@ -96,7 +97,7 @@ def test_finished_run_rerun_changes_nothing_and_compiles_nothing(shared, referen
     def fail(*_):
         raise AssertionError("a finished run compiled or reopened its writers")
 
-    monkeypatch.setattr(train, "_compile", fail)
+    monkeypatch.setattr(stage_lib, "compile_step", fail)
     monkeypatch.setattr(train, "RunWriter", fail)
     summary = train.train_and_evaluate(_config(shared), str(workdir))
     assert _snapshot(workdir) == before
@@ -117,7 +118,7 @@ def test_changed_stacking_method_is_refused_unless_named(shared, reference, monk
     workdir, _ = reference
     with pytest.raises(resume.ResumeMismatch, match="stacking.method: 'interleaved' -> 'top'"):
         train.train_and_evaluate(_config(shared, **{"stacking.method": "top"}), str(workdir))
-    monkeypatch.setattr(train, "_compile", lambda *_: pytest.fail("compiled"))
+    monkeypatch.setattr(stage_lib, "compile_step", lambda *_: pytest.fail("compiled"))
     allowed = _config(shared, **{"stacking.method": "top", "resume_changed": "stacking.method"})
     assert train.train_and_evaluate(allowed, str(workdir))["steps"] == 16  # finished: left be
 

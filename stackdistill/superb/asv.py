@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from stackdistill.superb import detection
+from stackdistill.superb import detection, heads
 from stackdistill.superb.tasks import Task
 
 TDNN_LAYERS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))  # (context size, dilation)
@@ -46,11 +46,7 @@ class XVector(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: jax.Array, frames: jax.Array, train: bool = False):
-        if self.layer is None:
-            layer_logits = self.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
-            x = jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
-        else:
-            x = hidden[self.layer]
+        x = heads.featurize(self, hidden, self.layer)
         x = nn.Dense(self.input_dim, name="connector")(x)
         for i, (context, dilation) in enumerate(TDNN_LAYERS):
             width = self.agg_dim if i == len(TDNN_LAYERS) - 1 else self.input_dim

@@ -82,6 +82,16 @@ class BiLSTM(nn.Module):
         return nn.Bidirectional(forward, backward)(x_btd, seq_lengths=frames_b)
 
 
+def featurize(module: nn.Module, hidden: jax.Array, layer: int | None) -> jax.Array:
+    """s3prl's featurizer inside `module`: the softmax-weighted sum of the hidden states
+    (L+1, B, ...), its L+1 logits the param "layer_logits" (zeros: the first step averages),
+    or the one hidden state `layer` when it is set."""
+    if layer is not None:
+        return hidden[layer]
+    layer_logits = module.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
+    return jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
+
+
 class Downstream(nn.Module):
     """Softmax-weighted sum of hidden states (L+1, B, [T,] D), then the task's head."""
 
@@ -95,11 +105,7 @@ class Downstream(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: jax.Array, frames: jax.Array | None = None, train: bool = False):
-        if self.layer is None:
-            layer_logits = self.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
-            x = jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
-        else:
-            x = hidden[self.layer]
+        x = featurize(self, hidden, self.layer)
         x = nn.Dense(self.proj_dim, name="projector")(x)
         if self.head == "bilstm":
             for i in range(self.lstm_layers):

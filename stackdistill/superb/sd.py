@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from scipy.signal import medfilt
 
-from stackdistill.superb import detection
+from stackdistill.superb import detection, heads
 from stackdistill.superb.tasks import Task
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # score.sh
@@ -48,11 +48,7 @@ class DiarizationLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: jax.Array, frames: jax.Array, train: bool = False):
-        if self.layer is None:
-            layer_logits = self.param("layer_logits", nn.initializers.zeros, (hidden.shape[0],))
-            x = jnp.tensordot(jax.nn.softmax(layer_logits), hidden, axes=1)
-        else:
-            x = hidden[self.layer]
+        x = heads.featurize(self, hidden, self.layer)
         x = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size), name="lstm")(x, seq_lengths=frames)
         return nn.Dense(self.num_speakers, name="output")(x)
 
