@@ -67,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.stages = ()  # stage indices to compile; (): all; (-1,): the deepest
     c.find_batch = False  # also report the largest per-chip batch that fits (more compiles)
     c.hbm_bytes = 0  # per-device memory to fit in (0: the chip's HBM)
+    c.top_ops = 0  # > 0: compile.json lists the N source ops with the most bytes (costmodel.top)
     return c
 
 
@@ -214,6 +215,9 @@ def _report(setup, record, compiled, tgt: Target, compile_seconds: float) -> dic
         e["mfu"] = record.flops / devices / step / tgt.peak_flops
         e["audio_s_per_s_per_chip"] = audio / step / tgt.num_chips
         e["chip_hours"] = out["steps"] * step * tgt.num_chips / 3600
+    top_ops = int((c.get("compile") or {}).get("top_ops", 0) or 0)
+    if top_ops:  # where the bytes and flops go: the optimisation loop's map
+        out["top_ops"] = costmodel.top(compiled.as_text(), top_ops)
     return out
 
 

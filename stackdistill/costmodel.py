@@ -280,3 +280,56 @@ def estimate(compiled: Any) -> Cost:
         xla_optimal_seconds=float(seconds) if seconds is not None and seconds >= 0 else None,
         loops=tuple(loops),
     )
+
+
+def top(text: str, n: int = 15, depth: int = 6) -> list[dict[str, Any]]:
+    """The largest costs of an optimized HLO module: where the step's bytes and flops go.
+
+    Every top-level instruction (a fusion counted whole, loops times their trip count) is
+    charged to its source op: the first `depth` parts of its `op_name` metadata (the jax
+    name stack, e.g. `jit(train_step)/.../conv_general_dilated`). Returns the `n` largest by
+    bytes, each with its share of all bytes and flops under the same rules as `hlo_cost`.
+    """
+    comps, entry = parse_hlo(text), _entry_name(text)
+    counter = _Counter(comps)
+    rows: dict[str, list[float]] = {}
+
+    def walk(name: str, times: float) -> None:
+        instrs = comps.get(name, [])
+        shapes = {i.name: i.shape for i in instrs}
+        for ins in instrs:
+            if ins.opcode == "while":
+                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins.attrs)
+                cond = _attr_comp(ins.attrs, "condition")
+                k = int(trip.group(1)) if trip else _trip_count(comps.get(cond, [])) or 1
+                walk(_attr_comp(ins.attrs, "body") or "", times * k)
+                continue
+            if ins.opcode in ("call", "async-start") and (sub := _attr_comp(ins.attrs, "calls")):
+                walk(sub, times)
+                continue
+            if ins.opcode in _NO_BYTES:
+                continue
+            if ins.opcode == "fusion" and (sub := _attr_comp(ins.attrs, "calls")):
+                flops = counter.cost(sub, fused=True)[0]
+            elif ins.opcode == "dot":
+                flops = _dot_flops(ins, shapes)
+            elif ins.opcode == "convolution":
+                flops = _conv_flops(ins, shapes)
+            else:
+                flops = 0.0
+            m = re.search(r'op_name="([^"]*)"', ins.attrs)
+            key = "/".join((m.group(1) if m else f"<{ins.opcode}>").split("/")[:depth])
+            row = rows.setdefault(key, [0.0, 0.0, 0.0])
+            row[0] += times * counter._bytes(ins, shapes)
+            row[1] += times * flops
+            row[2] += times
+
+    walk(entry, 1.0)
+    total_b = sum(r[0] for r in rows.values()) or 1.0
+    total_f = sum(r[1] for r in rows.values()) or 1.0
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1][0])[:n]
+    return [
+        {"op": k, "bytes": b, "bytes_share": b / total_b, "flops": f, "flops_share": f / total_f,
+         "count": int(c)}
+        for k, (b, f, c) in ranked
+    ]  # fmt: skip

@@ -50,6 +50,16 @@ def test_not_fitting_names_the_stage_and_the_excess(tmp_path):
     assert out["fits"] is False and [s["depth"] for s in out["stages"]] == [6]
 
 
+def test_top_ops_lists_where_the_bytes_go(tmp_path):
+    c = tiny_config()  # local CPU devices
+    c.compile.stages = (-1,)
+    c.compile.top_ops = 5
+    rows = aot.run(c, str(tmp_path))["stages"][0]["top_ops"]
+    assert len(rows) == 5 and any(r["op"].startswith("jit(train_step)/") for r in rows)
+    assert [r["bytes"] for r in rows] == sorted((r["bytes"] for r in rows), reverse=True)
+    assert 0 < sum(r["bytes_share"] for r in rows) <= 1
+
+
 @needs_libtpu
 def test_compile_for_v5e_writes_compile_json(tmp_path):
     out = aot.run(tiny_config("v5e-4"), str(tmp_path))

@@ -94,3 +94,24 @@ def test_encoder_layers_counted_per_layer(mesh):
     assert six.flops - one.flops == pytest.approx(5 * per_layer, rel=0.15)
     assert six.flops > flops.encoder_flops(base.replace(num_layers=6), batch, samples)
     assert six.xla_flops < 0.7 * six.flops  # XLA alone counts the scan once
+
+
+def test_top_charges_each_cost_to_its_source_op(mesh):
+    """costmodel.top: a scanned layer's matmul is charged n x its flops to the op that made it."""
+    n = 6
+
+    def fwd(x, ws, v):
+        with jax.named_scope("layers"):
+            y, _ = jax.lax.scan(lambda h, w: (h @ w, None), x, ws)
+        with jax.named_scope("head"):
+            return jnp.tanh(y @ v)
+
+    args = _args(mesh, ((4 * B, D), ("data",)), ((n, D, D), ()), ((D, D), ()))
+    text = jax.jit(fwd).lower(*args).compile().as_text()
+    rows = costmodel.top(text, n=50, depth=99)
+    layers = [r for r in rows if "/layers/" in r["op"] and r["flops"] > 0]
+    head = [r for r in rows if "/head/" in r["op"] and r["flops"] > 0]
+    assert sum(r["flops"] for r in layers) == pytest.approx(n * 2 * B * D * D, rel=0.01)
+    assert sum(r["flops"] for r in head) == pytest.approx(2 * B * D * D, rel=0.05)
+    assert sum(r["bytes_share"] for r in rows) == pytest.approx(1.0)
+    assert [r["bytes"] for r in rows] == sorted((r["bytes"] for r in rows), reverse=True)
