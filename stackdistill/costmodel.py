@@ -282,7 +282,7 @@ def estimate(compiled: Any) -> Cost:
     )
 
 
-def top(text: str, n: int = 15, depth: int = 6) -> list[dict[str, Any]]:
+def top(text: str, n: int = 15, depth: int = 9) -> list[dict[str, Any]]:
     """The largest costs of an optimized HLO module: where the step's bytes and flops go.
 
     Every top-level instruction (a fusion counted whole, loops times their trip count) is
