@@ -7,8 +7,10 @@ compiles one config's train step for one topology (stackdistill/aot.py) and read
 HBM, the cost-model step time, MFU against the chip's bf16 peak, audio-seconds per second,
 and the paper's 200k steps in chip-hours (the cell's stage time x all steps: the deepest
 stage bounds the run from above). Default cells: configs/demo.py's models (a few seconds a
-compile) on v4-8, v5e-8, v5p-8 and v6e-8. `--full` adds HuBERT Base live, deepest stage, on
-v5e-8 (92 s on 2 quiet cores, up to ~17 minutes loaded, every time: jax 0.10.2 cannot read
+compile) on v4-8, v5e-8, v5p-8 and v6e-8. `--full` adds the full-size cells, deepest stage
+each: HuBERT Base live on the four chips, HuBERT Base with stored targets and a shared
+front-end, WavLM Base+, DistilHuBERT and XLS-R 300M on v5e-8, and HuBERT Base on the pod
+slice v5e-32 with FSDP (1.5-4 minutes a cell on 2 cores, every time: jax 0.10.2 cannot read
 compile-only executables back from the persistent compilation cache, so aot.py turns it
 off). Writes one JSON line per cell to OUT/tpu_compile.jsonl and prints a markdown table.
 Every number is an estimate of XLA's cost model, not a measurement.
@@ -28,7 +30,15 @@ from stackdistill import aot, config
 
 PAPER_STEPS = 200_000
 DEMO_CELLS = [("demo.py", {}, topo) for topo in ("v4-8", "v5e-8", "v5p-8", "v6e-8")]
-FULL_CELLS = [("hubert_base.py", {}, "v5e-8")]
+STORED = {"targets.dir": "targets", "student.frozen_shared_frontend": True}
+POD = {"batch_size": 96, "mesh.fsdp": 4, "mesh.params": "fsdp"}  # 3 per chip, as on v5e-8
+FULL_CELLS = [("hubert_base.py", {}, topo) for topo in ("v5e-8", "v4-8", "v5p-8", "v6e-8")] + [
+    ("hubert_base.py", STORED, "v5e-8"),  # stored targets + shared front-end
+    ("wavlm_base.py", {}, "v5e-8"),
+    ("distilhubert.py", {}, "v5e-8"),
+    ("xlsr.py", {}, "v5e-8"),
+    ("hubert_base.py", POD, "v5e-32"),  # a pod slice (4 hosts) with FSDP over 4 chips
+]
 
 
 def cell(name: str, overrides: dict, topology: str) -> dict:
@@ -62,23 +72,36 @@ def cell(name: str, overrides: dict, topology: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/tpu_compile")
-    parser.add_argument("--full", action="store_true", help="add HuBERT Base on v5e-8")
+    parser.add_argument("--full", action="store_true", help="add the full-size cells")
+    parser.add_argument("--only-full", action="store_true", help="the full-size cells alone")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, overrides, topology in DEMO_CELLS + (FULL_CELLS if args.full else []):
-        row = cell(name, overrides, topology)
+    cells = ([] if args.only_full else DEMO_CELLS) + (
+        FULL_CELLS if args.full or args.only_full else []
+    )
+    for name, overrides, topology in cells:
+        try:
+            row = cell(name, overrides, topology)
+        except Exception as e:  # noqa: BLE001 - one cell's failure is a row, the rest still run
+            row = {"config": f"configs/{name} {overrides or ''}", "topology": topology}
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            print(f"{row['config']} on {topology}: {row['error']}", flush=True)
         rows.append(row)
         with open(out / "tpu_compile.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    print("| config | topology | depth | HBM GB/device | step ms (bound) | est. MFU | "
-          "audio-s/s/chip | 200k steps, chip-h |")  # fmt: skip
+    print("| config | topology | depth | HBM GB/device (fits) | est. step ms (bound) | est. MFU | "
+          "est. audio-s/s/chip | 200k steps, est. chip-h |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "error" in r:
+            print(f"| {r['config']} | {r['topology']} | {r['error']} | | | | | |")
+            continue
         print(
-            f"| {r['config']} | {r['topology']} | {r['depth']} | {r['hbm_gb_per_device']:.2f} | "
+            f"| {r['config']} | {r['topology']} | {r['depth']} | {r['hbm_gb_per_device']:.2f} "
+            f"({'yes' if r['fits'] else 'NO'}) | "
             f"{r['step_ms']:.2f} ({r['bound']}) | {r['mfu']:.1%} | "
             f"{r['audio_s_per_s_per_chip']:.0f} | {r['paper_chip_hours']:.2f} |"
         )
