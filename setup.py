@@ -35,6 +35,10 @@ EXTRAS = {
         "nbformat>=5.10",
         "ipykernel>=6.29",
     ],
+    # libtpu (~0.7 GB) at jax's own version: real TPU VMs, and compile-only TPU devices on a
+    # CPU machine for `--mode=compile` and the TPU compile tests CI runs (tests/test_aot.py,
+    # test_costmodel.py, test_chips.py).
+    "tpu": ["jax[tpu]"],
     # TFDS's audio builders (librispeech, speech_commands) need TensorFlow even to construct.
     "tfds": ["tensorflow-cpu>=2.17"],
     # Evaluating exports with s3prl (tests/test_export_s3prl.py; README "Evaluate a student

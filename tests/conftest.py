@@ -1,7 +1,12 @@
+import os
 import pathlib
 import sys
 
 import pytest
+
+# The suite is a CPU suite. With libtpu installed (the `tpu` extra, for the compile-only TPU
+# tests) JAX would otherwise try a TPU backend first in every test process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # tests/ helpers (hf_fixtures) import as plain modules.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
