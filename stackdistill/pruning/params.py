@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 
 from stackdistill.models.config import EncoderConfig
@@ -97,7 +98,8 @@ def _l0(gates, unit):
 
 def teacher_num_params(cfg: EncoderConfig) -> int:
     """All params of the unpruned model in their layout: the sparsity's denominator."""
-    total = int(count(cfg))
+    with jax.ensure_compile_time_eval():  # a constant, also when called under jit
+        total = int(count(cfg))
     if cfg.model_type == "wavlm":
         head_dim = cfg.hidden_size // cfg.num_heads
         total += cfg.num_buckets * cfg.num_heads  # rel_attn_embed, layer 0 only
