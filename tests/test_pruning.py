@@ -267,3 +267,17 @@ def test_refusals(tmp_path):
     cfg, _ = checkpoint.read(DATA / "dphubert_tiny.pth")
     with pytest.raises(ValueError, match="feature_scale"):
         cfg.to_hf()
+
+
+def test_superb_upstream_spec_reads_their_checkpoint():
+    pytest.importorskip("torch")
+    import ml_collections
+
+    from stackdistill.superb import upstream
+
+    path = DATA / "dphubert_tiny.pth"
+    assert upstream.parse_spec(f"dp:{path}", ".") == ("dp-dphubert_tiny", "dp", str(path), None)
+    up = upstream.load(f"dp:{path}", ml_collections.ConfigDict({"dtype": "float32"}), ".")
+    assert (up.kind, up.num_layers, up.cfg.feature_scale) == ("dp", 3, True)
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        upstream.load("dp:/nonexistent.pth", ml_collections.ConfigDict(), ".")
