@@ -21,7 +21,7 @@ from stackdistill.pruning import checkpoint, hardconcrete, lagrangian, params
 
 DATA = pathlib.Path(__file__).parent / "data" / "dphubert_tiny"
 META = json.loads((DATA / "meta.json").read_text())
-MODELS = ("hubert", "wavlm")
+MODELS = ("hubert", "wavlm", "hubert_ln")  # hubert_ln: LayerNorm extractor, conv bias, pre-LN
 BETA, L, R = 2 / 3, -0.1, 1.1
 
 
@@ -165,7 +165,7 @@ def test_count_at_0_1_gates_equals_the_pruned_model(model):
     ffn_on = (np.abs(layers["feed_forward"]["output_dense"]["bias"]).sum(1) > 0).astype(float)
     n = params.count(cfg, None, heads, attention_on, ffn_units, ffn_on)
     assert float(n) == META[model]["pruned_get_num_params"]
-    if model == "hubert":  # their formula is the real count (WavLM's omits the bias tensors)
+    if model != "wavlm":  # their formula is the real count (WavLM's omits the bias tensors)
         assert float(n) == META[model]["pruned_numel"]
 
 
@@ -221,7 +221,9 @@ def _max_err(ours, ref, mask):
 def test_teacher_load_reads_their_checkpoint_and_matches_their_forward(model):
     pytest.importorskip("torch")
     cfg, p = teacher.load(str(DATA / f"dp{model}_tiny.pth"))
-    assert cfg.model_type == model and cfg.feature_scale and cfg.num_heads == 4
+    assert cfg.model_type == model.split("_")[0] and cfg.feature_scale and cfg.num_heads == 4
+    ln = model == "hubert_ln"
+    assert (cfg.feat_extract_norm == "layer", cfg.do_stable_layer_norm, cfg.conv_bias) == (ln,) * 3
     conv = META[model]["pruned_config"]["extractor_conv_layer_config"]
     assert cfg.conv_dim == tuple(c[0] for c in conv)
     o = _outputs(model)

@@ -2,11 +2,12 @@
 
 Run:  python tests/data/dphubert_tiny/make_fixture.py --repo /path/to/DPHuBERT
 (needs only torch; their `wav2vec2/` package, `prune.py` and `save_final_ckpt.py` are run from
---repo, nothing of theirs is copied here). For each of a tiny HuBERT-shaped and a tiny
-WavLM-shaped model it: builds the model with every pruning unit gated (conv, head, interm,
-attlayer, ffnlayer), sets the gates' log_alpha by hand, records their `get_num_params()` of
-the gated model, prunes it with their `prune.prune_from_ckpt`, writes the final checkpoint
-with their `save_final_ckpt.py` (the format `teacher.load` must read), reloads it with their
+--repo, nothing of theirs is copied here). For each of a tiny HuBERT-shaped, a tiny
+WavLM-shaped and a tiny Large-style HuBERT (LayerNorm extractor, pre-LN) model it: builds
+the model with every pruning unit gated (conv, head, interm, attlayer, ffnlayer), sets the
+gates' log_alpha by hand, records their `get_num_params()` of the gated model, prunes it
+with their `prune.prune_from_ckpt`, writes the final checkpoint with their
+`save_final_ckpt.py` (the format `teacher.load` must read), reloads it with their
 `prune.load_pruned_model`, and stores its hidden states on a fixed input.
 """
 
@@ -43,7 +44,16 @@ DROP = {
         "attlayer": [False, False, True],
         "ffnlayer": [False, True, False],
     },
+    # Large-style: LayerNorm over channels after every conv, conv bias, pre-LN layers.
+    "hubert_ln": {
+        "conv": [[3, 4], [0, 1, 2], [5, 6, 7, 8, 9]],
+        "heads": [[0, 1], [], [3]],
+        "interm": [list(range(30, 60)), list(range(0, 64, 4)), []],
+        "attlayer": [False, True, False],
+        "ffnlayer": [False, False, True],
+    },
 }
+NUM_SAMPLES = {"hubert": (4000, 3100), "wavlm": (4000, 3100), "hubert_ln": (2000, 1500)}
 
 
 def base_config(model: str) -> dict:
@@ -68,7 +78,11 @@ def base_config(model: str) -> dict:
         aux_num_out=None,
         normalize_waveform=False,
     )
-    if model == "hubert":
+    if model == "hubert_ln":
+        c.update(
+            extractor_mode="layer_norm", extractor_conv_bias=True, encoder_layer_norm_first=True
+        )
+    if model.startswith("hubert"):
         c.update(encoder_num_heads=[HEADS] * LAYERS, encoder_head_dim=HEAD_DIM)
     else:  # WavLM Base+ shapes: layer-norm extractor would be Large; Base+ is group norm
         c.update(
@@ -100,7 +114,7 @@ def make(model: str, repo: pathlib.Path, out: pathlib.Path) -> dict:
     from prune import load_pruned_model, prune_from_ckpt
     from wav2vec2.model import wav2vec2_model
 
-    gen = torch.Generator().manual_seed(0 if model == "hubert" else 1)
+    gen = torch.Generator().manual_seed(list(DROP).index(model))
     torch.manual_seed(0)
     config = base_config(model)
     teacher = wav2vec2_model(**config)
@@ -170,9 +184,10 @@ def make(model: str, repo: pathlib.Path, out: pathlib.Path) -> dict:
 
     pruned_model = load_pruned_model(ckpt_path).eval()
     pruned_cfg = torch.load(ckpt_path, map_location="cpu")["config"]
-    wav = 0.3 * torch.randn(2, 4000, generator=gen)
-    lengths = torch.tensor([4000, 3100])
-    wav[1, 3100:] = 0.0
+    num_samples, short = NUM_SAMPLES[model]
+    wav = 0.3 * torch.randn(2, num_samples, generator=gen)
+    lengths = torch.tensor([num_samples, short])
+    wav[1, short:] = 0.0
     with torch.no_grad():
         features, frame_lengths = pruned_model.feature_extractor(wav, lengths)
         states, _ = pruned_model.extract_features(wav, lengths)
@@ -206,7 +221,7 @@ def main() -> None:
     args = ap.parse_args()
     repo = args.repo.resolve()
     sys.path.insert(0, str(repo))
-    meta = {m: make(m, repo, args.out) for m in ("hubert", "wavlm")}
+    meta = {m: make(m, repo, args.out) for m in DROP}
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(
         json.dumps({m: {k: v for k, v in x.items() if "config" not in k} for m, x in meta.items()})
