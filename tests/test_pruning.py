@@ -155,18 +155,30 @@ def test_expected_params_equal_their_get_num_params(model):
 def test_count_at_0_1_gates_equals_the_pruned_model(model):
     """Unit counts read off our zero-padded model's non-zero structure give their real size."""
     cfg, p = teacher.load(str(DATA / f"dp{model}_tiny.pth"))
-    layers = jax.tree_util.tree_map(np.asarray, p["encoder"]["layers"])
-    h = cfg.hidden_size // cfg.num_heads
-    q = layers["attention"]["q_proj"]["kernel"].reshape(cfg.num_layers, -1, cfg.num_heads, h)
-    heads = (np.abs(q).sum((1, 3)) > 0).sum(1)
-    attention_on = (np.abs(layers["attention"]["out_proj"]["bias"]).sum(1) > 0).astype(float)
-    w1 = layers["feed_forward"]["intermediate_dense"]["kernel"]
-    ffn_units = (np.abs(w1).sum(1) > 0).sum(1)
-    ffn_on = (np.abs(layers["feed_forward"]["output_dense"]["bias"]).sum(1) > 0).astype(float)
-    n = params.count(cfg, None, heads, attention_on, ffn_units, ffn_on)
+    units = params.units_of_padded(cfg, p)
+    pruned = META[model]["pruned_config"]
+    assert units["attention_on"].tolist() == pruned["encoder_use_attention"]
+    assert units["ffn_on"].tolist() == pruned["encoder_use_feed_forward"]
+    n = params.count(cfg, **units)
     assert float(n) == META[model]["pruned_get_num_params"]
     if model != "wavlm":  # their formula is the real count (WavLM's omits the bias tensors)
         assert float(n) == META[model]["pruned_numel"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_count_of_their_pruned_widths_in_the_unpruned_config(model):
+    """0/1 gates on the unpruned model: their pruned config's widths give its real size."""
+    c = META[model]["pruned_config"]
+    heads = c.get("encoder_num_heads") or [len(h) for h in c["encoder_remaining_heads"]]
+    n = params.count(
+        _unpruned_cfg(model),
+        conv_channels=[w[0] for w in c["extractor_conv_layer_config"]],
+        heads=heads,
+        attention_on=c["encoder_use_attention"],
+        ffn_units=c["encoder_ff_interm_features"],
+        ffn_on=c["encoder_use_feed_forward"],
+    )
+    assert float(n) == META[model]["pruned_get_num_params"]
 
 
 # ---- Lagrangian ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stackdistill.models.config import EncoderConfig
 from stackdistill.pruning import hardconcrete
@@ -94,6 +95,26 @@ def expected_num_params(
 
 def _l0(gates, unit):
     return None if unit not in gates else hardconcrete.l0_norm(gates[unit])
+
+
+def units_of_padded(cfg: EncoderConfig, encoder_params: Mapping) -> dict[str, np.ndarray]:
+    """Kept units per layer read off a zero-padded encoder's non-zero structure (`count` kwargs).
+
+    A head is kept when its q rows are not all zero, an FFN unit when its input column is not,
+    a block when its output bias is not (a removed block is all zeros, `pruning.checkpoint`).
+    """
+    layers = jax.tree_util.tree_map(np.asarray, encoder_params["encoder"]["layers"])
+    n, h = cfg.num_layers, cfg.hidden_size // cfg.num_heads
+    q = layers["attention"]["q_proj"]["kernel"].reshape(n, -1, cfg.num_heads, h)
+    w1 = layers["feed_forward"]["intermediate_dense"]["kernel"]
+    out_bias = layers["attention"]["out_proj"]["bias"]
+    ffn_bias = layers["feed_forward"]["output_dense"]["bias"]
+    return dict(
+        heads=(np.abs(q).sum((1, 3)) > 0).sum(1),
+        attention_on=(np.abs(out_bias).sum(1) > 0).astype(np.float32),
+        ffn_units=(np.abs(w1).sum(1) > 0).sum(1),
+        ffn_on=(np.abs(ffn_bias).sum(1) > 0).astype(np.float32),
+    )
 
 
 def teacher_num_params(cfg: EncoderConfig) -> int:
