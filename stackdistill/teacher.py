@@ -6,7 +6,8 @@ params are cached with orbax in `paths.teachers_dir()` (`$STACKDISTILL_CACHE/tea
 load reads the cache and needs neither torch nor the conversion, and the same checkpoint in
 two folders is stored once. Writing an entry removes those whose source folders are all gone.
 Task-model checkpoints (`HubertForCTC`, `Wav2Vec2ForPreTraining`, ...) load too: their
-encoder is read, their heads are ignored.
+encoder is read, their heads are ignored. A single file is read as a DPHuBERT/DPWavLM final
+checkpoint (pyf98/DPHuBERT's save_final_ckpt.py), zero-padded to uniform widths.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from stackdistill import convert, distributed, fastpath, paths
 from stackdistill.models.config import EncoderConfig
+from stackdistill.pruning import checkpoint as dp_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def _prune(cache: pathlib.Path, keep: pathlib.Path) -> None:
             sources = json.loads((entry / SOURCES_FILE).read_text())
         except (OSError, ValueError):
             sources = []
-        if not any(os.path.isdir(s) for s in sources):
+        if not any(os.path.exists(s) for s in sources):
             shutil.rmtree(entry, ignore_errors=True)
             log.info("teacher cache: removed %s (its source is gone)", entry)
 
@@ -177,6 +179,19 @@ def _write_cache(path: pathlib.Path, cfg: EncoderConfig, params: Any) -> None:
     (path / "encoder_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
 
+def _convert_hf(model_dir: pathlib.Path, weights: pathlib.Path) -> tuple[EncoderConfig, Any]:
+    """Config and numpy params of a transformers save_pretrained directory."""
+    config_file = model_dir / "config.json"
+    try:
+        cfg = EncoderConfig.from_hf(json.loads(config_file.read_text()))
+    except ValueError as e:
+        raise ValueError(f"{config_file}: {e}") from e
+    try:
+        return cfg, convert.state_dict_to_params(cfg, _read_state_dict(weights))
+    except ValueError as e:
+        raise ValueError(f"{weights}: {e}") from e
+
+
 def load(
     name_or_path: str,
     *,
@@ -187,33 +202,34 @@ def load(
     """Loads a HuBERT/WavLM/wav2vec2 teacher as (EncoderConfig, float32 params of jax arrays).
 
     `name_or_path` is a transformers `save_pretrained` directory (config.json and
-    model.safetensors or pytorch_model.bin) or a hub id such as 'facebook/hubert-base-ls960'.
+    model.safetensors or pytorch_model.bin), a hub id such as 'facebook/hubert-base-ls960', or
+    a DPHuBERT/DPWavLM final checkpoint file (their save_final_ckpt.py format, read zero-padded
+    by `pruning.checkpoint`).
     The converted params are kept in `cache_dir` (default `paths.teachers_dir()`).
     """
-    model_dir = _resolve(str(name_or_path), revision)
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json")
-    weights = _weights_file(model_dir)
+    source = pathlib.Path(str(name_or_path)).expanduser()
+    if dp_checkpoint.is_dp_checkpoint(source):  # a DPHuBERT/DPWavLM final checkpoint file
+        model_dir, files = source, [source]
+    else:
+        model_dir = _resolve(str(name_or_path), revision)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir} has no config.json")
+        weights = _weights_file(model_dir)
+        files = _source_files(model_dir, weights)
     cache = pathlib.Path(cache_dir).expanduser() if cache_dir else paths.teachers_dir()
     # Orbax refuses to save host-local arrays in a multi-process job, so there every
     # process converts the checkpoint itself and the cache is left alone.
     use_cache = use_cache and jax.process_count() == 1
-    entry = cache / _cache_key(_source_files(model_dir, weights), cache) if use_cache else None
+    entry = cache / _cache_key(files, cache) if use_cache else None
     if use_cache and (cached := _read_cache(entry)) is not None:
         _note_source(entry, model_dir)
         log.info("teacher %s: converted params from cache %s", name_or_path, entry)
         return cached
 
-    hf_config = json.loads(config_file.read_text())
-    try:
-        cfg = EncoderConfig.from_hf(hf_config)
-    except ValueError as e:
-        raise ValueError(f"{config_file}: {e}") from e
-    try:
-        params = convert.state_dict_to_params(cfg, _read_state_dict(weights))
-    except ValueError as e:
-        raise ValueError(f"{weights}: {e}") from e
+    if model_dir.is_file():
+        cfg, params = dp_checkpoint.read(model_dir)
+    else:
+        cfg, params = _convert_hf(model_dir, weights)
     params = jax.tree_util.tree_map(jax.numpy.asarray, params)
     if use_cache:
         _write_cache(entry, cfg, params)

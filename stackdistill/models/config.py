@@ -46,6 +46,9 @@ class EncoderConfig:
     feature_grad_mult: float = 1.0  # scales the gradient into the CNN front-end (fairseq's)
     attention: str = "xla"  # fast path (stackdistill/fastpath.py); numerics as "xla"
     frontend_norm: str = "float32"  # "compute": normalise in `dtype`, float32 statistics
+    # A learned per-channel scale on the CNN output (DPHuBERT's `dummy_weight`, which holds
+    # the last conv's pruning mask); transformers has no such tensor.
+    feature_scale: bool = False
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -142,6 +145,11 @@ class EncoderConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The transformers config.json fields that describe this architecture."""
+        if self.feature_scale:
+            raise ValueError(
+                "feature_scale=True (a DPHuBERT/DPWavLM checkpoint's per-channel CNN scale) has "
+                "no transformers equivalent: this encoder cannot be written as a transformers model"
+            )
         d = dict(
             model_type=self.model_type,
             hidden_size=self.hidden_size,

@@ -111,6 +111,9 @@ class FeatureExtractor(nn.Module):
         x_btc = wav_bs[:, :, None].astype(self.cfg.dtype)
         for i in range(len(self.cfg.conv_dim)):
             x_btc = ConvLayer(self.cfg, i, name=f"conv_layers_{i}")(x_btc)
+        if self.cfg.feature_scale:  # DPHuBERT's dummy_weight (their components.py L184)
+            scale = self.param("feature_scale", nn.initializers.ones, (x_btc.shape[-1],))
+            x_btc = x_btc * scale.astype(x_btc.dtype)
         return x_btc
 
 

@@ -4,7 +4,9 @@
   first if the config asks for one);
 - `"student"` or `"student:<workdir>[@step]"`: a distillation run's student at any stage
   (`"student"` alone is the run in the --workdir itself; default step: the latest);
-- `"hf:<dir or hub id>"`: an exported transformers HubertModel/WavLMModel.
+- `"hf:<dir or hub id>"`: an exported transformers HubertModel/WavLMModel;
+- `"dp:<file>"`: a DPHuBERT/DPWavLM final checkpoint (their save_final_ckpt.py's .pth), read
+  zero-padded to uniform widths by `pruning.checkpoint` (its "encoder_params" count the padding).
 
 A spec may carry its display name: `"interleaved=student:/runs/a"`.
 """
@@ -27,7 +29,7 @@ class Upstream:
     """A frozen encoder: its name, where it came from, its config and Encoder params."""
 
     name: str
-    kind: str  # "teacher" | "student" | "hf"
+    kind: str  # "teacher" | "student" | "hf" | "dp"
     source: str
     cfg: EncoderConfig
     params: Any  # what models.encode takes
@@ -69,8 +71,13 @@ def parse_spec(spec: str, workdir: str | pathlib.Path) -> tuple[str, str, str, i
         if not source:
             raise ValueError(f"upstream {spec!r}: 'hf:' needs a directory or hub id")
         return _slug(name or f"hf-{pathlib.Path(source).name}"), kind, source, None
+    if kind == "dp":
+        if not source:
+            raise ValueError(f"upstream {spec!r}: 'dp:' needs a DPHuBERT checkpoint file")
+        return _slug(name or f"dp-{pathlib.Path(source).stem}"), kind, source, None
     raise ValueError(
-        f"upstream {spec!r}: expected 'teacher', 'student[:WORKDIR[@STEP]]' or 'hf:PATH_OR_ID'"
+        f"upstream {spec!r}: expected 'teacher', 'student[:WORKDIR[@STEP]]', 'hf:PATH_OR_ID' or"
+        " 'dp:FILE'"
         " (optionally prefixed by 'NAME=')"
     )
 
@@ -84,7 +91,9 @@ def load(spec: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     if kind == "teacher":
         source = teacher.prepare(config.teacher, workdir)
         cfg, params = teacher.load(source)
-    elif kind == "hf":
+    elif kind in ("hf", "dp"):
+        if kind == "dp" and not pathlib.Path(source).expanduser().is_file():
+            raise FileNotFoundError(f"upstream {spec!r}: {source} is not a file")
         cfg, params = teacher.load(source)
     else:
         cfg, student_params, meta = checkpoint.load_student(source, step)
