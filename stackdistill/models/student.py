@@ -46,7 +46,36 @@ def default_config() -> ml_collections.ConfigDict:
     c.activation_dropout = 0.0
     c.feature_grad_mult = 1.0  # gradient scale into the CNN front-end
     c.head = "linear"  # "linear" | "mlp" (Linear -> GELU -> Linear, s3prl's expand-last)
+    # The CNN front-end as ((dim, kernel, stride), ...) (fairseq `conv_feature_layers`);
+    # None: the teacher's.
+    c.conv_layers = ml_collections.FieldReference(None, field_type=object)
+    c.feat_proj = True  # False: no Linear between the CNN and the transformer (needs equal dims)
+    # Per layer: True computes its attention map, False reuses the previous one (ARMHuBERT's
+    # `reuse_pattern`; a repeated block like (True, False) * 6); None: no reuse.
+    c.reuse_pattern = ml_collections.FieldReference(None, field_type=object)
+    c.layer_grad_scale = False  # ARMHuBERT's per-layer GradMultiply (encoder.layer_grad_scales)
     return c
+
+
+def layers_per_block(student: ml_collections.ConfigDict) -> int:
+    """Layers per reuse block from config.student.reuse_pattern (1: no reuse).
+
+    The pattern must be one block (True, False, ..., False) repeated over the stack, so that
+    the stack scans as identical blocks and grows by whole blocks (stacking.py).
+    """
+    pattern = student.get("reuse_pattern")
+    if pattern is None:
+        return 1
+    pattern = tuple(bool(p) for p in pattern)
+    n = student.num_layers
+    starts = [i for i, p in enumerate(pattern) if p]
+    k = starts[1] - starts[0] if len(starts) > 1 else len(pattern)
+    if len(pattern) != n or not pattern[0] or pattern != ((True,) + (False,) * (k - 1)) * (n // k):
+        raise ValueError(
+            f"config.student.reuse_pattern={pattern}: expected {n} entries (config.student."
+            "num_layers), one block (True, False, ..., False) repeated, e.g. (True, False) * 6"
+        )
+    return k
 
 
 def distilhubert_config() -> ml_collections.ConfigDict:
@@ -72,7 +101,16 @@ def student_encoder_config(
             "config.student.frozen_shared_frontend needs config.student.init_from_teacher: "
             "the shared front-end is the teacher's"
         )
+    frontend = {}
+    if student.get("conv_layers") is not None:
+        dims, kernels, strides = zip(*student.conv_layers, strict=True)
+        frontend = dict(conv_dim=dims, conv_kernel=kernels, conv_stride=strides)
     return teacher.replace(
+        **frontend,
+        feat_proj=student.get("feat_proj", True),
+        layers_per_block=layers_per_block(student),
+        layer_grad_scale=student.get("layer_grad_scale", False),
+        # No relative position bias (ARMwavLM's student is ARMHuBERT's model: models/__init__.py)
         model_type="hubert",  # students use the conv positional embedding only
         num_layers=student.num_layers,
         hidden_size=student.hidden_size,
@@ -185,7 +223,7 @@ def apply_encoder(
     dropout_rng: jax.Array | None = None,
 ) -> EncoderOutput:
     """The student encoder on a waveform, or on precomputed CNN `features` (shared front-end)."""
-    cfg = cfg.replace(num_layers=stacking.stack_depth(encoder_params))
+    cfg = cfg.at_depth_of(encoder_params)
     deterministic = dropout_rng is None
     module = Encoder(cfg, deterministic=deterministic)
     rngs = {} if deterministic else {"dropout": dropout_rng}
@@ -200,6 +238,19 @@ def predict(
 ) -> dict[int, jax.Array]:
     """Predictions of each teacher layer k from the student hidden state source_layers[k]."""
     return {k: apply_head(heads[f"layer_{k}"], hidden_lbtd[s]) for k, s in source_layers.items()}
+
+
+def paper_param_count(params: Params, cfg: EncoderConfig) -> int:
+    """The student's size as the ARMHuBERT repository reports it (README: 26.45M, ...).
+
+    Every tensor of the student (encoder, prediction heads, mask embedding: their counts hold
+    the 12 layer-wise heads and `mask_emb`, models/armhubert/model.py L288-290, L320-330),
+    plus the positional conv's weight-norm magnitude g (k scalars, weight_norm(dim=2),
+    reusing_module.py L1185) that our folded kernel does not store.
+    """
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params)) + (
+        cfg.num_conv_pos_embeddings
+    )
 
 
 def encoder_param_count(params: Params) -> int:
