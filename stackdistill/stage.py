@@ -122,6 +122,7 @@ def init_state(setup: Setup, t_params) -> dict:
         c.student.init_from_teacher,
         head=c.student.head,
         copy_teacher_encoder_norm=c.student.copy_teacher_encoder_norm,
+        fairseq=c.student.get("fairseq_init", False),
     )
     return distill.init_state(params, setup.tx, c.seed + 1)
 

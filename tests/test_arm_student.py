@@ -126,3 +126,26 @@ def test_published_steps_by_hand():
     assert arm_family.published_steps(100) == 195_300
     assert arm_family.published_steps(4, utterances=56) == 2  # 3 full + a last of 2: 4 batches
     assert arm_family.published_steps(4, utterances=55) == 1  # a last batch of 1 is dropped
+
+
+def test_fairseq_init_draws_their_scales():
+    """init_bert_params N(0, 0.02) in the layers, sqrt(4 / (k D)) for the positional conv,
+    kaiming sqrt(2 / fan_in) for the CNN; every other tensor (biases, norms) untouched."""
+    c = recipe_config("armhubert", "stacking=none")
+    cfg = student_lib.student_encoder_config(c.student, EncoderConfig()).replace(num_layers=2)
+    wav = jax.ShapeDtypeStruct((1, 16000), jnp.float32)
+    lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+    shapes = jax.eval_shape(Encoder(cfg).init, jax.random.key(0), wav, lengths)["params"]
+    before = jax.tree_util.tree_map(lambda x: jnp.full(x.shape, 7.0), shapes)
+    enc = jax.jit(lambda p: student_lib.fairseq_init(p, cfg, jax.random.key(1)))(before)
+    layers = enc["encoder"]["layers"]
+    for kernel in (layers["attend"]["attention"]["q_proj"]["kernel"],
+                   layers["reuse"]["feed_forward"]["intermediate_dense"]["kernel"]):  # fmt: skip
+        assert abs(float(np.mean(kernel))) < 0.002 and abs(float(np.std(kernel)) / 0.02 - 1) < 0.02
+    pos = enc["encoder"]["pos_conv_embed"]["conv"]["kernel"]
+    assert abs(float(np.std(pos)) / np.sqrt(4 / (128 * 480)) - 1) < 0.02
+    conv = enc["feature_extractor"]["conv_layers_2"]["conv"]["kernel"]  # (3, 256, 256)
+    assert abs(float(np.std(conv)) / np.sqrt(2 / (3 * 256)) - 1) < 0.02
+    for path, leaf in jax.tree_util.tree_leaves_with_path(enc):
+        if getattr(path[-1], "key", None) != "kernel":
+            np.testing.assert_array_equal(leaf, 7.0)

@@ -16,7 +16,7 @@ from stackdistill import stacking
 from stackdistill.models import encode, init_params
 from stackdistill.models import student as student_lib
 from stackdistill.models.config import EncoderConfig
-from stackdistill.models.encoder import ReuseAttention, layer_grad_scales
+from stackdistill.models.reuse import ReuseAttention, layer_grad_scales
 
 TINY = dict(
     hidden_size=16,
@@ -282,3 +282,42 @@ def test_layer_grad_scale_gradients_match_hand_computation():
     a = jax.jit(terms(cfg))(params)
     b = jax.jit(terms(cfg.replace(layer_grad_scale=True)))(params)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: three stages compiled
+def test_reuse_student_demo_run_grows_blocks(shared, tmp_path):
+    """A demo run of an ARMHuBERT-shaped student: blocks grow 4 -> 8 -> 12 layers, loss falls."""
+    from helpers import demo_config
+
+    from stackdistill import checkpoint, train
+
+    small_cnn = ((16, 10, 5), (32, 1, 1), *((32, 3, 2),) * 4, (32, 1, 1), (32, 2, 2), (32, 2, 2))
+    c = demo_config(
+        shared,
+        total_steps=24,
+        **{
+            "student.reuse_pattern": (True, False) * 6,
+            "student.layer_grad_scale": True,
+            "student.conv_layers": small_cnn,
+            "student.feat_proj": False,
+            "stacking.start_depth": 4,
+            "stacking.num_new": 4,
+        },
+    )
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert summary["status"] == "completed" and summary["final_depth"] == 12
+    losses = [loss for _, loss in summary["loss_history"]]
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-4:]) < np.mean(losses[:4])
+    cfg, params, meta = checkpoint.load_student(tmp_path)
+    # Blocks [b0, b1] -> [b0, b0, b1, b1] -> (every 2nd block copied) [b0, b0, b0, b1, b1, b1]
+    assert meta["lineage"] == [0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3]
+    layers = params["encoder"]["encoder"]["layers"]
+    assert layers["reuse"]["attention"]["v_proj"]["kernel"].shape[:2] == (6, 1)
+    assert "q_proj" not in layers["reuse"]["attention"]
+    out = encode(cfg, params["encoder"], np.zeros((1, 8000), np.float32), np.array([8000]))
+    assert out.hidden_states.shape[:2] == (13, 1)

@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.intermediate_size = 1536
     c.num_heads = 6
     c.init_from_teacher = True  # copy every teacher tensor whose name and shape match
+    # Fresh tensors: False keeps Flax's init (LeCun normal); True draws them as fairseq does
+    # (`fairseq_init`: the ARMHuBERT repo's students, trained from scratch).
+    c.fairseq_init = False
     c.frozen_shared_frontend = False  # reuse the teacher's frozen CNN output, skip our own
     c.copy_teacher_encoder_norm = True  # with init_from_teacher: the encoder's LayerNorm too
     c.feat_proj_layer_norm = True  # LayerNorm between the CNN front-end and the projection
@@ -153,6 +156,36 @@ def _copy_matching(student: Any, teacher: Any, skip: tuple[tuple[str, ...], ...]
     return jax.tree_util.tree_map_with_path(copy, student)
 
 
+def fairseq_init(encoder: Params, cfg: EncoderConfig, rng: jax.Array) -> Params:
+    """Encoder params drawn as fairseq draws a student trained from scratch (ARMHuBERT).
+
+    Linear kernels of the transformer layers N(0, 0.02) (init_bert_params, fairseq
+    modules/transformer_sentence_encoder.py L21-51, applied by reusing_module.py L1257); the
+    positional conv N(0, sqrt(4 / (k D))) (reusing_module.py L1172-1183); the CNN convs
+    kaiming_normal, N(0, sqrt(2 / (k C_in))) (module.py L46-49). Biases 0 and LayerNorms
+    (1, 0) as Flax's; a projection Linear, when there is one, keeps Flax's init.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(encoder)
+    keys = iter(jax.random.split(rng, len(leaves)))
+
+    def draw(path, leaf):
+        key = next(keys)
+        names = [getattr(k, "key", None) for k in path]
+        if names[-1] != "kernel":
+            return leaf
+        if names[0] == "encoder" and stacking.under_layers(path):
+            std = 0.02
+        elif names[:2] == ["encoder", "pos_conv_embed"]:
+            std = np.sqrt(4.0 / (leaf.shape[0] * cfg.hidden_size))
+        elif names[0] == "feature_extractor":
+            std = np.sqrt(2.0 / (leaf.shape[0] * leaf.shape[1]))  # kernel (K, C_in, C_out)
+        else:
+            return leaf
+        return std * jax.random.normal(key, leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, encoder)
+
+
 def init_student(
     cfg: EncoderConfig,
     rng: jax.Array,
@@ -162,13 +195,19 @@ def init_student(
     init_from_teacher: bool = True,
     head: str = "linear",
     copy_teacher_encoder_norm: bool = True,
+    fairseq: bool = False,
 ) -> Params:
-    """Student params: encoder (teacher-initialised where shapes allow) and one head per target."""
+    """Student params: encoder (teacher-initialised where shapes allow) and one head per target.
+
+    `fairseq`: fresh encoder tensors drawn by `fairseq_init` (before any teacher copy).
+    """
     if head not in HEADS:
         raise ValueError(f"config.student.head must be one of {HEADS}, got {head!r}")
     enc_rng, head_rng = jax.random.split(rng)
     wav = jnp.zeros((1, max(cfg.receptive_field, 16000)), jnp.float32)
     encoder = Encoder(cfg).init(enc_rng, wav, jnp.array([wav.shape[1]]))["params"]
+    if fairseq:
+        encoder = fairseq_init(encoder, cfg, jax.random.fold_in(enc_rng, 1))
     if init_from_teacher:
         if teacher_params is None:
             raise ValueError("init_from_teacher needs the teacher params")

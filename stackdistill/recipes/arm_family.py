@@ -81,6 +81,7 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
     s.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)  # L60-62
     s.feature_grad_mult = 1.0  # L33
     s.init_from_teacher = False  # L76-77 init_conv_layers False, init_encoder_layers 0
+    s.fairseq_init = True  # their fresh init (models.student.fairseq_init)
     s.reuse_pattern = (True, False) * 6 if reuse else None  # L57
     s.layer_grad_scale = reuse  # L50 (True for ARM*, False for MaskHuBERT)
     # Masking distillation (the masking recipe's fields), yaml values:
