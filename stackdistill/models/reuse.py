@@ -30,6 +30,10 @@ class ReuseAttention(nn.Module):
     (fairseq multihead_attention.py L736, L776), so a reuse layer attends with
     softmax(probabilities) -- the code, not the paper's "reuse the map". No attention dropout
     (reusing_module.py L1111: 0.0 for reuse layers).
+    Deviation: their map arrives as (heads, batch, T, S) (fairseq L776-778) and is viewed as
+    (batch * heads, T, S) (L769) while v is batch-major, so with batch > 1 slot (b, h) reads
+    the map of another utterance/head (index h' B + b' = b H + h). Each utterance here reuses
+    its own map, head for head (what the paper describes; the same as theirs at batch 1).
     """
 
     cfg: EncoderConfig
