@@ -149,3 +149,21 @@ def test_fairseq_init_draws_their_scales():
     for path, leaf in jax.tree_util.tree_leaves_with_path(enc):
         if getattr(path[-1], "key", None) != "kernel":
             np.testing.assert_array_equal(leaf, 7.0)
+
+
+def test_reuse_flops_and_export_refusal():
+    """A reuse layer drops q/k (2 D^2 per frame) and q k^T (T D); HubertModel cannot hold it."""
+    from stackdistill import flops
+    from stackdistill.export import transformers as hf_export
+
+    full = EncoderConfig(hidden_size=48, num_heads=4, intermediate_size=96, conv_dim=(48,) * 7)
+    reuse = full.replace(layers_per_block=2, feat_proj=False)
+    b, t, d = 2, 50, 48
+    saved = 12 // 2 * 2.0 * b * t * (2 * d * d + t * d) + 2.0 * b * t * 48 * d  # + projection
+    np.testing.assert_allclose(
+        flops.transformer_flops(full, b, t) - flops.transformer_flops(reuse, b, t), saved
+    )
+    with pytest.raises(ValueError, match="attention-map reuse"):
+        hf_export.hf_config(reuse, 12)
+    with pytest.raises(ValueError, match="feat_proj=False"):
+        hf_export.hf_config(full.replace(feat_proj=False), 12)
