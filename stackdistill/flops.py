@@ -30,12 +30,15 @@ def frontend_flops(cfg: EncoderConfig, batch: int, num_samples: int) -> float:
 def transformer_flops(cfg: EncoderConfig, batch: int, num_frames: int) -> float:
     """Projection, positional conv and the layers (projections, FFN, attention scores)."""
     d, f, t = cfg.hidden_size, cfg.intermediate_size, num_frames
-    projection = 2.0 * batch * t * cfg.conv_dim[-1] * d
+    projection = 2.0 * batch * t * cfg.conv_dim[-1] * d if cfg.feat_proj else 0.0
     k = cfg.num_conv_pos_embeddings
     pos_frames = t + 1 if k % 2 == 0 else t  # an even kernel computes one frame more
     pos_conv = 2.0 * batch * pos_frames * k * (d // cfg.num_conv_pos_embedding_groups) * d
     per_layer = 2.0 * batch * t * (4 * d * d + 2 * d * f + 2 * t * d)
-    return projection + pos_conv + cfg.num_layers * per_layer
+    # A reuse layer (ARMHuBERT) has no q/k projections and no q k^T: v, out, FFN, probs @ v.
+    per_reuse_layer = 2.0 * batch * t * (2 * d * d + 2 * d * f + t * d)
+    num_reuse = cfg.num_layers - cfg.num_blocks
+    return projection + pos_conv + cfg.num_blocks * per_layer + num_reuse * per_reuse_layer
 
 
 def encoder_flops(

@@ -13,6 +13,13 @@ Which layers each method copies (depth d, n = num_new, copies always follow thei
   right after itself; when d - n is odd the block sits one layer below centre.
   6->9: [0,1,2,3,1,2,3,4,5].
 
+Reuse blocks (ARMHuBERT, `block` = k > 1): the scanned unit is one attending layer followed by
+k - 1 layers that reuse its attention map, so the layer axis counts blocks and growth copies
+whole blocks (interleaved [B0, B1] -> [B0, B0, B1, B1]). Copying a reuse layer alone would
+move it away from the layer whose map it reads, or leave two attending layers in a row; a
+whole block keeps the published pattern ([T, F] * n) at every depth and every reuse layer's
+source right before it. Depths and num_new stay in layers and must be multiples of k.
+
 Lineage maps each layer of the grown stack to the initial-stack layer it descends from.
 With interleaved growth whose blocks line up with the lineage blocks (e.g. 3->6->9->12
 with n=3, or any doubling), every initial layer i owns one contiguous block of equal size,
@@ -89,6 +96,29 @@ def grow_indices(depth: int, method: str, num_new: int | None = None) -> np.ndar
     return _growth_plan(depth, method, num_new)[0]
 
 
+def _in_blocks(depth: int | None, num_new: int | None, block: int) -> tuple[Any, Any]:
+    """(depth, num_new) in layers -> in blocks of `block` layers; refuses non-multiples."""
+    for name, value in (("depth", depth), ("num_new", num_new)):
+        if value is not None and (not isinstance(value, int | np.integer) or value % block):
+            raise ValueError(
+                f"{name}={value!r} is not a multiple of the reuse block of {block} layers: "
+                "stacking grows whole blocks (config.stacking, config.student.reuse_pattern)"
+            )
+    return (
+        None if depth is None else int(depth) // block,
+        None if num_new is None else int(num_new) // block,
+    )
+
+
+def layer_grow_indices(
+    depth: int, method: str, num_new: int | None = None, block: int = 1
+) -> np.ndarray:
+    """Source layer of each layer of the grown stack when whole blocks of `block` layers grow."""
+    blocks, new_blocks = _in_blocks(depth, num_new, block)
+    block_indices = grow_indices(blocks, method, new_blocks)
+    return (block_indices[:, None] * block + np.arange(block)).reshape(-1)
+
+
 def new_layer_mask(depth: int, method: str, num_new: int | None = None) -> np.ndarray:
     """True for the layers of the grown stack that are inserted copies, not originals."""
     return _growth_plan(depth, method, num_new)[1]
@@ -124,20 +154,30 @@ def _map_layer_leaves(fn, tree: Any) -> Any:
     )
 
 
-def grow(tree: Any, method: str = "interleaved", num_new: int | None = None) -> Any:
-    """Grows every subtree under a `layers` key along axis 0; num_new=None doubles the depth."""
+def grow(tree: Any, method: str = "interleaved", num_new: int | None = None, block: int = 1) -> Any:
+    """Grows every subtree under a `layers` key along axis 0; num_new=None doubles the depth.
+
+    With `block` = k > 1 axis 0 counts reuse blocks of k layers and num_new counts layers.
+    """
+    _, num_new = _in_blocks(None, num_new, block)
     indices = grow_indices(stack_depth(tree), method, num_new)
     return _map_layer_leaves(lambda leaf: leaf[indices], tree)
 
 
 def grow_opt_state(
-    opt_state: Any, method: str, num_new: int | None = None, reset_new: bool = False
+    opt_state: Any,
+    method: str,
+    num_new: int | None = None,
+    reset_new: bool = False,
+    block: int = 1,
 ) -> Any:
     """Grows the layer leaves of an optax state; reset_new zeroes the copies' moments.
 
     Non-layer leaves (`count`, moments of non-layer params) are untouched. Zero is the
     initial value of Adam-style moments; bias correction still uses the global `count`.
+    `block` as in `grow`.
     """
+    _, num_new = _in_blocks(None, num_new, block)
     depth = stack_depth(opt_state)
     indices, is_new = _growth_plan(depth, method, num_new)
 
@@ -154,10 +194,12 @@ def grow_opt_state(
 # ---------------------------------------------------------------- lineage
 
 
-def lineage_after(lineage: np.ndarray, method: str, num_new: int | None = None) -> np.ndarray:
+def lineage_after(
+    lineage: np.ndarray, method: str, num_new: int | None = None, block: int = 1
+) -> np.ndarray:
     """Lineage of the grown stack: each new layer inherits its source layer's ancestor."""
     lineage = np.asarray(lineage)
-    return lineage[grow_indices(len(lineage), method, num_new)]
+    return lineage[layer_grow_indices(len(lineage), method, num_new, block)]
 
 
 def supervised_layers(
@@ -213,8 +255,18 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def _stage_depths(cfg: ml_collections.ConfigDict, final_depth: int) -> list[tuple[int, int]]:
-    """(depth, num_new) of every stage; raises ValueError naming the bad field."""
+def _stage_depths(
+    cfg: ml_collections.ConfigDict, final_depth: int, block: int = 1
+) -> list[tuple[int, int]]:
+    """(depth, num_new) of every stage in layers; raises ValueError naming the bad field."""
+    if block > 1:
+        if final_depth % block:
+            raise ValueError(
+                f"the student's {final_depth} layers are not whole reuse blocks of {block} "
+                "(config.student.num_layers, config.student.reuse_pattern)"
+            )
+        blocks = _stage_depths(_cfg_in_blocks(cfg, block), final_depth // block)
+        return [(d * block, n * block) for d, n in blocks]
     if cfg.method == "none":
         return [(final_depth, 0)]
     depth = cfg.start_depth
@@ -260,6 +312,32 @@ def _stage_depths(cfg: ml_collections.ConfigDict, final_depth: int) -> list[tupl
     return stages
 
 
+def _cfg_in_blocks(cfg: ml_collections.ConfigDict, block: int) -> ml_collections.ConfigDict:
+    """The stacking section with start_depth and num_new counted in reuse blocks."""
+    if cfg.method == "none":
+        return cfg
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    fields = {"start_depth": cfg.start_depth}
+    per_growth = cfg.num_new
+    if isinstance(per_growth, Sequence) and not isinstance(per_growth, str):
+        fields.update({f"num_new[{i}]": n for i, n in enumerate(per_growth)})
+    elif per_growth is not None:
+        fields["num_new"] = per_growth
+    for name, value in fields.items():
+        if not isinstance(value, int) or value % block:
+            raise ValueError(
+                f"config.stacking.{name}={value!r} is not a multiple of the reuse block of "
+                f"{block} layers set by config.student.reuse_pattern: stacking grows whole "
+                f"blocks (e.g. start_depth={2 * block}, num_new={2 * block})"
+            )
+    c.start_depth = cfg.start_depth // block
+    if isinstance(per_growth, Sequence) and not isinstance(per_growth, str):
+        c.num_new = tuple(n // block for n in per_growth)
+    elif per_growth is not None:
+        c.num_new = per_growth // block
+    return c
+
+
 def _stage_weights(stage_lengths: str, depths: list[int]) -> list[int]:
     """Integer weights of the stage lengths."""
     if stage_lengths == "equal":
@@ -275,9 +353,12 @@ def _stage_weights(stage_lengths: str, depths: list[int]) -> list[int]:
 
 
 def plan_stages(
-    stacking_cfg: ml_collections.ConfigDict, total_steps: int, final_depth: int
+    stacking_cfg: ml_collections.ConfigDict, total_steps: int, final_depth: int, block: int = 1
 ) -> list[Stage]:
-    """Validates the stacking config and splits total_steps into stages of growing depth."""
+    """Validates the stacking config and splits total_steps into stages of growing depth.
+
+    Depths are in layers; with reuse blocks of `block` layers they step by whole blocks.
+    """
     cfg = stacking_cfg
     if cfg.method not in SCHEDULE_METHODS:
         raise ValueError(
@@ -287,7 +368,7 @@ def plan_stages(
         raise ValueError(f"config.stacking.follow must be one of {FOLLOW}, got {cfg.follow!r}")
     if not isinstance(final_depth, int) or final_depth < 1:
         raise ValueError(f"final depth must be a positive int, got {final_depth!r}")
-    depths_and_growths = _stage_depths(cfg, final_depth)
+    depths_and_growths = _stage_depths(cfg, final_depth, block)
     depths = [d for d, _ in depths_and_growths]
     weights = _stage_weights(cfg.stage_lengths, depths)
     if total_steps < len(depths):

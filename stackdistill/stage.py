@@ -28,7 +28,10 @@ log = logging.getLogger("stackdistill")
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list[stacking.Stage]:
     """Refuses a config that cannot work before anything is loaded or compiled."""
     distill.validate(config.distill)
-    stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
+    block = student.layers_per_block(config.student)
+    stages = stacking.plan_stages(
+        config.stacking, config.total_steps, config.student.num_layers, block
+    )
     if config.batch_size % jax.process_count():
         raise ValueError(
             f"config.batch_size={config.batch_size} is not divisible by the "
@@ -119,14 +122,16 @@ def init_state(setup: Setup, t_params) -> dict:
         c.student.init_from_teacher,
         head=c.student.head,
         copy_teacher_encoder_norm=c.student.copy_teacher_encoder_norm,
+        fairseq=c.student.get("fairseq_init", False),
     )
     return distill.init_state(params, setup.tx, c.seed + 1)
 
 
 def shapes_at(setup: Setup, first: Any, stage_index: int) -> Any:
     """The first stage's state shapes grown to stage `stage_index` (ShapeDtypeStructs)."""
+    block = setup.student_cfg.layers_per_block
     for s in setup.stages[1 : stage_index + 1]:
-        first = jax.eval_shape(lambda st, s=s: grown(st, s, setup.config.stacking), first)
+        first = jax.eval_shape(lambda st, s=s: grown(st, s, setup.config.stacking, block), first)
     return first
 
 
@@ -158,7 +163,9 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
     c = setup.config
     lineage = np.arange(setup.stages[0].depth)
     for s in setup.stages[1 : stage.index + 1]:
-        lineage = stacking.lineage_after(lineage, c.stacking.method, s.num_new)
+        lineage = stacking.lineage_after(
+            lineage, c.stacking.method, s.num_new, setup.student_cfg.layers_per_block
+        )
     initial_layers = distill.initial_student_layers(c.distill, setup.stages[0].depth)
     sources = distill.target_sources(c.distill, lineage, initial_layers, c.stacking.follow)
     student_cfg = setup.student_cfg.replace(num_layers=stage.depth)
@@ -216,17 +223,20 @@ def compile_step(setup: Setup, rec: StageRecord, state, t_params):
 
 def grow(setup: Setup, state: dict, stage: stacking.Stage) -> dict:
     """The state grown to `stage`, laid out on the mesh again."""
-    state = grown(state, stage, setup.config.stacking)
+    state = grown(state, stage, setup.config.stacking, setup.student_cfg.layers_per_block)
     return jax.device_put(state, setup.shardings(state))
 
 
-def grown(state: dict, stage: stacking.Stage, c: ml_collections.ConfigDict) -> dict:
-    """The state of the previous stage grown to `stage.depth` (params and moments)."""
+def grown(state: dict, stage: stacking.Stage, c: ml_collections.ConfigDict, block: int = 1) -> dict:
+    """The state of the previous stage grown to `stage.depth` (params and moments).
+
+    `block`: layers per reuse block (whole blocks grow; see stacking.py).
+    """
     return {
         **state,
-        "params": stacking.grow(state["params"], c.method, stage.num_new),
+        "params": stacking.grow(state["params"], c.method, stage.num_new, block),
         "opt_state": stacking.grow_opt_state(
-            state["opt_state"], c.method, stage.num_new, c.reset_new_moments
+            state["opt_state"], c.method, stage.num_new, c.reset_new_moments, block
         ),
         "stage": state["stage"] + 1,
     }

@@ -33,6 +33,7 @@ from stackdistill import data as data_lib
 from stackdistill import stage as stage_lib
 from stackdistill.data import config as data_config
 from stackdistill.data import targets as stored_targets
+from stackdistill.models import student
 from stackdistill.stage import Setup, StageRecord
 from stackdistill.writers import RunWriter, Timer
 
@@ -75,7 +76,12 @@ def _finished(config, workdir: epath.Path, step: int, meta: dict[str, Any]) -> d
     )
     if path.exists():
         return json.loads(path.read_text())
-    stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
+    stages = stacking.plan_stages(
+        config.stacking,
+        config.total_steps,
+        config.student.num_layers,
+        student.layers_per_block(config.student),
+    )
     summary = writers.summary("completed", step, int(meta["depth"]), meta, stages)
     writers.write_report(workdir, summary, [s.start_step for s in stages[1:]])
     return summary
@@ -131,7 +137,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
     if skipped:
         log.warning(f"data: skipped {data_iter.num_skipped} unusable records, e.g. {skipped[:5]}")
 
-    depth = stacking.stack_depth(state["params"])
+    depth = stacking.stack_depth(state["params"]) * student.layers_per_block(config.student)
     summary = writers.summary(status, int(state["step"]), depth, writer.record(), stages)
     writer.finish(summary, [s.start_step for s in stages[1:]])
     if status == "preempted":

@@ -61,6 +61,10 @@ def _why_not(cfg: EncoderConfig, heads: Mapping[str, Any], sources: Mapping[int,
             f"CNN width {cfg.conv_dim[-1]} equals hidden_size: DistillerModel then has no "
             "post_extract_proj, and the student's projection would be dropped"
         )
+    if cfg.layers_per_block > 1:
+        reasons.append("attention-map reuse (config.student.reuse_pattern): no such layer")
+    if not cfg.feat_proj:
+        reasons.append("no feature projection (config.student.feat_proj=False)")
     if cfg.conv_bias:
         reasons.append("conv_bias=True: DistillerModel builds its CNN with conv_bias=False")
     if cfg.layer_norm_eps != 1e-5:

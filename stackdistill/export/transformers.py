@@ -57,6 +57,17 @@ def hf_config(cfg: EncoderConfig, depth: int) -> dict[str, Any]:
     """config.json of the exported HubertModel (the student's architecture at `depth`)."""
     if cfg.model_type != "hubert":
         raise ValueError(f"only HuBERT-architecture students export, not {cfg.model_type!r}")
+    if cfg.layers_per_block > 1:
+        raise ValueError(
+            "transformers' HubertModel cannot express attention-map reuse (config.student."
+            "reuse_pattern): its layers all have q_proj/k_proj and compute their own attention. "
+            "Export this student in its recipe's own format instead"
+        )
+    if not cfg.feat_proj:
+        raise ValueError(
+            "transformers' HubertModel always has a feature projection Linear; this student "
+            "has none (config.student.feat_proj=False)"
+        )
     return {
         **cfg.replace(num_layers=depth).to_hf(),
         "architectures": ["HubertModel"],
@@ -101,6 +112,7 @@ def export_student(
     """Writes student `params` ({"encoder", "heads"}) to `out_dir`; returns the directory."""
     from safetensors.numpy import save_file
 
+    hf_config(cfg, cfg.num_layers)  # refuses what HubertModel cannot express, before writing
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder = jax.device_get(params["encoder"])

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stackdistill import stacking
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder, EncoderOutput, frame_lengths, frame_mask
 
@@ -73,5 +72,5 @@ def encode(
     """
     wav, lengths = jnp.asarray(wav), jnp.asarray(lengths)
     _check_inputs(cfg, wav, lengths)
-    cfg = cfg.replace(num_layers=stacking.stack_depth(params))
+    cfg = cfg.at_depth_of(params)
     return Encoder(cfg).apply({"params": params}, wav, lengths, **apply_kwargs)

@@ -49,6 +49,11 @@ class EncoderConfig:
     # A learned per-channel scale on the CNN output (DPHuBERT's `dummy_weight`, which holds
     # the last conv's pruning mask); transformers has no such tensor.
     feature_scale: bool = False
+    feat_proj: bool = True  # False: no Linear after the CNN (fairseq when conv dim == width)
+    # 1: every layer computes its attention. k > 1 (ARMHuBERT): the scanned unit is a block of
+    # one attending layer and k - 1 layers that reuse its attention map (no q/k params).
+    layers_per_block: int = 1
+    layer_grad_scale: bool = False  # ARMHuBERT's per-layer GradMultiply (encoder.py)
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -71,6 +76,16 @@ class EncoderConfig:
             raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION}")
         if self.frontend_norm not in FRONTEND_NORMS:
             raise ValueError(f"frontend_norm {self.frontend_norm!r} is not one of {FRONTEND_NORMS}")
+        if not self.feat_proj and self.conv_dim[-1] != self.hidden_size:
+            raise ValueError(
+                f"feat_proj=False needs the CNN's last conv_dim {self.conv_dim[-1]} to equal "
+                f"hidden_size {self.hidden_size} (config.student.conv_layers / feat_proj)"
+            )
+        if self.layers_per_block < 1 or self.num_layers % self.layers_per_block:
+            raise ValueError(
+                f"num_layers {self.num_layers} is not a whole number of reuse blocks of "
+                f"{self.layers_per_block} layers (config.student.reuse_pattern, config.stacking)"
+            )
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""
@@ -80,6 +95,17 @@ class EncoderConfig:
     def has_dropout(self) -> bool:
         """True when any of the three dropouts is on (the step then needs a dropout rng)."""
         return max(self.dropout, self.attention_dropout, self.activation_dropout) > 0
+
+    @property
+    def num_blocks(self) -> int:
+        """Length of the scanned axis: layers, or reuse blocks of `layers_per_block` layers."""
+        return self.num_layers // self.layers_per_block
+
+    def at_depth_of(self, params: Any) -> EncoderConfig:
+        """This config at the depth of a (grown) param tree: blocks on its layer axis x k."""
+        from stackdistill import stacking  # stacking imports no models; avoids a cycle here
+
+        return self.replace(num_layers=stacking.stack_depth(params) * self.layers_per_block)
 
     @property
     def hf_architecture(self) -> str:

@@ -134,11 +134,30 @@ def _scale_gradient_bwd(scale, _, dy):
 scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
 
 
+@jax.custom_vjp
+def scale_gradient_by(x: Array, scale: Array) -> Array:
+    """`scale_gradient` with a traced scale (per-layer data inside a scan); no grad to scale."""
+    return x
+
+
+def _scale_gradient_by_fwd(x, scale):
+    return x, scale
+
+
+def _scale_gradient_by_bwd(scale, dy):
+    return dy * scale.astype(dy.dtype), jnp.zeros_like(scale)
+
+
+scale_gradient_by.defvjp(_scale_gradient_by_fwd, _scale_gradient_by_bwd)
+
+
 class FeatureProjection(nn.Module):
     """[LayerNorm] + Linear from the CNN width to the transformer width.
 
     HuBERT makes the LayerNorm optional (`feat_proj_layer_norm`; DistilHuBERT has none);
-    WavLM and wav2vec2 always have it.
+    WavLM and wav2vec2 always have it. `feat_proj=False` keeps the LayerNorm and drops the
+    Linear, as fairseq does when the CNN width equals the encoder's (ARMHuBERT's
+    models/armhubert/model.py L270-274 `post_extract_proj`, L286 and L405 its LayerNorm).
     """
 
     cfg: EncoderConfig
@@ -147,6 +166,8 @@ class FeatureProjection(nn.Module):
     def __call__(self, x_btc: Array) -> Array:
         if self.cfg.feat_proj_layer_norm or self.cfg.model_type != "hubert":
             x_btc = _layer_norm(self.cfg, "layer_norm")(x_btc)
+        if not self.cfg.feat_proj:
+            return x_btc
         return _dense(self.cfg, self.cfg.hidden_size, "projection")(x_btc)
 
 
@@ -245,9 +266,14 @@ def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: i
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; with `position_bias`, WavLM's gated relative bias."""
+    """Multi-head self-attention; with `position_bias`, WavLM's gated relative bias.
+
+    `return_probs`: also returns the softmax probabilities (B, N, T, S) in float32, before the
+    attention dropout -- the map a reuse layer takes (fairseq's `need_head_weights=True`).
+    """
 
     cfg: EncoderConfig
+    return_probs: bool = False
 
     @nn.compact
     def __call__(self, x_btd, mask_bt, position_bias_ntt, deterministic: bool) -> Array:
@@ -271,6 +297,11 @@ class Attention(nn.Module):
                 0, 2, 1, 3
             )
             bias_bntt = (gate_bnt1 * position_bias_ntt[None]).astype(q_btnh.dtype)
+        if self.return_probs:
+            probs_bnts = attention_probs(q_btnh, k_btnh, bias_bntt, mask_bt)
+            dropped = nn.Dropout(cfg.attention_dropout)(probs_bnts, deterministic=deterministic)
+            out_btnh = jnp.einsum("bnts,bsnh->btnh", dropped.astype(v_btnh.dtype), v_btnh)
+            return _dense(cfg, d, "out_proj")(out_btnh.reshape(b, t, d)), probs_bnts
         if cfg.attention_dropout > 0.0 and not deterministic:
             # Dropout on the attention weights, element-wise as torch does; softmax in float32.
             out_btnh = nn.dot_product_attention(
@@ -288,6 +319,16 @@ class Attention(nn.Module):
         else:
             out_btnh = attention(cfg, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt)
         return _dense(cfg, d, "out_proj")(out_btnh.reshape(b, t, d))
+
+
+def attention_probs(q_btnh, k_btnh, bias_bntt, mask_bt) -> Array:
+    """Softmax(q k^T / sqrt(h) + bias) over the valid keys, float32, (B, N, T, S)."""
+    scores = jnp.einsum("btnh,bsnh->bnts", q_btnh, k_btnh).astype(jnp.float32)
+    scores = scores / np.sqrt(q_btnh.shape[-1]).astype(np.float32)
+    if bias_bntt is not None:
+        scores = scores + bias_bntt.astype(jnp.float32)
+    scores = jnp.where(mask_bt[:, None, None, :], scores, -jnp.inf)
+    return jax.nn.softmax(scores, axis=-1)
 
 
 def attention(cfg: EncoderConfig, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt) -> Array:
@@ -332,28 +373,57 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One transformer layer, post-LN (Base) or pre-LN (stable layer norm); scan body."""
+    """One transformer layer, post-LN (Base) or pre-LN (stable layer norm); scan body.
+
+    Returns (carry, hidden state); with `return_probs`, (carry, (hidden state, attention
+    probabilities)). With `grad_scale` m (layer_grad_scale): carry and hidden state scale
+    the gradient by m and m (1 - m) (`layer_grad_scale` below).
+    """
 
     cfg: EncoderConfig
     deterministic: bool = True
+    return_probs: bool = False
 
     @nn.compact
-    def __call__(self, x_btd, mask_bt, position_bias_ntt):
+    def __call__(self, x_btd, mask_bt, position_bias_ntt, grad_scale=None):
         cfg = self.cfg
-        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-        attention = Attention(cfg, name="attention")
-        layer_norm = _layer_norm(cfg, "layer_norm")
-        feed_forward = FeedForward(cfg, name="feed_forward")
-        final_layer_norm = _layer_norm(cfg, "final_layer_norm")
-        if cfg.do_stable_layer_norm:
-            h = attention(layer_norm(x_btd), mask_bt, position_bias_ntt, self.deterministic)
-            x_btd = x_btd + drop(h)
-            x_btd = x_btd + drop(feed_forward(final_layer_norm(x_btd), self.deterministic))
-        else:
-            h = attention(x_btd, mask_bt, position_bias_ntt, self.deterministic)
-            x_btd = layer_norm(x_btd + drop(h))
-            x_btd = final_layer_norm(x_btd + drop(feed_forward(x_btd, self.deterministic)))
+        attention = Attention(cfg, self.return_probs, name="attention")
+        probs = None
+        if self.return_probs:
+            attention_fn = attention
+
+            def attention(*args):
+                nonlocal probs
+                out, probs = attention_fn(*args)
+                return out
+
+        x_btd = _layer_body(self, cfg, attention, x_btd, mask_bt, position_bias_ntt)
+        carry, hidden = _scaled_outputs(x_btd, grad_scale)
+        return carry, ((hidden, probs) if self.return_probs else hidden)
+
+
+def _layer_body(module, cfg, attention, x_btd, mask_bt, position_bias_ntt):
+    """Attention + FFN with residuals, post-LN or pre-LN; defines the shared sub-modules."""
+    det = module.deterministic
+    drop = nn.Dropout(cfg.dropout, deterministic=det)
+    layer_norm = _layer_norm(cfg, "layer_norm")
+    feed_forward = FeedForward(cfg, name="feed_forward")
+    final_layer_norm = _layer_norm(cfg, "final_layer_norm")
+    if cfg.do_stable_layer_norm:
+        h = attention(layer_norm(x_btd), mask_bt, position_bias_ntt, det)
+        x_btd = x_btd + drop(h)
+        return x_btd + drop(feed_forward(final_layer_norm(x_btd), det))
+    h = attention(x_btd, mask_bt, position_bias_ntt, det)
+    x_btd = layer_norm(x_btd + drop(h))
+    return final_layer_norm(x_btd + drop(feed_forward(x_btd, det)))
+
+
+def _scaled_outputs(x_btd, grad_scale):
+    """(carry, hidden state): x itself, or ARMHuBERT's GradMultiply pair for scale m."""
+    if grad_scale is None:
         return x_btd, x_btd
+    carry = scale_gradient_by(x_btd, grad_scale)  # reusing_module.py L1347-1350
+    return carry, scale_gradient_by(carry, 1.0 - grad_scale)  # L1352-1353
 
 
 _REMAT = {
@@ -386,22 +456,40 @@ class TransformerEncoder(nn.Module):
             table = nn.Embed(cfg.num_buckets, cfg.num_heads, name="rel_attn_embed")
             position_bias_ntt = table(jnp.asarray(buckets)).transpose(2, 0, 1)
 
-        layer_cls = EncoderLayer
-        if cfg.remat != "none":
-            layer_cls = nn.remat(layer_cls, policy=_REMAT[cfg.remat], prevent_cse=False)
-        stack = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-        )(cfg, self.deterministic, name="layers")
-        top_btd, layer_outs_lbtd = stack(x_btd, mask_bt, position_bias_ntt)
+        top_btd, layer_outs_lbtd = _scanned_layers(self, x_btd, mask_bt, position_bias_ntt)
         # transformers 5 records the input of the first layer and the raw output of every layer;
         # for stable-layer-norm models the final LayerNorm only enters last_hidden_state.
         hidden_lbtd = jnp.concatenate([x_btd[None], layer_outs_lbtd])
         last_btd = layer_norm(top_btd) if cfg.do_stable_layer_norm else top_btd
         return hidden_lbtd, last_btd
+
+
+def _scanned_layers(module: nn.Module, x_btd, mask_bt, position_bias_ntt):
+    """The scanned stack (`layers`): layers, or reuse blocks; returns (top, (L, B, T, D))."""
+    from stackdistill.models.reuse import ReuseBlock, layer_grad_scales  # imports this module
+
+    cfg = module.cfg
+    k = cfg.layers_per_block
+    layer_cls = EncoderLayer if k == 1 else ReuseBlock
+    if cfg.remat != "none":
+        layer_cls = nn.remat(layer_cls, policy=_REMAT[cfg.remat], prevent_cse=False)
+    args = (x_btd, mask_bt, position_bias_ntt)
+    in_axes = (nn.broadcast, nn.broadcast)
+    if k > 1 or cfg.layer_grad_scale:
+        scales = None
+        if cfg.layer_grad_scale:
+            scales = jnp.asarray(layer_grad_scales(cfg.num_layers).reshape(cfg.num_blocks, k))
+            scales = scales[:, 0] if k == 1 else scales
+        args, in_axes = (*args, scales), (*in_axes, 0)
+    stack = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=in_axes,
+        length=cfg.num_blocks,
+    )(cfg, module.deterministic, name="layers")
+    top_btd, outs = stack(*args)
+    return top_btd, outs.reshape(-1, *outs.shape[-3:])
 
 
 class EncoderOutput(NamedTuple):

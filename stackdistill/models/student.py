@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.intermediate_size = 1536
     c.num_heads = 6
     c.init_from_teacher = True  # copy every teacher tensor whose name and shape match
+    # Fresh tensors: False keeps Flax's init (LeCun normal); True draws them as fairseq does
+    # (`fairseq_init`: the ARMHuBERT repo's students, trained from scratch).
+    c.fairseq_init = False
     c.frozen_shared_frontend = False  # reuse the teacher's frozen CNN output, skip our own
     c.copy_teacher_encoder_norm = True  # with init_from_teacher: the encoder's LayerNorm too
     c.feat_proj_layer_norm = True  # LayerNorm between the CNN front-end and the projection
@@ -46,7 +49,36 @@ def default_config() -> ml_collections.ConfigDict:
     c.activation_dropout = 0.0
     c.feature_grad_mult = 1.0  # gradient scale into the CNN front-end
     c.head = "linear"  # "linear" | "mlp" (Linear -> GELU -> Linear, s3prl's expand-last)
+    # The CNN front-end as ((dim, kernel, stride), ...) (fairseq `conv_feature_layers`);
+    # None: the teacher's.
+    c.conv_layers = ml_collections.FieldReference(None, field_type=object)
+    c.feat_proj = True  # False: no Linear between the CNN and the transformer (needs equal dims)
+    # Per layer: True computes its attention map, False reuses the previous one (ARMHuBERT's
+    # `reuse_pattern`; a repeated block like (True, False) * 6); None: no reuse.
+    c.reuse_pattern = ml_collections.FieldReference(None, field_type=object)
+    c.layer_grad_scale = False  # ARMHuBERT's per-layer GradMultiply (encoder.layer_grad_scales)
     return c
+
+
+def layers_per_block(student: ml_collections.ConfigDict) -> int:
+    """Layers per reuse block from config.student.reuse_pattern (1: no reuse).
+
+    The pattern must be one block (True, False, ..., False) repeated over the stack, so that
+    the stack scans as identical blocks and grows by whole blocks (stacking.py).
+    """
+    pattern = student.get("reuse_pattern")
+    if pattern is None:
+        return 1
+    pattern = tuple(bool(p) for p in pattern)
+    n = student.num_layers
+    starts = [i for i, p in enumerate(pattern) if p]
+    k = starts[1] - starts[0] if len(starts) > 1 else len(pattern)
+    if len(pattern) != n or not pattern[0] or pattern != ((True,) + (False,) * (k - 1)) * (n // k):
+        raise ValueError(
+            f"config.student.reuse_pattern={pattern}: expected {n} entries (config.student."
+            "num_layers), one block (True, False, ..., False) repeated, e.g. (True, False) * 6"
+        )
+    return k
 
 
 def distilhubert_config() -> ml_collections.ConfigDict:
@@ -72,7 +104,16 @@ def student_encoder_config(
             "config.student.frozen_shared_frontend needs config.student.init_from_teacher: "
             "the shared front-end is the teacher's"
         )
+    frontend = {}
+    if student.get("conv_layers") is not None:
+        dims, kernels, strides = zip(*student.conv_layers, strict=True)
+        frontend = dict(conv_dim=dims, conv_kernel=kernels, conv_stride=strides)
     return teacher.replace(
+        **frontend,
+        feat_proj=student.get("feat_proj", True),
+        layers_per_block=layers_per_block(student),
+        layer_grad_scale=student.get("layer_grad_scale", False),
+        # No relative position bias (ARMwavLM's student is ARMHuBERT's model: models/__init__.py)
         model_type="hubert",  # students use the conv positional embedding only
         num_layers=student.num_layers,
         hidden_size=student.hidden_size,
@@ -115,6 +156,36 @@ def _copy_matching(student: Any, teacher: Any, skip: tuple[tuple[str, ...], ...]
     return jax.tree_util.tree_map_with_path(copy, student)
 
 
+def fairseq_init(encoder: Params, cfg: EncoderConfig, rng: jax.Array) -> Params:
+    """Encoder params drawn as fairseq draws a student trained from scratch (ARMHuBERT).
+
+    Linear kernels of the transformer layers N(0, 0.02) (init_bert_params, fairseq
+    modules/transformer_sentence_encoder.py L21-51, applied by reusing_module.py L1257); the
+    positional conv N(0, sqrt(4 / (k D))) (reusing_module.py L1172-1183); the CNN convs
+    kaiming_normal, N(0, sqrt(2 / (k C_in))) (module.py L46-49). Biases 0 and LayerNorms
+    (1, 0) as Flax's; a projection Linear, when there is one, keeps Flax's init.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(encoder)
+    keys = iter(jax.random.split(rng, len(leaves)))
+
+    def draw(path, leaf):
+        key = next(keys)
+        names = [getattr(k, "key", None) for k in path]
+        if names[-1] != "kernel":
+            return leaf
+        if names[0] == "encoder" and stacking.under_layers(path):
+            std = 0.02
+        elif names[:2] == ["encoder", "pos_conv_embed"]:
+            std = np.sqrt(4.0 / (leaf.shape[0] * cfg.hidden_size))
+        elif names[0] == "feature_extractor":
+            std = np.sqrt(2.0 / (leaf.shape[0] * leaf.shape[1]))  # kernel (K, C_in, C_out)
+        else:
+            return leaf
+        return std * jax.random.normal(key, leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, encoder)
+
+
 def init_student(
     cfg: EncoderConfig,
     rng: jax.Array,
@@ -124,13 +195,19 @@ def init_student(
     init_from_teacher: bool = True,
     head: str = "linear",
     copy_teacher_encoder_norm: bool = True,
+    fairseq: bool = False,
 ) -> Params:
-    """Student params: encoder (teacher-initialised where shapes allow) and one head per target."""
+    """Student params: encoder (teacher-initialised where shapes allow) and one head per target.
+
+    `fairseq`: fresh encoder tensors drawn by `fairseq_init` (before any teacher copy).
+    """
     if head not in HEADS:
         raise ValueError(f"config.student.head must be one of {HEADS}, got {head!r}")
     enc_rng, head_rng = jax.random.split(rng)
     wav = jnp.zeros((1, max(cfg.receptive_field, 16000)), jnp.float32)
     encoder = Encoder(cfg).init(enc_rng, wav, jnp.array([wav.shape[1]]))["params"]
+    if fairseq:
+        encoder = fairseq_init(encoder, cfg, jax.random.fold_in(enc_rng, 1))
     if init_from_teacher:
         if teacher_params is None:
             raise ValueError("init_from_teacher needs the teacher params")
@@ -185,7 +262,7 @@ def apply_encoder(
     dropout_rng: jax.Array | None = None,
 ) -> EncoderOutput:
     """The student encoder on a waveform, or on precomputed CNN `features` (shared front-end)."""
-    cfg = cfg.replace(num_layers=stacking.stack_depth(encoder_params))
+    cfg = cfg.at_depth_of(encoder_params)
     deterministic = dropout_rng is None
     module = Encoder(cfg, deterministic=deterministic)
     rngs = {} if deterministic else {"dropout": dropout_rng}
@@ -200,6 +277,19 @@ def predict(
 ) -> dict[int, jax.Array]:
     """Predictions of each teacher layer k from the student hidden state source_layers[k]."""
     return {k: apply_head(heads[f"layer_{k}"], hidden_lbtd[s]) for k, s in source_layers.items()}
+
+
+def paper_param_count(params: Params, cfg: EncoderConfig) -> int:
+    """The student's size as the ARMHuBERT repository reports it (README: 26.45M, ...).
+
+    Every tensor of the student (encoder, prediction heads, mask embedding: their counts hold
+    the 12 layer-wise heads and `mask_emb`, models/armhubert/model.py L288-290, L320-330),
+    plus the positional conv's weight-norm magnitude g (k scalars, weight_norm(dim=2),
+    reusing_module.py L1185) that our folded kernel does not store.
+    """
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params)) + (
+        cfg.num_conv_pos_embeddings
+    )
 
 
 def encoder_param_count(params: Params) -> int:
