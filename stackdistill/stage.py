@@ -28,6 +28,11 @@ log = logging.getLogger("stackdistill")
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list[stacking.Stage]:
     """Refuses a config that cannot work before anything is loaded or compiled."""
     distill.validate(config.distill)
+    if config.distill.loss == "masked" and not config.student.get("mask_emb", False):
+        raise ValueError(
+            "config.distill.loss='masked' feeds the student masked input: set "
+            "config.student.mask_emb=True (its learned mask embedding)"
+        )
     stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
     if config.batch_size % jax.process_count():
         raise ValueError(

@@ -46,6 +46,10 @@ class EncoderConfig:
     feature_grad_mult: float = 1.0  # scales the gradient into the CNN front-end (fairseq's)
     attention: str = "xla"  # fast path (stackdistill/fastpath.py); numerics as "xla"
     frontend_norm: str = "float32"  # "compute": normalise in `dtype`, float32 statistics
+    # A learned (D,) `masked_spec_embed` that replaces time-masked frames after the projection
+    # (fairseq `mask_emb`, transformers `masked_spec_embed`); masking distillation turns it on.
+    mask_emb: bool = False
+    dropout_input: float = 0.0  # fairseq `dropout_input`: after the projection, before masking
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -75,8 +79,9 @@ class EncoderConfig:
 
     @property
     def has_dropout(self) -> bool:
-        """True when any of the three dropouts is on (the step then needs a dropout rng)."""
-        return max(self.dropout, self.attention_dropout, self.activation_dropout) > 0
+        """True when any dropout is on (the step then needs a dropout rng)."""
+        rates = (self.dropout, self.attention_dropout, self.activation_dropout, self.dropout_input)
+        return max(rates) > 0
 
     @property
     def hf_architecture(self) -> str:
