@@ -541,3 +541,35 @@ def test_demo_run_with_masking_distillation_and_interleaved_stacking(tmp_path):
     assert meta["target_sources"] == {str(i): i for i in range(1, 13)}
     assert params["heads"]["layers"]["kernel"].shape[0] == 12
     assert cfg.mask_emb and params["encoder"]["masked_spec_embed"].shape == (cfg.hidden_size,)
+
+
+@pytest.mark.parametrize("model_type", ["hubert", "wavlm"])
+def test_converted_teacher_runs_masked_as_transformers(model_type, tmp_path):
+    # transformers' _mask_hidden_states with given mask_time_indices: the same frames get the
+    # checkpoint's masked_spec_embed after the feature projection.
+    from hf_fixtures import make_hf_model, padded_batch, save_hf_model
+
+    from stackdistill import teacher
+
+    model = make_hf_model(model_type, False)
+    cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
+    np.testing.assert_array_equal(params["masked_spec_embed"], model.masked_spec_embed.detach())
+    wav, lengths = padded_batch(8000)
+    t = cfg.num_frames(wav.shape[1])
+    frames = np.asarray(models.frame_mask(cfg, jnp.asarray(lengths), t))
+    time_mask = np.asarray(masking.sample_mask(jax.random.key(0), frames.sum(1), t, _config()))
+    assert time_mask.any()
+    ours = models.encode(
+        cfg.replace(mask_emb=True), params, wav, lengths, time_mask_bt=jnp.asarray(time_mask)
+    )
+    attention = (np.arange(wav.shape[1])[None] < lengths[:, None]).astype(np.int64)
+    with torch.no_grad():
+        ref = model(
+            torch.from_numpy(wav),
+            attention_mask=torch.from_numpy(attention),
+            mask_time_indices=torch.from_numpy(time_mask.copy()),
+            output_hidden_states=True,
+        ).hidden_states
+    for k in (0, len(ref) - 1):
+        got = np.asarray(ours.hidden_states[k])[frames]
+        np.testing.assert_allclose(got, ref[k].numpy()[frames], atol=2e-4, rtol=1e-4)
