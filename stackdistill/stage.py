@@ -173,9 +173,10 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
         student_cfg,
         c.batch_size,
         c.data.max_samples,
-        len(c.distill.teacher_layers),
+        len(sources),  # one head per target (every layer with targets="every_layer")
         shared_frontend=c.student.frozen_shared_frontend,
         with_teacher=not setup.use_targets,
+        teacher_passes=2 if c.distill.loss == "masked" else 1,  # unmasked and masked
     )
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 
