@@ -33,6 +33,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list
             "config.distill.loss='masked' feeds the student masked input: set "
             "config.student.mask_emb=True (its learned mask embedding)"
         )
+    if config.distill.loss == "masked" and config.targets.dir:
+        raise ValueError(
+            "config.distill.loss='masked' cannot use stored teacher targets "
+            "(config.targets.dir): the masked teacher's outputs depend on the mask drawn at "
+            "each step; unset config.targets.dir or choose another config.distill.loss"
+        )
     stages = stacking.plan_stages(config.stacking, config.total_steps, config.student.num_layers)
     if config.batch_size % jax.process_count():
         raise ValueError(

@@ -1,5 +1,7 @@
 """Masking distillation: fairseq's span sampler, masked input, their loss, layer-wise heads."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -408,6 +410,7 @@ def test_every_layer_targets_follow_lineage_under_interleaved_growth():
     assert not _follows_lineage("top")  # top growth moves relative depths: re-spread
 
 
+@functools.lru_cache  # built once per depth: the arrays are never modified in place
 def _student_setup(depth=3, head="layerwise"):
     t_cfg = TINY.replace(num_layers=6)
     t_params = models.init_params(t_cfg.replace(mask_emb=True), jax.random.key(1))
@@ -499,6 +502,17 @@ def test_masked_loss_refuses_stored_targets_and_bad_fields():
     c = _masked_distill_config()
     with pytest.raises(ValueError, match="config.targets.dir"):
         distill.make_train_step(c, t_cfg, s_cfg, {}, optax.adam(1e-3), None, False, cached=True)
+    from helpers import DEMO, load_config
+
+    from stackdistill import stage
+
+    run = load_config(DEMO)
+    run.distill.loss = "masked"
+    with pytest.raises(ValueError, match="config.student.mask_emb"):
+        stage.validate_config(run, 1)
+    run.student.mask_emb, run.targets.dir = True, "/somewhere"
+    with pytest.raises(ValueError, match="config.targets.dir"):
+        stage.validate_config(run, 1)
     for field, value, message in [
         ("rec_loss", "huber", "config.distill.rec_loss"),
         ("targets", "all", "config.distill.targets"),
