@@ -18,10 +18,12 @@ from stackdistill.models.config import EncoderConfig
 
 Params = dict[str, Any]
 
-# Tensors of the bare model that the encoder never uses (SpecAugment's mask vector). A task
-# model's heads (wav2vec2's quantizer/project_q/project_hid, CTC's lm_head) sit outside its
-# `hubert.`/`wavlm.`/`wav2vec2.` prefix and are dropped with it.
-UNUSED_KEYS = ("masked_spec_embed",)
+# A task model's heads (wav2vec2's quantizer/project_q/project_hid, CTC's lm_head) sit outside
+# its `hubert.`/`wavlm.`/`wav2vec2.` prefix and are dropped with it. The mask vector
+# (`masked_spec_embed`, fairseq's `mask_emb`) is optional: kept as params["masked_spec_embed"]
+# whenever the checkpoint has it, so the teacher can run on masked input (masking distillation,
+# stackdistill/recipes/masking.py); an encoder config without `mask_emb` ignores it.
+MASK_EMB = "masked_spec_embed"
 _WEIGHT_NORM = {
     "weight_g": "encoder.pos_conv_embed.conv.weight_g",
     "weight_v": "encoder.pos_conv_embed.conv.weight_v",
@@ -78,7 +80,7 @@ def _strip_prefix(state: Mapping[str, np.ndarray], model_type: str) -> dict[str,
 def state_dict_to_params(cfg: EncoderConfig, state: Mapping[str, Any]) -> Params:
     """Converts a transformers state dict (numpy arrays) to our params; strict on both sides."""
     state = _strip_prefix(state, cfg.model_type)
-    used: set[str] = set(k for k in UNUSED_KEYS if k in state)
+    used: set[str] = set()
     missing: list[str] = []
     bad_shapes: list[str] = []
 
@@ -112,6 +114,12 @@ def state_dict_to_params(cfg: EncoderConfig, state: Mapping[str, Any]) -> Params
             continue
         flat[path] = value
 
+    if MASK_EMB in state and (MASK_EMB,) not in flat and MASK_EMB not in missing:
+        x = take(MASK_EMB)
+        if x.shape != (cfg.hidden_size,):
+            bad_shapes.append(f"{MASK_EMB}: checkpoint {x.shape}, config ({cfg.hidden_size},)")
+        else:
+            flat[(MASK_EMB,)] = x
     unexpected = sorted(set(state) - used)
     problems = []
     if missing:

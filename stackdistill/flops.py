@@ -57,13 +57,15 @@ def step_flops(
     num_targets: int,
     shared_frontend: bool = False,
     with_teacher: bool = True,
+    teacher_passes: int = 1,
 ) -> float:
-    """Teacher forward (unless its targets are cached) + student forward and backward (3x its
-    forward), heads included."""
+    """Teacher forward(s) (unless its targets are cached) + student forward and backward (3x
+    its forward), heads included. Masking distillation runs the teacher twice."""
     frames = teacher_cfg.num_frames(num_samples)
     heads = 2.0 * batch * frames * student_cfg.hidden_size * teacher_cfg.hidden_size * num_targets
     student = encoder_flops(student_cfg, batch, num_samples, with_frontend=not shared_frontend)
     teacher = encoder_flops(teacher_cfg, batch, num_samples) if with_teacher else 0.0
+    teacher *= teacher_passes
     return teacher + 3.0 * (student + heads)
 
 

@@ -28,6 +28,17 @@ log = logging.getLogger("stackdistill")
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> list[stacking.Stage]:
     """Refuses a config that cannot work before anything is loaded or compiled."""
     distill.validate(config.distill)
+    if config.distill.loss == "masked" and not config.student.get("mask_emb", False):
+        raise ValueError(
+            "config.distill.loss='masked' feeds the student masked input: set "
+            "config.student.mask_emb=True (its learned mask embedding)"
+        )
+    if config.distill.loss == "masked" and config.targets.dir:
+        raise ValueError(
+            "config.distill.loss='masked' cannot use stored teacher targets "
+            "(config.targets.dir): the masked teacher's outputs depend on the mask drawn at "
+            "each step; unset config.targets.dir or choose another config.distill.loss"
+        )
     block = student.layers_per_block(config.student)
     stages = stacking.plan_stages(
         config.stacking, config.total_steps, config.student.num_layers, block
@@ -175,9 +186,10 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
         student_cfg,
         c.batch_size,
         c.data.max_samples,
-        len(c.distill.teacher_layers),
+        len(sources),  # one head per target (every layer with targets="every_layer")
         shared_frontend=c.student.frozen_shared_frontend,
         with_teacher=not setup.use_targets,
+        teacher_passes=2 if c.distill.loss == "masked" else 1,  # unmasked and masked
     )
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 

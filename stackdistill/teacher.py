@@ -28,7 +28,7 @@ from stackdistill.pruning import checkpoint as dp_checkpoint
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1  # bump when the params layout changes, to invalidate old caches
+CONVERTER_VERSION = 2  # bump when the params layout changes (2: masked_spec_embed kept)
 SOURCES_FILE = "sources.json"  # in each cache entry: the folders its checkpoint was read from
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -270,10 +270,15 @@ def save(path: str | os.PathLike, cfg: EncoderConfig, params: Any) -> pathlib.Pa
 
 
 def write_random(path: str | os.PathLike, cfg: EncoderConfig, seed: int = 0) -> pathlib.Path:
-    """Writes a random teacher as a transformers save_pretrained directory (no torch needed)."""
+    """Writes a random teacher as a transformers save_pretrained directory (no torch needed).
+
+    With a mask embedding (`masked_spec_embed`), as a pre-trained checkpoint has: masking
+    distillation runs the teacher on masked input. The other tensors do not depend on it.
+    """
     from stackdistill import models
 
-    return save(path, cfg, models.init_params(cfg, jax.random.key(seed)))
+    params = models.init_params(cfg.replace(mask_emb=True), jax.random.key(seed))
+    return save(path, cfg, params)
 
 
 def prepare(c: Any, workdir: str | os.PathLike) -> str:

@@ -78,3 +78,23 @@ def test_hand_counts():
     expected = 2 * 2 * 8 * 6 + 2 * 2 * 3 * 2 * 6 + 2 * per_layer
     assert flops.transformer_flops(cfg, 1, 2) == expected
     assert flops.mfu(2e9, 0.5, 8e9) == 0.5
+
+
+def test_masked_distillation_step_counts_two_teacher_passes():
+    # loss="masked" (recipes/masking.py): the teacher runs unmasked and masked.
+    distill_cfg = distill.default_config()
+    distill_cfg.teacher_layers, distill_cfg.loss = (1,), "masked"
+    s_cfg = STUDENT.replace(mask_emb=True)
+    t_params = jax.eval_shape(
+        lambda: models.init_params(TEACHER.replace(mask_emb=True), jax.random.key(0))
+    )
+    params = jax.eval_shape(
+        lambda: student.init_student(s_cfg, jax.random.key(0), TEACHER, None, (1,), False)
+    )
+    tx = optim.make_optimizer(optim.default_config(), lambda step: 1e-3, False)
+    state = jax.eval_shape(lambda p: distill.init_state(p, tx, 0), params)
+    fn = distill.make_train_step(distill_cfg, TEACHER, s_cfg, {1: 1}, tx, lambda s: 1e-3, False)
+    lowered = jax.jit(fn).lower(state, t_params, dict(zip(("audio", "lengths"), _audio())))
+    xla = flops.xla_flops(lowered)
+    analytic = flops.step_flops(TEACHER, s_cfg, BATCH, SAMPLES, 1, teacher_passes=2)
+    assert 0.97 <= xla / analytic <= 1.10, (xla, analytic)

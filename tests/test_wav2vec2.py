@@ -75,9 +75,9 @@ def _count_converted(cls_name: str, **config) -> tuple[int, int]:
     }
     encoder = model.wav2vec2 if cls_name != "Wav2Vec2Model" else model
     torch_count = sum(p.numel() for p in encoder.parameters())
-    # torch counts masked_spec_embed (SpecAugment, pre-training only) and the weight-norm g of
-    # the positional conv (num_conv_pos_embeddings values, folded into the kernel here).
-    expected = torch_count - cfg.hidden_size - cfg.num_conv_pos_embeddings
+    # torch counts the weight-norm g of the positional conv (num_conv_pos_embeddings values,
+    # folded into the kernel here); masked_spec_embed is kept (masking distillation).
+    expected = torch_count - cfg.num_conv_pos_embeddings
     return models.param_count(convert.state_dict_to_params(cfg, state)), expected
 
 

@@ -165,6 +165,7 @@ def distiller_state_dict(
 ) -> dict[str, np.ndarray]:
     """DistillerModel's state dict (numpy, float32) of a student that fits it."""
     state = convert.params_to_state_dict(cfg, encoder)
+    state.pop(convert.MASK_EMB, None)  # DistillerModel has no mask embedding
     out = {}
     for name, x in state.items():
         out[_rename(name, cfg.feat_extract_norm == "group")] = np.asarray(x, np.float32)

@@ -118,6 +118,8 @@ def export_student(
     encoder = jax.device_get(params["encoder"])
     depth = stacking.stack_depth(encoder)
     state = convert.params_to_state_dict(cfg.replace(num_layers=depth), encoder)
+    # HubertModel without SpecAugment (mask_time_prob 0) has no mask embedding to load.
+    state.pop(convert.MASK_EMB, None)
     # safetensors 0.8 writes a strided array's buffer as is (the weight-norm v is a transpose).
     state = {name: np.ascontiguousarray(x) for name, x in state.items()}
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
@@ -125,6 +127,8 @@ def export_student(
     (out / PREPROCESSOR).write_text(json.dumps(preprocessor_config(cfg, normalize), indent=1))
 
     heads = jax.device_get(params["heads"])
+    if student.is_layerwise(heads):  # the head of each target's source layer
+        heads = student.per_target_heads(heads, {int(k): int(v) for k, v in target_sources.items()})
     teacher_layers = sorted(int(name.removeprefix("layer_")) for name in heads)
     sources = {str(k): int(v) for k, v in target_sources.items()}
     if sorted(map(int, sources)) != teacher_layers:

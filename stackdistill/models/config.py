@@ -54,6 +54,10 @@ class EncoderConfig:
     # one attending layer and k - 1 layers that reuse its attention map (no q/k params).
     layers_per_block: int = 1
     layer_grad_scale: bool = False  # ARMHuBERT's per-layer GradMultiply (encoder.py)
+    # A learned (D,) `masked_spec_embed` that replaces time-masked frames after the projection
+    # (fairseq `mask_emb`, transformers `masked_spec_embed`); masking distillation turns it on.
+    mask_emb: bool = False
+    dropout_input: float = 0.0  # fairseq `dropout_input`: after the projection, before masking
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -93,8 +97,9 @@ class EncoderConfig:
 
     @property
     def has_dropout(self) -> bool:
-        """True when any of the three dropouts is on (the step then needs a dropout rng)."""
-        return max(self.dropout, self.attention_dropout, self.activation_dropout) > 0
+        """True when any dropout is on (the step then needs a dropout rng)."""
+        rates = (self.dropout, self.attention_dropout, self.activation_dropout, self.dropout_input)
+        return max(rates) > 0
 
     @property
     def num_blocks(self) -> int:

@@ -510,18 +510,49 @@ class Encoder(nn.Module):
     def setup(self):
         self.feature_extractor = FeatureExtractor(self.cfg)
         self.feature_projection = FeatureProjection(self.cfg)
+        self.dropout_input = nn.Dropout(self.cfg.dropout_input)
+        if self.cfg.mask_emb:
+            # fairseq/ARMHuBERT: torch.FloatTensor(D).uniform_() (models/maskhubert/model.py
+            # L275-277, models/armhubert/model.py L288-290): uniform on [0, 1).
+            self.masked_spec_embed = self.param(
+                "masked_spec_embed", nn.initializers.uniform(1.0), (self.cfg.hidden_size,)
+            )
         self.encoder = TransformerEncoder(self.cfg, self.deterministic)
 
-    def __call__(self, wav_bs: Array, lengths_b: Array) -> EncoderOutput:
+    def __call__(
+        self, wav_bs: Array, lengths_b: Array, time_mask_bt: Array | None = None
+    ) -> EncoderOutput:
         features_btc = self.feature_extractor(wav_bs)
         if self.cfg.feature_grad_mult != 1.0:
             features_btc = scale_gradient(features_btc, self.cfg.feature_grad_mult)
-        return self.from_features(features_btc, lengths_b)
+        return self.from_features(features_btc, lengths_b, time_mask_bt)
 
-    def from_features(self, features_btc: Array, lengths_b: Array) -> EncoderOutput:
-        """Runs everything after the CNN front-end (for a shared, precomputed front-end)."""
+    def from_features(
+        self, features_btc: Array, lengths_b: Array, time_mask_bt: Array | None = None
+    ) -> EncoderOutput:
+        """Runs everything after the CNN front-end (for a shared, precomputed front-end).
+
+        `time_mask_bt` (B, T) bool: frames replaced by `masked_spec_embed` after the projection
+        and `dropout_input`, before the positional conv -- fairseq HuBERT's `forward` order
+        (dropout_input, then apply_mask) and transformers' (`_mask_hidden_states` after the
+        feature projection). Needs `cfg.mask_emb`.
+        """
         mask_bt = frame_mask(self.cfg, lengths_b, features_btc.shape[1])
         x_btd = self.feature_projection(features_btc)
+        x_btd = self.dropout_input(x_btd, deterministic=self.deterministic)
+        if time_mask_bt is not None:
+            if not self.cfg.mask_emb:
+                raise ValueError(
+                    "a time mask needs a mask embedding: set config.student.mask_emb=True "
+                    "(a teacher needs `masked_spec_embed` in its checkpoint)"
+                )
+            if time_mask_bt.shape != mask_bt.shape:
+                raise ValueError(
+                    f"time mask of shape {tuple(time_mask_bt.shape)} for "
+                    f"{tuple(mask_bt.shape)} frames"
+                )
+            embed = self.masked_spec_embed.astype(x_btd.dtype)
+            x_btd = jnp.where(time_mask_bt[..., None], embed, x_btd)
         hidden_lbtd, last_btd = self.encoder(x_btd, mask_bt)
         return EncoderOutput(hidden_lbtd, last_btd, mask_bt, features_btc)
 

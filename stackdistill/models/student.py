@@ -9,6 +9,10 @@ Two families, both built from the teacher's config:
 Params are `{"encoder": <Encoder params>, "heads": {"layer_<k>": head}}` with one head per
 supervised teacher layer k, a head being `{"kernel", "bias"}` (linear) or
 `{"fc1": {...}, "fc2": {...}}` (mlp); the layer stack is `encoder/encoder/layers`.
+Layer-wise heads (`head="layerwise"`, ARMHuBERT's `LayerWiseProjHead` per student layer,
+models/maskhubert/model.py L306-317) are one Linear per student layer, stacked:
+`heads = {"layers": {"kernel": (N, D, D_t), "bias": (N, D_t)}}`, so `stacking.grow` copies a
+layer's head with the layer (params and optimizer moments alike).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from stackdistill.models.encoder import Encoder, EncoderOutput
 
 Params = dict[str, Any]
 FRONTEND_FIELDS = ("conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm")
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "layerwise")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -48,7 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.attention_dropout = 0.0
     c.activation_dropout = 0.0
     c.feature_grad_mult = 1.0  # gradient scale into the CNN front-end
-    c.head = "linear"  # "linear" | "mlp" (Linear -> GELU -> Linear, s3prl's expand-last)
+    # "linear" | "mlp" (Linear -> GELU -> Linear, s3prl's expand-last) | "layerwise" (one
+    # Linear per student layer, grown with it: MaskHuBERT/ARMHuBERT's `layerwise_proj`)
+    c.head = "linear"
+    c.mask_emb = False  # a learned mask embedding for masked input (config.distill.loss="masked")
+    c.dropout_input = 0.0  # fairseq `dropout_input`: after the projection (their yaml: 0.05)
     # The CNN front-end as ((dim, kernel, stride), ...) (fairseq `conv_feature_layers`);
     # None: the teacher's.
     c.conv_layers = ml_collections.FieldReference(None, field_type=object)
@@ -125,10 +133,15 @@ def student_encoder_config(
         attention_dropout=student.attention_dropout,
         activation_dropout=student.get("activation_dropout", student.dropout),
         feature_grad_mult=student.get("feature_grad_mult", 1.0),
+        mask_emb=bool(student.get("mask_emb", False)),
+        dropout_input=float(student.get("dropout_input", 0.0)),
     )
 
 
 ENCODER_NORM = ("encoder", "layer_norm")
+# Never copied from the teacher: their student keeps its uniform init (the copy is commented
+# out in ARMHuBERT's train.py L70-71).
+MASK_EMB = ("masked_spec_embed",)
 
 
 def _copy_matching(student: Any, teacher: Any, skip: tuple[tuple[str, ...], ...] = ()) -> Any:
@@ -211,8 +224,16 @@ def init_student(
     if init_from_teacher:
         if teacher_params is None:
             raise ValueError("init_from_teacher needs the teacher params")
-        skip = () if copy_teacher_encoder_norm else (ENCODER_NORM,)
+        skip = (MASK_EMB,) if copy_teacher_encoder_norm else (ENCODER_NORM, MASK_EMB)
         encoder = _copy_matching(encoder, teacher_params, skip)
+    if head == "layerwise":
+        keys = jax.random.split(head_rng, cfg.num_layers)
+        per_layer = [_torch_linear(k, cfg.hidden_size, teacher_cfg.hidden_size) for k in keys]
+        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_layer)
+        if cfg.layers_per_block > 1:  # (blocks, k, ...): the heads grow with whole blocks
+            k = cfg.layers_per_block
+            stacked = jax.tree_util.tree_map(lambda x: x.reshape(-1, k, *x.shape[1:]), stacked)
+        return {"encoder": encoder, "heads": {stacking.LAYERS_KEY: stacked}}
     heads = {}
     for k, key in zip(teacher_layer_ids, jax.random.split(head_rng, len(teacher_layer_ids))):
         fc1_key, fc2_key = jax.random.split(key)
@@ -242,6 +263,24 @@ def head_type(head: Params) -> str:
     return "mlp" if "fc1" in head else "linear"
 
 
+def is_layerwise(heads: Params) -> bool:
+    """Whether `heads` are layer-wise (one per student layer, under `layers`)."""
+    return stacking.LAYERS_KEY in heads
+
+
+def per_target_heads(heads: Params, source_layers: Mapping[int, int]) -> Params:
+    """{"layer_<k>": head} for each teacher layer k; layer-wise heads give their source's."""
+    if not is_layerwise(heads):
+        return {f"layer_{k}": heads[f"layer_{k}"] for k in source_layers}
+    stack = heads[stacking.LAYERS_KEY]
+    if stack["kernel"].ndim == 4:  # reuse blocks: (blocks, k, D, D_teacher) -> one per layer
+        stack = jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), stack)
+    return {
+        f"layer_{k}": jax.tree_util.tree_map(lambda x, s=s: x[s - 1], stack)
+        for k, s in source_layers.items()
+    }
+
+
 def apply_head(head: Params, h_btd: jax.Array) -> jax.Array:
     """One head on hidden states: x W + b, or (GELU(x W1 + b1)) W2 + b2 for an mlp head."""
 
@@ -260,23 +299,40 @@ def apply_encoder(
     lengths: jax.Array,
     features: jax.Array | None = None,
     dropout_rng: jax.Array | None = None,
+    time_mask: jax.Array | None = None,
 ) -> EncoderOutput:
-    """The student encoder on a waveform, or on precomputed CNN `features` (shared front-end)."""
+    """The student encoder on a waveform, or on precomputed CNN `features` (shared front-end).
+
+    `time_mask` (B, T): frames replaced by the student's mask embedding (masked input).
+    """
     cfg = cfg.at_depth_of(encoder_params)
     deterministic = dropout_rng is None
     module = Encoder(cfg, deterministic=deterministic)
     rngs = {} if deterministic else {"dropout": dropout_rng}
     variables = {"params": encoder_params}
     if features is None:
-        return module.apply(variables, wav, lengths, rngs=rngs)
-    return module.apply(variables, features, lengths, rngs=rngs, method=Encoder.from_features)
+        return module.apply(variables, wav, lengths, time_mask, rngs=rngs)
+    return module.apply(
+        variables, features, lengths, time_mask, rngs=rngs, method=Encoder.from_features
+    )
 
 
 def predict(
     heads: Params, hidden_lbtd: jax.Array, source_layers: Mapping[int, int]
 ) -> dict[int, jax.Array]:
-    """Predictions of each teacher layer k from the student hidden state source_layers[k]."""
-    return {k: apply_head(heads[f"layer_{k}"], hidden_lbtd[s]) for k, s in source_layers.items()}
+    """Predictions of each teacher layer k from the student hidden state source_layers[k].
+
+    Layer-wise heads: student layer s (hidden state s, s >= 1) is read by its own head s - 1.
+    """
+    if is_layerwise(heads) and any(s < 1 for s in source_layers.values()):
+        raise ValueError(
+            f"layer-wise heads read transformer layers only; sources {dict(source_layers)} "
+            "include hidden state 0 (the projected CNN output)"
+        )
+    per_target = per_target_heads(heads, source_layers)
+    return {
+        k: apply_head(per_target[f"layer_{k}"], hidden_lbtd[s]) for k, s in source_layers.items()
+    }
 
 
 def paper_param_count(params: Params, cfg: EncoderConfig) -> int:
