@@ -115,7 +115,7 @@ def init_state(setup: Setup, t_params) -> dict:
         jax.random.key(c.seed),
         setup.teacher_cfg,
         t_params,
-        tuple(c.distill.teacher_layers),
+        distill.head_layers(c.distill),
         c.student.init_from_teacher,
         head=c.student.head,
         copy_teacher_encoder_norm=c.student.copy_teacher_encoder_norm,
