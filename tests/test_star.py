@@ -215,3 +215,60 @@ def test_star_refuses_stored_targets():
     tx, schedule = optax.adam(1e-3), optax.constant_schedule(1e-3)
     with pytest.raises(ValueError, match="config.distill.loss='star'"):
         distill.make_train_step(d, TEACHER, STUDENT, {2: 1, 4: 2}, tx, schedule, False, True)
+
+
+# --------------------------------------------------------------- configs/starhubert.py
+
+
+def _by_hand_layer(d, ffn):
+    """One fairseq post-LN layer (their module.py L336-356): q, k, v, out, 2 LayerNorms, FFN."""
+    return 4 * (d * d + d) + 2 * 2 * d + (d * ffn + ffn) + (ffn * d + d)
+
+
+@pytest.mark.parametrize(
+    "arg, method, teacher_layers, depths",
+    [
+        (None, "none", tuple(range(1, 13)), [12]),
+        ("stacking=interleaved", "interleaved", (4, 8, 12), [3, 6, 9, 12]),
+        ("stacking=top,runlocal", "top", (4, 8, 12), [3, 6, 9, 12]),
+        ("stacking=middle", "middle", (4, 8, 12), [3, 6, 9, 12]),
+    ],
+)
+def test_starhubert_config_variants(arg, method, teacher_layers, depths):
+    from tests.helpers import load_config
+
+    c = load_config("configs/starhubert.py", arg)
+    distill.validate(c.distill)
+    assert (c.distill.loss, c.stacking.method) == ("star", method)
+    assert tuple(c.distill.teacher_layers) == teacher_layers
+    stages = stacking.plan_stages(c.stacking, c.total_steps, c.student.num_layers)
+    assert [s.depth for s in stages] == depths
+    first = distill.initial_student_layers(c.distill, depths[0])
+    assert first == tuple(range(depths[0])) if method == "none" else first == (0, 1, 2)
+    assert distill.head_layers(c.distill) == ()
+
+
+def test_starhubert_transformer_size_by_hand():
+    """Our encoder at the config's shape against a hand count of their modules.
+
+    The CNN front-end (their 1 x 1-conv one) is the attention-reuse branch's field, so it is
+    counted by hand here: conv weights without bias (yaml conv_bias False) and the first
+    block's GroupNorm(128, 128); then LayerNorm(480) after it (model.py L195).
+    """
+    from tests.helpers import load_config
+
+    c = load_config("configs/starhubert.py")
+    cfg = student.student_encoder_config(c.student, EncoderConfig())
+    wav = jnp.zeros((1, 16000))
+    shapes = jax.eval_shape(
+        lambda: Encoder(cfg).init(jax.random.key(0), wav, jnp.array([16000]))["params"]
+    )
+    ours = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["encoder"]))
+    d, ffn = 480, 1024
+    pos_conv = d * (d // 16) * 128 + d  # module.py L176-186 (torch adds weight_g's 128)
+    assert ours == pos_conv + 2 * d + 12 * _by_hand_layer(d, ffn)
+    in_dims = (1,) + tuple(o for o, _, _ in c.student.conv_layers[:-1])
+    conv = sum(i * o * k for i, (o, k, _) in zip(in_dims, c.student.conv_layers)) + 2 * 128
+    total = ours + 128 + conv + 2 * d  # + weight_g, the CNN and its LayerNorm, as torch counts
+    assert total == 26_630_752
+    assert abs(total / 26.63e6 - 1) < 0.005  # STaRHuBERT-L (README L191: 26.6M; issue: 26.63M)
