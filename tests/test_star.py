@@ -272,3 +272,17 @@ def test_starhubert_transformer_size_by_hand():
     total = ours + 128 + conv + 2 * d  # + weight_g, the CNN and its LayerNorm, as torch counts
     assert total == 26_630_752
     assert abs(total / 26.63e6 - 1) < 0.005  # STaRHuBERT-L (README L191: 26.6M; issue: 26.63M)
+
+
+def test_headless_student_exports_and_loads_back(setup, tmp_path):
+    from stackdistill import export, teacher
+
+    *_, params, _, _, batch = setup
+    export.export_student(STUDENT, params, tmp_path, {2: 1, 4: 2})
+    cfg_back, encoder_back = teacher.load(str(tmp_path), use_cache=False)
+    assert cfg_back.num_layers == 2 and cfg_back.hidden_size == STUDENT.hidden_size
+    heads, info = export.load_heads(tmp_path)
+    assert heads == {} and info["head"] == "none" and info["target_sources"] == {"2": 1, "4": 2}
+    want = models.encode(STUDENT, params["encoder"], batch["audio"], batch["lengths"])
+    got = models.encode(cfg_back, encoder_back, batch["audio"], batch["lengths"])
+    np.testing.assert_allclose(got.hidden_states, want.hidden_states, atol=1e-4)
