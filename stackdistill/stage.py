@@ -168,9 +168,10 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
         student_cfg,
         c.batch_size,
         c.data.max_samples,
-        len(c.distill.teacher_layers),
+        len(distill.head_layers(c.distill)),
         shared_frontend=c.student.frozen_shared_frontend,
         with_teacher=not setup.use_targets,
+        gram_layers=len(sources) if c.distill.loss == "star" else 0,
     )
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 
