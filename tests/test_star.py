@@ -188,15 +188,29 @@ def test_star_step_is_finite_and_loss_falls(setup):
 
 @pytest.mark.parametrize(
     "method, lineage, want",
-    [("interleaved", [0, 0, 1, 1], {2: 2, 4: 4}), ("top", [0, 1, 0, 1], {2: 3, 4: 4})],
+    [
+        ("interleaved", [0, 0, 1, 1], {2: 2, 4: 4}),  # blocks keep their positions
+        ("top", [0, 1, 0, 1], {2: 3, 4: 4}),  # layer 0's last descendant is the copy on top
+        ("middle", [0, 1, 0, 1], {2: 3, 4: 4}),  # the middle block of 2 is the whole stack
+    ],
 )
-def test_targets_follow_lineage_after_growth(setup, method, lineage, want):
-    d, t_params, params, tx, schedule, batch = setup
+def test_targets_follow_lineage_after_growth(method, lineage, want):
+    d = distill.default_config()
+    d.loss, d.teacher_layers = "star", (2, 4)
     grown_lineage = stacking.lineage_after(np.arange(2), method, 2)
     np.testing.assert_array_equal(grown_lineage, lineage)
-    sources = distill.target_sources(d, grown_lineage, (0, 1), "last")
+    assert distill.target_sources(d, grown_lineage, (0, 1), "last") == want
+
+
+def test_step_reads_the_pairs_of_the_grown_stack(setup):
+    """After top growth 2 -> 4 the step's STaR loss is on pairs {2: 3, 4: 4}, by NumPy."""
+    d, t_params, params, tx, schedule, batch = setup
+    want = {2: 3, 4: 4}
+    sources = distill.target_sources(
+        d, stacking.lineage_after(np.arange(2), "top", 2), (0, 1), "last"
+    )
     assert sources == want
-    grown = {**params, "encoder": stacking.grow(params["encoder"], method, 2)}
+    grown = {**params, "encoder": stacking.grow(params["encoder"], "top", 2)}
     step = distill.make_train_step(d, TEACHER, STUDENT, sources, tx, schedule, False)
     _, metrics = jax.jit(step)(distill.init_state(grown, tx, 0), t_params, batch)
     # The step's loss is STaR on exactly those pairs, recomputed here in NumPy.
