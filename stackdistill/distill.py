@@ -25,10 +25,11 @@ from stackdistill import losses, stacking
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder, frame_lengths, frame_mask
-from stackdistill.recipes import masking
+from stackdistill.recipes import masking, star
 
 State = dict[str, Any]
-LOSSES = ("mse", "l1_cos", "masked")
+LOSSES = ("mse", "l1_cos", "masked", "star")
+HEADLESS_LOSSES = ("star",)  # losses that read the student's hidden states, no heads
 HEADS_ON = ("lineage", "last")
 TARGETS = ("fixed", "every_layer")
 
@@ -38,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.teacher_layers = (4, 8, 12)  # supervised teacher hidden states; the last is the output
     c.student_layers = ml_collections.FieldReference(None, field_type=tuple)  # initial stack
-    c.loss = "mse"  # "mse" (paper: output MSE + w * mean intermediate MSE) | "l1_cos"
+    c.loss = "mse"  # "mse" (paper: output MSE + w * mean intermediate MSE) | "l1_cos" | "star"
     c.intermediate_weight = 0.5
     c.cos_weight = 1.0  # l1_cos only
     c.heads_on = "lineage"  # "lineage": each target follows its layer; "last": DistilHuBERT
@@ -52,7 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.hint_weight = 0.1
     c.rec_weight = 1.0
     c.rec_loss = "mse"
+    c.star = star.default_config()  # loss="star" only: STaR's temporal Gram matrix weights
     return c
+
+
+def head_layers(c: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Teacher layers that get a prediction head: none for STaR (no extra parameters)."""
+    return () if c.loss in HEADLESS_LOSSES else tuple(int(k) for k in c.teacher_layers)
 
 
 def initial_student_layers(c: ml_collections.ConfigDict, start_depth: int) -> tuple[int, ...]:
@@ -155,6 +162,12 @@ def make_train_step(
         return _masked_train_step(
             distill, teacher_cfg, student_cfg, sources, tx, schedule, shared_frontend
         )
+    if distill.loss == "star" and cached:
+        raise ValueError(
+            "config.distill.loss='star' needs the teacher's hidden states k - 1 and k of every "
+            "supervised layer k; stored targets (config.targets.dir) hold only "
+            "config.distill.teacher_layers: run without them"
+        )
 
     def teacher_outputs(teacher_params, batch):
         """(supervised hidden states indexable by teacher layer, frame mask, CNN features)."""
@@ -179,6 +192,11 @@ def make_train_step(
             features=features if shared_frontend else None,
             dropout_rng=rng if use_dropout else None,
         )
+        if distill.loss == "star":
+            w = distill.star
+            return star.star_loss(
+                out.hidden_states, hidden, mask, sources, w.layer_weight, w.intra_weight
+            )
         preds = student.predict(params["heads"], out.hidden_states, sources)
         if distill.loss == "mse":
             return losses.paper_loss(preds, hidden, mask, output_layer, distill.intermediate_weight)
@@ -297,3 +315,5 @@ def validate(d: ml_collections.ConfigDict) -> None:
             )
         if d.heads_on != "lineage":
             raise ValueError("config.distill.loss='masked' needs config.distill.heads_on='lineage'")
+    if d.loss == "star":
+        star.validate(d)

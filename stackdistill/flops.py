@@ -58,15 +58,23 @@ def step_flops(
     shared_frontend: bool = False,
     with_teacher: bool = True,
     teacher_passes: int = 1,
+    gram_layers: int = 0,
 ) -> float:
     """Teacher forward(s) (unless its targets are cached) + student forward and backward (3x
-    its forward), heads included. Masking distillation runs the teacher twice."""
+    its forward), heads included. Masking distillation runs the teacher twice; `gram_layers`:
+    STaR's two T x T Gram matrices per supervised layer on each side (the teacher's forward
+    only)."""
     frames = teacher_cfg.num_frames(num_samples)
     heads = 2.0 * batch * frames * student_cfg.hidden_size * teacher_cfg.hidden_size * num_targets
     student = encoder_flops(student_cfg, batch, num_samples, with_frontend=not shared_frontend)
     teacher = encoder_flops(teacher_cfg, batch, num_samples) if with_teacher else 0.0
     teacher *= teacher_passes
-    return teacher + 3.0 * (student + heads)
+    gram = 2.0 * 2.0 * batch * frames * frames * gram_layers  # 2 matrices of 2 B T^2 D each
+    return (
+        teacher
+        + 3.0 * (student + heads + gram * student_cfg.hidden_size)
+        + gram * teacher_cfg.hidden_size
+    )
 
 
 def xla_flops(compiled: Any) -> float:

@@ -129,7 +129,7 @@ def init_state(setup: Setup, t_params) -> dict:
         jax.random.key(c.seed),
         setup.teacher_cfg,
         t_params,
-        tuple(c.distill.teacher_layers),
+        distill.head_layers(c.distill),
         c.student.init_from_teacher,
         head=c.student.head,
         copy_teacher_encoder_norm=c.student.copy_teacher_encoder_norm,
@@ -186,10 +186,12 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
         student_cfg,
         c.batch_size,
         c.data.max_samples,
-        len(sources),  # one head per target (every layer with targets="every_layer")
+        # one head per target (every layer with targets="every_layer"); none for STaR
+        0 if c.distill.loss in distill.HEADLESS_LOSSES else len(sources),
         shared_frontend=c.student.frozen_shared_frontend,
         with_teacher=not setup.use_targets,
         teacher_passes=2 if c.distill.loss == "masked" else 1,  # unmasked and masked
+        gram_layers=len(sources) if c.distill.loss == "star" else 0,
     )
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 

@@ -31,7 +31,9 @@ def _xla_step_flops(loss: str, shared: bool) -> float:
     distill_cfg.teacher_layers, distill_cfg.loss = (1,), loss
     teacher_params = jax.eval_shape(lambda: models.init_params(TEACHER, jax.random.key(0)))
     params = jax.eval_shape(
-        lambda: student.init_student(STUDENT, jax.random.key(0), TEACHER, None, (1,), False)
+        lambda: student.init_student(
+            STUDENT, jax.random.key(0), TEACHER, None, distill.head_layers(distill_cfg), False
+        )
     )
     stacking_cfg = stacking.default_config()
     stacking_cfg.method = "none"
@@ -52,11 +54,14 @@ def test_encoder_forward_matches_xla():
     assert 0.97 <= xla / analytic <= 1.10, (xla, analytic)
 
 
-@pytest.mark.parametrize("loss", ["mse", "l1_cos"])
+@pytest.mark.parametrize("loss", ["mse", "l1_cos", "star"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_train_step_matches_xla(loss, shared):
     xla = _xla_step_flops(loss, shared)
-    analytic = flops.step_flops(TEACHER, STUDENT, BATCH, SAMPLES, 1, shared_frontend=shared)
+    star = loss == "star"  # no head; two Gram matrices per side instead
+    analytic = flops.step_flops(
+        TEACHER, STUDENT, BATCH, SAMPLES, 0 if star else 1, shared, gram_layers=int(star)
+    )
     assert 0.97 <= xla / analytic <= 1.10, (xla, analytic)
 
 

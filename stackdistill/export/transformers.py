@@ -20,6 +20,8 @@ Writes, into the export directory:
   {"<k>": s, ...}, "step", "depth", "teacher", ...}`; the head of teacher layer k reads
   `hidden_states[s]` of the exported model (entry 0 is the input to the first layer, as in
   transformers): `hidden_states[s] @ weight.T + bias`, or `fc2(gelu(fc1(hidden_states[s])))`.
+  A headless student (loss "star") writes `"head": "none"`, no tensors, and the pairs its
+  loss read as `target_sources`.
 
 `push_to_hub` uploads such a directory with huggingface_hub.
 """
@@ -131,14 +133,15 @@ def export_student(
         heads = student.per_target_heads(heads, {int(k): int(v) for k, v in target_sources.items()})
     teacher_layers = sorted(int(name.removeprefix("layer_")) for name in heads)
     sources = {str(k): int(v) for k, v in target_sources.items()}
-    if sorted(map(int, sources)) != teacher_layers:
+    # A headless recipe (STaR) keeps its target_sources: the pairs its loss read.
+    if heads and sorted(map(int, sources)) != teacher_layers:
         raise ValueError(f"target_sources {sources} do not name the heads {sorted(heads)}")
     if any(not 0 <= s <= depth for s in sources.values()):
         raise ValueError(f"target_sources {sources}: a hidden state beyond depth {depth}")
     kinds = {student.head_type(heads[f"layer_{k}"]) for k in teacher_layers}
-    if len(kinds) != 1:
+    if len(kinds) > 1:
         raise ValueError(f"heads of mixed types {sorted(kinds)}")
-    (kind,) = kinds
+    kind = kinds.pop() if kinds else "none"
     head_tensors = {}
     for k in teacher_layers:
         head = heads[f"layer_{k}"]
