@@ -51,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.attention = "xla"  # "cudnn": fused attention by key lengths on GPUs
     c.frontend_norm = "float32"  # "compute": CNN norms in the compute dtype, f32 statistics
+    c.first_conv = "conv"  # "matmul": conv 0 over strided windows, its GroupNorm folded in
     c.xla_gpu_flags = False  # MaxText's XLA GPU flags (GPU_FLAGS), set by main.py
     c.remat_memory_fraction = 0.5  # config.remat="auto": activations' share of device memory
     return c
@@ -59,7 +60,11 @@ def default_config() -> ml_collections.ConfigDict:
 def encoder_options(config: ml_collections.ConfigDict) -> dict[str, str]:
     """The EncoderConfig fields the fast path sets (teacher and student alike)."""
     f = config.get("fastpath") or default_config()
-    return {"attention": f.attention, "frontend_norm": f.frontend_norm}
+    return {
+        "attention": f.attention,
+        "frontend_norm": f.frontend_norm,
+        "first_conv": f.get("first_conv", "conv"),
+    }
 
 
 def gpu_present() -> bool:

@@ -13,9 +13,13 @@ from stackdistill.models import EncoderConfig
 
 def test_defaults_are_todays_path():
     c = config_lib.base_config()
-    assert fastpath.encoder_options(c) == {"attention": "xla", "frontend_norm": "float32"}
+    assert fastpath.encoder_options(c) == {
+        "attention": "xla",
+        "frontend_norm": "float32",
+        "first_conv": "conv",
+    }
     fields = EncoderConfig()
-    assert (fields.attention, fields.frontend_norm) == ("xla", "float32")
+    assert (fields.attention, fields.frontend_norm, fields.first_conv) == ("xla", "float32", "conv")
     assert c.remat == "none" and not c.fastpath.xla_gpu_flags
     assert fastpath.remat_policy(c, fields, 24, device_bytes=10**15) == "none"
 

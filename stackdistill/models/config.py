@@ -13,8 +13,9 @@ MODEL_TYPES = ("hubert", "wavlm", "wav2vec2")
 HF_ARCHITECTURES = {"hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "dots_saveable", "nothing_saveable")
-ATTENTION = ("xla", "cudnn")  # "cudnn": by key lengths, cuDNN's fused kernel on a GPU
+ATTENTION = ("xla", "cudnn", "flash")  # by key lengths: cuDNN's kernel on a GPU, Pallas' on TPU
 FRONTEND_NORMS = ("float32", "compute")  # the CNN norms' elementwise math (stats: float32)
+FIRST_CONV = ("conv", "matmul")  # "matmul": conv 0 over strided windows, its GroupNorm folded in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class EncoderConfig:
     feature_grad_mult: float = 1.0  # scales the gradient into the CNN front-end (fairseq's)
     attention: str = "xla"  # fast path (stackdistill/fastpath.py); numerics as "xla"
     frontend_norm: str = "float32"  # "compute": normalise in `dtype`, float32 statistics
+    first_conv: str = "conv"  # "matmul": conv 0 as a matmul over strided windows (fastpath)
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -68,6 +70,8 @@ class EncoderConfig:
             raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION}")
         if self.frontend_norm not in FRONTEND_NORMS:
             raise ValueError(f"frontend_norm {self.frontend_norm!r} is not one of {FRONTEND_NORMS}")
+        if self.first_conv not in FIRST_CONV:
+            raise ValueError(f"first_conv {self.first_conv!r} is not one of {FIRST_CONV}")
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stackdistill import frames
+from stackdistill.models import flash_attention
 from stackdistill.models.config import EncoderConfig
 
 Array = jax.Array
@@ -65,6 +66,66 @@ class FrontendNorm(nn.Module):
         return y * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
+def strided_windows(wav_bs: Array, kernel: int, stride: int) -> Array:
+    """(B, S) -> (B, T, kernel): the samples each output frame of a VALID 1-D conv reads.
+
+    With stride dividing kernel (HuBERT's 10 / 5), a reshape into stride-long chunks and
+    kernel / stride shifted views of them; otherwise `kernel` strided slices.
+    """
+    b, s = wav_bs.shape
+    t = (s - kernel) // stride + 1
+    if t < 1:
+        raise ValueError(f"{s} samples are fewer than the first conv's kernel ({kernel})")
+    if kernel % stride == 0:
+        span = kernel // stride
+        chunks = wav_bs[:, : stride * (t + span - 1)].reshape(b, -1, stride)
+        return jnp.concatenate([chunks[:, j : j + t] for j in range(span)], axis=-1)
+    stop = stride * (t - 1) + 1
+    return jnp.stack([wav_bs[:, j : j + stop : stride] for j in range(kernel)], axis=-1)
+
+
+class _Params(nn.Module):
+    """Declares params by name, shape and initializer (same names as flax's modules)."""
+
+    specs: tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, "lecun" | "zeros" | "ones")
+
+    @nn.compact
+    def __call__(self) -> dict[str, Array]:
+        inits = {
+            "lecun": nn.initializers.lecun_normal(),
+            "zeros": nn.initializers.zeros,
+            "ones": nn.initializers.ones,
+        }
+        return {name: self.param(name, inits[init], shape) for name, shape, init in self.specs}
+
+
+def first_conv_matmul(cfg: EncoderConfig, wav_bs: Array, conv: dict, norm: dict | None) -> Array:
+    """Conv 0 (one input channel) as a (B, T, K) x (K, C) matmul over strided windows.
+
+    `fastpath.first_conv="matmul"`. With its GroupNorm (`norm`: one group per channel, over
+    time, padding included), the norm is folded into the matmul: channel c's output is
+    w_c . x_t, so its mean over time is w_c . m and its variance w_c^T Cov w_c, where m and
+    Cov (K x K) are the windows' mean and covariance, in float32. The matmul then runs on the
+    centred windows with the kernel scaled by scale_c / std_c, plus the norm's bias: no pass
+    over the (B, T, C) output for statistics, forward or backward.
+    """
+    k, s = cfg.conv_kernel[0], cfg.conv_stride[0]
+    x_btk = strided_windows(wav_bs.astype(jnp.float32), k, s)
+    w_kc = conv["kernel"][:, 0, :]
+    if norm is None:  # a LayerNorm over channels follows (ConvLayer)
+        y_btc = x_btk.astype(cfg.dtype) @ w_kc.astype(cfg.dtype)
+        return y_btc + conv["bias"].astype(cfg.dtype) if "bias" in conv else y_btc
+    hi = jax.lax.Precision.HIGHEST
+    m_bk = x_btk.mean(1)
+    xc_btk = x_btk - m_bk[:, None, :]  # centred: no cancellation of a DC offset in bf16
+    cov_bkk = jnp.einsum("btk,btl->bkl", xc_btk, xc_btk, precision=hi) / x_btk.shape[1]
+    var_bc = jnp.einsum("bkl,kc,lc->bc", cov_bkk, w_kc, w_kc, precision=hi)
+    gain_bc = jax.lax.rsqrt(var_bc + 1e-5) * norm["scale"]  # the conv bias cancels
+    w_bkc = (w_kc[None] * gain_bc[:, None, :]).astype(cfg.dtype)
+    y_btc = jnp.einsum("btk,bkc->btc", xc_btk.astype(cfg.dtype), w_bkc)
+    return y_btc + norm["bias"].astype(cfg.dtype)[None, None]
+
+
 class ConvLayer(nn.Module):
     """One conv of the front-end, with its norm (GroupNorm on conv 0 or LayerNorm) and GELU."""
 
@@ -74,15 +135,27 @@ class ConvLayer(nn.Module):
     @nn.compact
     def __call__(self, x_btc: Array) -> Array:
         cfg, i = self.cfg, self.index
-        x_btc = nn.Conv(
-            cfg.conv_dim[i],
-            kernel_size=(cfg.conv_kernel[i],),
-            strides=(cfg.conv_stride[i],),
-            padding="VALID",
-            use_bias=cfg.conv_bias,
-            dtype=cfg.dtype,
-            name="conv",
-        )(x_btc)
+        if i == 0 and cfg.first_conv == "matmul":
+            # Same params (names, shapes, inits) as nn.Conv and the norm below.
+            k, c = cfg.conv_kernel[0], cfg.conv_dim[0]
+            specs = (("kernel", (k, 1, c), "lecun"),) + cfg.conv_bias * (("bias", (c,), "zeros"),)
+            conv = _Params(specs, name="conv")()
+            group = cfg.feat_extract_norm == "group"
+            norm_specs = (("scale", (c,), "ones"), ("bias", (c,), "zeros"))
+            norm = _Params(norm_specs, name="layer_norm")() if group else None
+            x_btc = first_conv_matmul(cfg, x_btc[..., 0], conv, norm)
+            if group:  # the norm is folded into the matmul
+                return _gelu(x_btc)
+        else:
+            x_btc = nn.Conv(
+                cfg.conv_dim[i],
+                kernel_size=(cfg.conv_kernel[i],),
+                strides=(cfg.conv_stride[i],),
+                padding="VALID",
+                use_bias=cfg.conv_bias,
+                dtype=cfg.dtype,
+                name="conv",
+            )(x_btc.astype(cfg.dtype))
         if cfg.frontend_norm == "compute" and (cfg.feat_extract_norm == "layer" or i == 0):
             axis = -1 if cfg.feat_extract_norm == "layer" else 1  # LayerNorm | GroupNorm
             x_btc = FrontendNorm(1e-5, axis, cfg.dtype, name="layer_norm")(x_btc)
@@ -108,7 +181,7 @@ class FeatureExtractor(nn.Module):
 
     @nn.compact
     def __call__(self, wav_bs: Array) -> Array:
-        x_btc = wav_bs[:, :, None].astype(self.cfg.dtype)
+        x_btc = wav_bs[:, :, None]  # conv 0 casts to the compute dtype (the matmul form later)
         for i in range(len(self.cfg.conv_dim)):
             x_btc = ConvLayer(self.cfg, i, name=f"conv_layers_{i}")(x_btc)
         return x_btc
@@ -292,11 +365,22 @@ def attention(cfg: EncoderConfig, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt) ->
 
     "xla": today's form, a (B, 1, 1, T) key mask. "cudnn": the same keys as sequence lengths
     (the mask is a prefix), through cuDNN's fused kernel on a GPU in bf16/fp16 without a bias;
-    elsewhere (CPU, float32, WavLM's bias) XLA's attention with those lengths.
+    elsewhere (CPU, float32, WavLM's bias) XLA's attention with those lengths. "flash": on a
+    TPU without a bias, Pallas's flash attention kernel (models/flash_attention.py); elsewhere
+    as "cudnn".
     """
     if cfg.attention == "xla":
         mask = mask_bt[:, None, None, :]
         return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=mask)
+    if cfg.attention == "flash" and bias_bntt is None:
+        return jax.lax.platform_dependent(
+            q_btnh,
+            k_btnh,
+            v_btnh,
+            mask_bt,
+            tpu=flash_attention.attention,
+            default=lambda q, k, v, m: attention(cfg.replace(attention="cudnn"), q, k, v, None, m),
+        )
     lengths_b = mask_bt.sum(-1, dtype=jnp.int32)
     head = q_btnh.shape[-1]
     fused = (
