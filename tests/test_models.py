@@ -1,5 +1,7 @@
 """The shared encoder: HuBERT Base shapes and size, frame arithmetic, bf16, input errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -334,3 +336,33 @@ def test_first_conv_matmul_follows_transformers(tmp_path, stable):
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads
     )
+
+
+def test_flash_attention_kernel_in_interpret_mode():
+    """attention="flash"'s Pallas TPU kernel, interpreted on the CPU: softmax over the valid
+    keys (padded queries too; frames padded to its 128-frame blocks), forward against numpy
+    in float64 and gradients against the default path."""
+    import jax.experimental.pallas.tpu as pltpu
+
+    from stackdistill.models import flash_attention
+    from stackdistill.models.encoder import attention
+
+    rng = np.random.default_rng(0)
+    b, t, n, h = 2, 130, 2, 16
+    q, k, v = (rng.standard_normal((b, t, n, h)).astype(np.float32) for _ in range(3))
+    lengths = np.array([130, 37])
+    mask = jnp.arange(t)[None] < jnp.asarray(lengths)[:, None]
+    cotangent = rng.standard_normal((b, t, n, h)).astype(np.float32)
+
+    def loss(fn, *qkv):
+        return jnp.sum(fn(*qkv) * cotangent)
+
+    default = functools.partial(attention, EncoderConfig(), bias_bntt=None, mask_bt=mask)
+    with pltpu.force_tpu_interpret_mode():
+        flash = functools.partial(flash_attention.attention_local, mask_bt=mask)
+        got = flash(q, k, v)
+        grads = jax.grad(functools.partial(loss, flash), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, _attention_reference(q, k, v, lengths), atol=1e-5)
+    expected = jax.grad(functools.partial(loss, default), argnums=(0, 1, 2))(q, k, v)
+    for a, e in zip(grads, expected):
+        np.testing.assert_allclose(a, e, atol=1e-4)

@@ -366,13 +366,13 @@ def attention(cfg: EncoderConfig, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt) ->
     "xla": today's form, a (B, 1, 1, T) key mask. "cudnn": the same keys as sequence lengths
     (the mask is a prefix), through cuDNN's fused kernel on a GPU in bf16/fp16 without a bias;
     elsewhere (CPU, float32, WavLM's bias) XLA's attention with those lengths. "flash": on a
-    TPU without a bias, Pallas's flash attention kernel (models/flash_attention.py); elsewhere
-    as "cudnn".
+    TPU without a bias, for at least one 128-frame block, Pallas's flash attention kernel
+    (models/flash_attention.py); otherwise as "cudnn".
     """
     if cfg.attention == "xla":
         mask = mask_bt[:, None, None, :]
         return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=mask)
-    if cfg.attention == "flash" and bias_bntt is None:
+    if cfg.attention == "flash" and bias_bntt is None and q_btnh.shape[1] >= flash_attention.BLOCK:
         return jax.lax.platform_dependent(
             q_btnh,
             k_btnh,
