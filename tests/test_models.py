@@ -290,7 +290,7 @@ def test_bf16_frontend_norm_keeps_the_bf16_error(tmp_path, feat_extract_norm):
 @pytest.mark.parametrize("kernel,stride", [(10, 5), (7, 3), (4, 4)])
 def test_strided_windows_are_the_conv_windows(kernel, stride):
     """strided_windows(wav)[b, t] is wav[b, t*stride : t*stride + kernel] for every frame."""
-    from stackdistill.models.encoder import strided_windows
+    from stackdistill.models.first_conv import strided_windows
 
     wav = np.random.default_rng(0).standard_normal((2, 103)).astype(np.float32)
     got = np.asarray(strided_windows(jnp.asarray(wav), kernel, stride))
