@@ -4,9 +4,10 @@ The kernel (jax.experimental.pallas.ops.tpu.flash_attention) never writes the (T
 probabilities to HBM, forward or backward: the backward recomputes them block by block from
 the saved log-sum-exp. Frames are padded to a multiple of its 128-frame blocks; every query
 (padded ones too, as transformers does) attends to the valid keys only, by segment ids (queries
-in segment 1, valid keys 1, padded keys 0). Under a mesh (`jax.set_mesh`, as stage.compile_step
-sets it), the kernel runs per device in a shard_map over the batch, split over every mesh axis
-as the batch is (sharding.batch_sharding); without one it is left to the partitioner.
+in segment 1, valid keys 1, padded keys 0). Under an abstract mesh
+(`jax.sharding.use_abstract_mesh`, as stage.compile_step sets it for the step), the kernel runs
+per device in a shard_map over the batch, split over every mesh axis as the batch is
+(sharding.batch_sharding); without one (or on one device) it is called as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 from jax.sharding import PartitionSpec
 
 BLOCK = 128  # the kernel's default block sizes (queries, keys, backward alike)
@@ -34,6 +34,8 @@ def attention(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array, mask_bt: 
 
 def attention_local(q_btnh, k_btnh, v_btnh, mask_bt) -> jax.Array:
     """The kernel on one device's batch (under `pltpu.force_tpu_interpret_mode()` on a CPU)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash  # TPU use only
+
     b, t, _, h = q_btnh.shape
     padded = -(-t // BLOCK) * BLOCK
     pad = ((0, 0), (0, padded - t), (0, 0), (0, 0))
