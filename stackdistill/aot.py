@@ -136,7 +136,8 @@ def teacher_shapes(config: ml_collections.ConfigDict) -> tuple[EncoderConfig, An
                 "directory with config.json, or one of " + ", ".join(sorted(KNOWN_TEACHERS))
             )
         cfg = EncoderConfig.from_hf(hf)
-    cfg = cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
+    platform = "tpu" if (config.get("compile") or default_config()).topology else None
+    cfg = cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config, platform))
     if max(config.distill.teacher_layers) > cfg.num_layers:
         raise ValueError(
             f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "

@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 24  # global, split over processes and devices
     c.dtype = "float32"  # compute dtype of teacher and student ("bfloat16" on TPU/GPU)
     c.remat = "none"  # the student's per-layer remat policy; "auto": by size (fastpath.py)
-    c.fastpath = fastpath.default_config()  # GPU/TPU options, all off
+    c.fastpath = fastpath.default_config()  # GPU/TPU options: off, "auto" = on only on a TPU
     c.teacher = teacher.default_config()
     c.targets = targets.default_config()
     c.student = student.default_config()

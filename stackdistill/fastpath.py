@@ -1,12 +1,19 @@
 """The GPU/TPU fast path in one place: its config section, XLA's GPU flags, remat by size.
 
-Every option is off by default (the path the CPU tests pin down) and selectable from the
-config; benchmarks/gpu.sh times each against the default on a GPU (benchmarks/RESULTS.md):
+Every option is selectable from the config; off by default on CPUs and GPUs (the path the CPU
+tests pin down), and "auto" turns on, on a TPU, the ones that win by XLA's TPU cost model
+(`AUTO`; --mode=compile resolves it for its compile target); benchmarks/gpu.sh times each
+against the default on a GPU (benchmarks/RESULTS.md):
 
 - `fastpath.attention="cudnn"`: attention by key lengths through cuDNN's fused kernel
   (models/encoder.py `attention`; CPU, float32 and WavLM's bias stay on XLA);
+- `fastpath.attention="flash"`: Pallas's TPU flash attention kernel (models/flash_attention.py;
+  elsewhere as "cudnn"), never writing the (T, T) probabilities to HBM; "auto" on a TPU;
 - `fastpath.frontend_norm="compute"`: the CNN front-end's norms normalise in the compute
   dtype with float32 statistics (the GELUs already run in the compute dtype);
+- `fastpath.first_conv="matmul"`: conv 0 (one input channel) as a matmul over strided
+  windows, its GroupNorm folded into the matmul (models/encoder.py `first_conv_matmul`);
+  "auto" on a TPU;
 - `fastpath.xla_gpu_flags=True`: the XLA flags MaxText sets on GPUs (`GPU_FLAGS`), put in
   XLA_FLAGS by main.py before the backend starts, only where a GPU is present;
 - `config.remat="auto"`: per model size, the cheapest policy whose saved activations fit in
@@ -46,20 +53,52 @@ GPU_FLAGS = (
 REMAT_ORDER = ("none", "dots_saveable", "nothing_saveable")  # most memory to least
 
 
+# The encoder options and their values; "auto" resolves by platform (AUTO: TPU, else today's).
+CHOICES = {
+    "attention": ("auto", "xla", "cudnn", "flash"),
+    "frontend_norm": ("float32", "compute"),
+    "first_conv": ("auto", "conv", "matmul"),
+}
+# What "auto" means on a TPU: the levers that win by XLA's TPU cost model (benchmarks/RESULTS.md,
+# "TPU by XLA's own cost model"); elsewhere (CPU, GPU) today's path.
+AUTO = {
+    "tpu": {"attention": "flash", "first_conv": "matmul"},
+    "other": {"attention": "xla", "first_conv": "conv"},
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """Fast-path options; all off (today's path)."""
+    """Fast-path options; "auto" is today's path except on a TPU (AUTO)."""
     c = ml_collections.ConfigDict()
-    c.attention = "xla"  # "cudnn": fused attention by key lengths on GPUs
+    c.attention = "auto"  # "xla"; "cudnn": by key lengths, cuDNN on GPUs; "flash": Pallas on TPU
     c.frontend_norm = "float32"  # "compute": CNN norms in the compute dtype, f32 statistics
+    c.first_conv = "auto"  # "conv"; "matmul": conv 0 over strided windows, GroupNorm folded in
     c.xla_gpu_flags = False  # MaxText's XLA GPU flags (GPU_FLAGS), set by main.py
     c.remat_memory_fraction = 0.5  # config.remat="auto": activations' share of device memory
     return c
 
 
-def encoder_options(config: ml_collections.ConfigDict) -> dict[str, str]:
-    """The EncoderConfig fields the fast path sets (teacher and student alike)."""
+def encoder_options(
+    config: ml_collections.ConfigDict, platform: str | None = None
+) -> dict[str, str]:
+    """The EncoderConfig fields the fast path sets (teacher and student alike).
+
+    "auto" resolves for `platform` ("tpu", "gpu", "cpu"; None: JAX's default backend).
+    """
     f = config.get("fastpath") or default_config()
-    return {"attention": f.attention, "frontend_norm": f.frontend_norm}
+    out = {}
+    for name, choices in CHOICES.items():
+        value = f.get(name, choices[0])
+        if value not in choices:
+            raise ValueError(f"config.fastpath.{name}={value!r}: choose one of {choices}")
+        if value == "auto":
+            if platform is None:
+                import jax
+
+                platform = jax.default_backend()
+            value = AUTO["tpu" if platform == "tpu" else "other"][name]
+        out[name] = value
+    return out
 
 
 def gpu_present() -> bool:

@@ -8,6 +8,7 @@ what it reports is the step the run would run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -196,6 +197,17 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 
 
+def _under_mesh(step, mesh: jax.sharding.Mesh):
+    """`step` traced with `mesh` as the abstract mesh: Pallas kernels then run per device."""
+
+    @functools.wraps(step)
+    def wrapped(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return step(*args)
+
+    return wrapped
+
+
 def compile_step(setup: Setup, rec: StageRecord, state, t_params):
     """The stage's step, jitted and compiled ahead for the batch shape; logs time and memory.
 
@@ -211,6 +223,8 @@ def compile_step(setup: Setup, rec: StageRecord, state, t_params):
         setup.config.student.frozen_shared_frontend,
         cached=setup.use_targets,
     )
+    if "flash" in (setup.teacher_cfg.attention, setup.student_cfg.attention):
+        train_step = _under_mesh(train_step, setup.mesh)
     st_sh = setup.shardings(state)
     jitted = jax.jit(
         train_step,

@@ -112,3 +112,33 @@ def test_cli_compile_mode(tmp_path):
     lines = [x for x in done.stderr.splitlines() if x.startswith("compile v5e-4: stage")]
     assert len(lines) == 4 and all("est. (XLA cost model)" in x for x in lines)
     assert json.loads((tmp_path / "compile.json").read_text())["run_chip_hours"] > 0
+
+
+@needs_libtpu
+def test_flash_attention_compiles_for_v5e_per_device():
+    """attention="flash" is lowered by Mosaic for a compile-only v5e: the Pallas kernels run
+    per device under the mesh (a batch-sharded shard_map), with no gather of the batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from stackdistill import chips
+    from stackdistill.models import flash_attention
+
+    jax.config.update("jax_enable_compilation_cache", False)  # as aot.target does
+    devices = chips.devices(chips.topology("v5e-4"))
+    mesh = jax.sharding.Mesh(np.array(devices).reshape(4, 1), ("data", "fsdp"))
+    batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+    def loss(q, k, v, mask):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            out = flash_attention.attention(q, k, v, mask)
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    qkv = [jax.ShapeDtypeStruct((8, 200, 2, 64), jnp.bfloat16, sharding=batch)] * 3
+    mask = jax.ShapeDtypeStruct((8, 200), jnp.bool_, sharding=batch)
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), in_shardings=(batch,) * 4)
+    hlo = step.lower(*qkv, mask).compile().as_text()
+    assert hlo.count("tpu_custom_call") >= 3  # forward, dK/dV and dQ kernels
+    assert "all-gather" not in hlo

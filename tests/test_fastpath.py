@@ -13,9 +13,13 @@ from stackdistill.models import EncoderConfig
 
 def test_defaults_are_todays_path():
     c = config_lib.base_config()
-    assert fastpath.encoder_options(c) == {"attention": "xla", "frontend_norm": "float32"}
+    assert fastpath.encoder_options(c) == {
+        "attention": "xla",
+        "frontend_norm": "float32",
+        "first_conv": "conv",
+    }
     fields = EncoderConfig()
-    assert (fields.attention, fields.frontend_norm) == ("xla", "float32")
+    assert (fields.attention, fields.frontend_norm, fields.first_conv) == ("xla", "float32", "conv")
     assert c.remat == "none" and not c.fastpath.xla_gpu_flags
     assert fastpath.remat_policy(c, fields, 24, device_bytes=10**15) == "none"
 
@@ -83,3 +87,38 @@ def test_auto_remat_picks_the_cheapest_policy_that_fits(size, batch, expected):
     assert fastpath.remat_policy(c, cfg, batch, device_bytes=10**6) == "nothing_saveable"
     c.remat = "dots_saveable"  # an explicit policy is kept whatever the size
     assert fastpath.remat_policy(c, cfg, batch, device_bytes=10**15) == "dots_saveable"
+
+
+def test_auto_is_todays_path_except_on_a_tpu():
+    """ "auto" resolves by platform: the cost-model winners on a TPU, today's path elsewhere;
+    an explicit value wins everywhere, and a bad one names its config field."""
+    c = config_lib.base_config()
+    assert (c.fastpath.attention, c.fastpath.first_conv) == ("auto", "auto")
+    for platform in ("cpu", "gpu"):
+        assert fastpath.encoder_options(c, platform) == {
+            "attention": "xla",
+            "frontend_norm": "float32",
+            "first_conv": "conv",
+        }
+    tpu = fastpath.encoder_options(c, "tpu")
+    assert (tpu["attention"], tpu["first_conv"]) == ("flash", "matmul")
+    c.fastpath.attention = "xla"
+    assert fastpath.encoder_options(c, "tpu")["attention"] == "xla"
+    EncoderConfig(**fastpath.encoder_options(c, "tpu"))  # every resolved value is valid
+    c.fastpath.first_conv = "fft"
+    with pytest.raises(ValueError, match=r"config\.fastpath\.first_conv='fft'"):
+        fastpath.encoder_options(c, "cpu")
+
+
+def test_compile_for_a_tpu_topology_resolves_auto_for_the_tpu():
+    """--mode=compile for a TPU topology builds the teacher (and so the student) the TPU way."""
+    from stackdistill import aot
+
+    c = config_lib.base_config()
+    c.teacher.random_arch = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    c.distill.teacher_layers = (1, 2)
+    c.compile = aot.default_config()
+    assert aot.teacher_shapes(c)[0].attention == "xla"  # local devices: CPU here
+    c.compile.topology = "v5e-8"
+    cfg = aot.teacher_shapes(c)[0]
+    assert (cfg.attention, cfg.first_conv) == ("flash", "matmul")

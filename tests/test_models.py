@@ -1,5 +1,7 @@
 """The shared encoder: HuBERT Base shapes and size, frame arithmetic, bf16, input errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,14 +271,16 @@ def test_fast_path_options_follow_transformers(tmp_path, model_type, stable):
 
 @pytest.mark.parametrize("feat_extract_norm", ["group", "layer"])
 def test_bf16_frontend_norm_keeps_the_bf16_error(tmp_path, feat_extract_norm):
-    """Normalising in bf16 (float32 statistics) stays within the error bf16 already has."""
+    """Normalising in bf16 (float32 statistics), and conv 0 as a matmul with its GroupNorm
+    folded in, stay within the error bf16 already has."""
     model = make_hf_model("hubert", feat_extract_norm == "layer")
     cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
     wav, lengths = padded_batch(4000)
     f32 = models.encode(cfg, params, wav, lengths)
     errors = {}
-    for norm in ("float32", "compute"):
-        out = models.encode(cfg.replace(dtype="bfloat16", frontend_norm=norm), params, wav, lengths)
+    for norm in ("float32", "compute", "matmul"):
+        fast = {"first_conv": "matmul"} if norm == "matmul" else {"frontend_norm": norm}
+        out = models.encode(cfg.replace(dtype="bfloat16", **fast), params, wav, lengths)
         mask = np.asarray(f32.mask)
         for name, a, b in (("features", out.features, f32.features),
                            ("last", out.last_hidden_state, f32.last_hidden_state)):  # fmt: skip
@@ -284,5 +288,87 @@ def test_bf16_frontend_norm_keeps_the_bf16_error(tmp_path, feat_extract_norm):
             errors[norm, name] = np.sqrt((diff**2).mean() / (np.asarray(b)[mask] ** 2).mean())
     for name in ("features", "last"):
         # bf16 rounding (2^-9 relative) of one more tensor per norm: same order as bf16's own.
-        assert errors["compute", name] < max(2 * errors["float32", name], 4e-3), errors
-        assert errors["compute", name] < 2e-2, errors
+        for fast in ("compute", "matmul"):
+            assert errors[fast, name] < max(2 * errors["float32", name], 4e-3), errors
+            assert errors[fast, name] < 2e-2, errors
+
+
+@pytest.mark.parametrize("kernel,stride", [(10, 5), (7, 3), (4, 4)])
+def test_strided_windows_are_the_conv_windows(kernel, stride):
+    """strided_windows(wav)[b, t] is wav[b, t*stride : t*stride + kernel] for every frame."""
+    from stackdistill.models.first_conv import strided_windows
+
+    wav = np.random.default_rng(0).standard_normal((2, 103)).astype(np.float32)
+    got = np.asarray(strided_windows(jnp.asarray(wav), kernel, stride))
+    frames = (103 - kernel) // stride + 1
+    ref = np.stack([wav[:, t * stride : t * stride + kernel] for t in range(frames)], axis=1)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_first_conv_matmul_follows_transformers(tmp_path, stable):
+    """first_conv="matmul" (GroupNorm folded in; or LayerNorm after it) with a conv bias and a
+    DC offset: transformers' hidden states to 1e-4, the default path's features to 1e-5 and
+    its front-end gradients to 1e-4 (float32), and the same params."""
+    model = make_hf_model("hubert", stable, conv_bias=True)
+    cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
+    assert cfg.conv_bias and cfg.feat_extract_norm == ("layer" if stable else "group")
+    matmul_cfg = cfg.replace(first_conv="matmul")
+    init = [models.init_params(c, jax.random.key(1)) for c in (cfg, matmul_cfg)]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, *init)
+    wav, lengths = padded_batch(4000)
+    wav = wav + 0.5  # a DC offset: the folded norm must not lose it to cancellation
+    out = models.encode(matmul_cfg, params, wav, lengths)
+    mask = np.asarray(out.mask)
+    for ours, theirs in zip(out.hidden_states, hf_hidden_states(model, wav, lengths)):
+        np.testing.assert_allclose(np.asarray(ours)[mask], theirs[mask], atol=1e-4)
+
+    def features(p, c):
+        return models.encode(c, p, wav, lengths).features
+
+    np.testing.assert_allclose(
+        features(params, matmul_cfg), features(params, cfg), rtol=1e-5, atol=1e-5
+    )
+    grads = [
+        jax.grad(lambda p, c=c: jnp.sum(features(p, c) ** 3))(params)["feature_extractor"]
+        for c in (matmul_cfg, cfg)
+    ]
+    if not stable:  # the GroupNorm cancels a per-channel shift: the bias's gradient is 0,
+        # exactly when folded, float32 noise by the default path
+        ours, theirs = (g["conv_layers_0"]["conv"].pop("bias") for g in grads)
+        np.testing.assert_array_equal(ours, 0.0)
+        scale = np.abs(grads[1]["conv_layers_0"]["conv"]["kernel"]).max()
+        assert np.abs(theirs).max() < 1e-4 * scale
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads
+    )
+
+
+def test_flash_attention_kernel_in_interpret_mode():
+    """attention="flash"'s Pallas TPU kernel, interpreted on the CPU: softmax over the valid
+    keys (padded queries too; frames padded to its 128-frame blocks), forward against numpy
+    in float64 and gradients against the default path."""
+    import jax.experimental.pallas.tpu as pltpu
+
+    from stackdistill.models import flash_attention
+    from stackdistill.models.encoder import attention
+
+    rng = np.random.default_rng(0)
+    b, t, n, h = 2, 130, 2, 16
+    q, k, v = (rng.standard_normal((b, t, n, h)).astype(np.float32) for _ in range(3))
+    lengths = np.array([130, 37])
+    mask = jnp.arange(t)[None] < jnp.asarray(lengths)[:, None]
+    cotangent = rng.standard_normal((b, t, n, h)).astype(np.float32)
+
+    def loss(fn, *qkv):
+        return jnp.sum(fn(*qkv) * cotangent)
+
+    default = functools.partial(attention, EncoderConfig(), bias_bntt=None, mask_bt=mask)
+    with pltpu.force_tpu_interpret_mode():
+        flash = functools.partial(flash_attention.attention_local, mask_bt=mask)
+        got = flash(q, k, v)
+        grads = jax.grad(functools.partial(loss, flash), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, _attention_reference(q, k, v, lengths), atol=1e-5)
+    expected = jax.grad(functools.partial(loss, default), argnums=(0, 1, 2))(q, k, v)
+    for a, e in zip(grads, expected):
+        np.testing.assert_allclose(a, e, atol=1e-4)

@@ -13,8 +13,9 @@ MODEL_TYPES = ("hubert", "wavlm", "wav2vec2")
 HF_ARCHITECTURES = {"hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "dots_saveable", "nothing_saveable")
-ATTENTION = ("xla", "cudnn")  # "cudnn": by key lengths, cuDNN's fused kernel on a GPU
+ATTENTION = ("xla", "cudnn", "flash")  # by key lengths: cuDNN's kernel on a GPU, Pallas' on TPU
 FRONTEND_NORMS = ("float32", "compute")  # the CNN norms' elementwise math (stats: float32)
+FIRST_CONV = ("conv", "matmul")  # "matmul": conv 0 over strided windows, its GroupNorm folded in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class EncoderConfig:
     # (fairseq `mask_emb`, transformers `masked_spec_embed`); masking distillation turns it on.
     mask_emb: bool = False
     dropout_input: float = 0.0  # fairseq `dropout_input`: after the projection, before masking
+    first_conv: str = "conv"  # "matmul": conv 0 as a matmul over strided windows (fastpath)
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -90,6 +92,8 @@ class EncoderConfig:
                 f"num_layers {self.num_layers} is not a whole number of reuse blocks of "
                 f"{self.layers_per_block} layers (config.student.reuse_pattern, config.stacking)"
             )
+        if self.first_conv not in FIRST_CONV:
+            raise ValueError(f"first_conv {self.first_conv!r} is not one of {FIRST_CONV}")
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from stackdistill import frames
+from stackdistill.models import flash_attention
 from stackdistill.models.config import EncoderConfig
+from stackdistill.models.first_conv import Params, first_conv_matmul
 
 Array = jax.Array
 
@@ -74,15 +76,27 @@ class ConvLayer(nn.Module):
     @nn.compact
     def __call__(self, x_btc: Array) -> Array:
         cfg, i = self.cfg, self.index
-        x_btc = nn.Conv(
-            cfg.conv_dim[i],
-            kernel_size=(cfg.conv_kernel[i],),
-            strides=(cfg.conv_stride[i],),
-            padding="VALID",
-            use_bias=cfg.conv_bias,
-            dtype=cfg.dtype,
-            name="conv",
-        )(x_btc)
+        if i == 0 and cfg.first_conv == "matmul":
+            # Same params (names, shapes, inits) as nn.Conv and the norm below.
+            k, c = cfg.conv_kernel[0], cfg.conv_dim[0]
+            specs = (("kernel", (k, 1, c), "lecun"),) + cfg.conv_bias * (("bias", (c,), "zeros"),)
+            conv = Params(specs, name="conv")()
+            group = cfg.feat_extract_norm == "group"
+            norm_specs = (("scale", (c,), "ones"), ("bias", (c,), "zeros"))
+            norm = Params(norm_specs, name="layer_norm")() if group else None
+            x_btc = first_conv_matmul(cfg, x_btc[..., 0], conv, norm)
+            if group:  # the norm is folded into the matmul
+                return _gelu(x_btc)
+        else:
+            x_btc = nn.Conv(
+                cfg.conv_dim[i],
+                kernel_size=(cfg.conv_kernel[i],),
+                strides=(cfg.conv_stride[i],),
+                padding="VALID",
+                use_bias=cfg.conv_bias,
+                dtype=cfg.dtype,
+                name="conv",
+            )(x_btc.astype(cfg.dtype))
         if cfg.frontend_norm == "compute" and (cfg.feat_extract_norm == "layer" or i == 0):
             axis = -1 if cfg.feat_extract_norm == "layer" else 1  # LayerNorm | GroupNorm
             x_btc = FrontendNorm(1e-5, axis, cfg.dtype, name="layer_norm")(x_btc)
@@ -108,7 +122,7 @@ class FeatureExtractor(nn.Module):
 
     @nn.compact
     def __call__(self, wav_bs: Array) -> Array:
-        x_btc = wav_bs[:, :, None].astype(self.cfg.dtype)
+        x_btc = wav_bs[:, :, None]  # conv 0 casts to the compute dtype (the matmul form later)
         for i in range(len(self.cfg.conv_dim)):
             x_btc = ConvLayer(self.cfg, i, name=f"conv_layers_{i}")(x_btc)
         if self.cfg.feature_scale:  # DPHuBERT's dummy_weight (their components.py L184)
@@ -336,11 +350,22 @@ def attention(cfg: EncoderConfig, q_btnh, k_btnh, v_btnh, bias_bntt, mask_bt) ->
 
     "xla": today's form, a (B, 1, 1, T) key mask. "cudnn": the same keys as sequence lengths
     (the mask is a prefix), through cuDNN's fused kernel on a GPU in bf16/fp16 without a bias;
-    elsewhere (CPU, float32, WavLM's bias) XLA's attention with those lengths.
+    elsewhere (CPU, float32, WavLM's bias) XLA's attention with those lengths. "flash": on a
+    TPU without a bias, for at least one 128-frame block, Pallas's flash attention kernel
+    (models/flash_attention.py); otherwise as "cudnn".
     """
     if cfg.attention == "xla":
         mask = mask_bt[:, None, None, :]
         return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, bias=bias_bntt, mask=mask)
+    if cfg.attention == "flash" and bias_bntt is None and q_btnh.shape[1] >= flash_attention.BLOCK:
+        return jax.lax.platform_dependent(
+            q_btnh,
+            k_btnh,
+            v_btnh,
+            mask_bt,
+            tpu=flash_attention.attention,
+            default=lambda q, k, v, m: attention(cfg.replace(attention="cudnn"), q, k, v, None, m),
+        )
     lengths_b = mask_bt.sum(-1, dtype=jnp.int32)
     head = q_btnh.shape[-1]
     fused = (
