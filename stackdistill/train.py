@@ -139,6 +139,12 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
 
     depth = stacking.stack_depth(state["params"]) * student.layers_per_block(config.student)
     summary = writers.summary(status, int(state["step"]), depth, writer.record(), stages)
+    # The student's size: the encoder kept after distillation, and every trained tensor as
+    # the other papers' tables count it (heads, mask embedding, weight-norm g; student.py).
+    summary["student_params"] = {
+        "encoder": student.encoder_param_count(state["params"]),
+        "with_heads": student.paper_param_count(state["params"], setup.student_cfg),
+    }
     writer.finish(summary, [s.start_step for s in stages[1:]])
     if status == "preempted":
         log.warning(
