@@ -204,6 +204,15 @@ def perfetto_file(trace_dir: str | pathlib.Path) -> pathlib.Path:
     return files[-1]
 
 
+# libtpu's profiler plugin adds a "/device:CUSTOM:Megascale Trace" process to every trace once
+# it is loaded (e.g. by a compile-only TPU topology), even on a CPU: it is not a device.
+_NOT_DEVICES = ("/device:CUSTOM:",)
+
+
+def _is_device(process_name: str) -> bool:
+    return process_name.startswith("/device:") and not process_name.startswith(_NOT_DEVICES)
+
+
 _DERIVED = ("XLA Modules", "XLA Ops", "TensorFlow", "Framework", "Steps", "Source", "TraceMe")
 
 
@@ -212,7 +221,7 @@ def has_device_lines(trace_file: str | pathlib.Path) -> bool:
     data = json.load(gzip.open(trace_file))
     events = data["traceEvents"] if isinstance(data, dict) else data
     return any(e.get("ph") == "M" and e.get("name") == "process_name"
-               and e["args"]["name"].startswith("/device:") for e in events)  # fmt: skip
+               and _is_device(e["args"]["name"]) for e in events)  # fmt: skip
 
 
 def op_events(trace_file: str | pathlib.Path, module: str) -> list[dict[str, Any]]:
@@ -225,7 +234,7 @@ def op_events(trace_file: str | pathlib.Path, module: str) -> list[dict[str, Any
             procs[e["pid"]] = e["args"]["name"]
         if e.get("ph") == "M" and e.get("name") == "thread_name":
             threads[(e["pid"], e.get("tid"))] = e["args"]["name"]
-    device = {p for p, n in procs.items() if n.startswith("/device:")}
+    device = {p for p, n in procs.items() if _is_device(n)}
     spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
     if device:  # GPU/TPU: kernels on streams (or the XLA Ops line where there are no streams)
         spans = [e for e in spans if e["pid"] in device]

@@ -64,6 +64,8 @@ def head_layers(c: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def initial_student_layers(c: ml_collections.ConfigDict, start_depth: int) -> tuple[int, ...]:
     """Initial-stack layer of each target: from config, or evenly spaced ending on the top."""
+    if c.get("targets", "fixed") == "every_layer":  # every layer has its target at every depth
+        return ()
     n = len(c.teacher_layers)
     if c.heads_on == "last":  # DistilHuBERT: every head reads the top layer
         return (start_depth - 1,) * n

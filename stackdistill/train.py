@@ -139,12 +139,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
 
     depth = stacking.stack_depth(state["params"]) * student.layers_per_block(config.student)
     summary = writers.summary(status, int(state["step"]), depth, writer.record(), stages)
-    # The student's size: the encoder kept after distillation, and every trained tensor as
-    # the other papers' tables count it (heads, mask embedding, weight-norm g; student.py).
-    summary["student_params"] = {
-        "encoder": student.encoder_param_count(state["params"]),
-        "with_heads": student.paper_param_count(state["params"], setup.student_cfg),
-    }
+    summary["student_params"] = student.param_counts(state["params"], setup.student_cfg)
     writer.finish(summary, [s.start_step for s in stages[1:]])
     if status == "preempted":
         log.warning(
@@ -271,6 +266,7 @@ def _save(loop: _Loop, record: StageRecord, state, *, step: int, force: bool = F
     if force and loop.ckpt.latest_step() == step:
         return
     meta = {**record.checkpoint_meta(step), **loop.writer.record()}
+    meta["student_params"] = student.param_counts(state["params"], record.student_cfg)
     loop.ckpt.save(step, state, loop.data_iter, meta, loop.run_config, force=force)
 
 

@@ -164,6 +164,8 @@ def summary(status: str, step: int, depth: int, record: Mapping[str, Any], stage
         "compile_seconds": dict(record.get("compile_seconds", {})),
         "loss_history": [list(p) for p in record.get("loss_history", [])],
         "stages": [s.__dict__ for s in stages],
+        # the student's size, kept in every checkpoint's metadata (train._save)
+        **({"student_params": record["student_params"]} if "student_params" in record else {}),
     }
 
 

@@ -348,6 +348,12 @@ def paper_param_count(params: Params, cfg: EncoderConfig) -> int:
     )
 
 
+def param_counts(params: Params, cfg: EncoderConfig) -> dict[str, int]:
+    """summary.json's `student_params`: the encoder kept after distillation, and every trained
+    tensor as the recipes' papers count their students (`paper_param_count`)."""
+    return {"encoder": encoder_param_count(params), "with_heads": paper_param_count(params, cfg)}
+
+
 def encoder_param_count(params: Params) -> int:
     """Scalars of the student encoder alone (what is kept after distillation)."""
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params["encoder"]))
