@@ -135,14 +135,14 @@ def test_positional_conv_gradients_match_torch(kernel, groups):
     """The positional conv's own VJP (fast kernel gradient on CPU) against torch's conv1d."""
     import torch
 
-    from stackdistill.models import encoder
+    from stackdistill.models import frontend
 
     rng = np.random.default_rng(kernel)
     b, t, d = 3, 57, 32
     x = rng.standard_normal((b, t, d)).astype(np.float32)
     w = rng.standard_normal((kernel, d // groups, d)).astype(np.float32)
     pad = (kernel // 2, kernel // 2)
-    y, vjp = jax.vjp(lambda x, w: encoder._grouped_conv(x, w, pad, groups), x, w)
+    y, vjp = jax.vjp(lambda x, w: frontend._grouped_conv(x, w, pad, groups), x, w)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw = vjp(dy)
 
@@ -160,11 +160,11 @@ def test_positional_conv_gradients_match_torch(kernel, groups):
 
 def test_positional_conv_keeps_xla_gradient_off_cpu():
     """GPU/TPU lower XLA's own kernel gradient (a batch-grouped conv); CPU lowers ours."""
-    from stackdistill.models import encoder
+    from stackdistill.models import frontend
 
     x, w = np.ones((2, 9, 8), np.float32), np.ones((4, 2, 8), np.float32)
     grad = jax.jit(
-        jax.grad(lambda x, w: jnp.sum(encoder._grouped_conv(x, w, (2, 2), 4) ** 2), (0, 1))
+        jax.grad(lambda x, w: jnp.sum(frontend._grouped_conv(x, w, (2, 2), 4) ** 2), (0, 1))
     )
     for platform, xla_own in [("cpu", False), ("cuda", True), ("tpu", True)]:
         module = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
