@@ -92,9 +92,9 @@ def _student(recipe: str):
     params = student.init_student(
         cfg, jax.random.key(0), t_cfg, None, c.distill.teacher_layers, False, head="layerwise"
     )
+    rng = np.random.default_rng(1)
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    leaves = [np.asarray(x) + rng.normal(0, 0.1, x.shape).astype(np.float32) for x in leaves]
     return c, cfg, jax.tree_util.tree_unflatten(tree, leaves)
 
 
@@ -113,6 +113,9 @@ def test_keys_and_shapes_equal_their_modules(written):
     assert all(k.startswith("student_model.") for k in state)
     got = {k[14:]: tuple(v.shape) for k, v in state.items() if "student_model" in k}
     assert got == expected_keys(pattern)
+    # their count (README sizes) is every tensor of this state dict: paper_param_count's rule
+    _, _, cfg, params, _, _ = written
+    assert sum(v.numel() for v in state.values()) == student.paper_param_count(params, cfg)
 
 
 def test_file_loads_with_plain_torch_and_holds_tensors(written):

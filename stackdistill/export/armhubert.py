@@ -9,7 +9,7 @@ This module writes both, `<out>/student.ckpt` and `<out>/student.yaml`, key for 
 
 - attention-reuse students (`layers_per_block` > 1) as `models/armhubert` builds them (yaml
   `model: armhubert`, with `reuse_pattern`), the others as `models/maskhubert` (its config has
-  no `reuse_pattern` field: maskhubert/model.py L20-235);
+  no `reuse_pattern` field: maskhubert/model.py L21-235);
 - the `.ckpt` holds what Lightning 1.7.7 (their requirements.txt) saves that costs nothing:
   `state_dict`, `epoch`, `global_step`, `pytorch-lightning_version`, and `hyper_parameters`
   = `{"cfg": <the yaml dict>}`: W2V2Distil.__init__(self, cfg) calls save_hyperparameters()
@@ -18,9 +18,10 @@ This module writes both, `<out>/student.ckpt` and `<out>/student.yaml`, key for 
 `read(ckpt, yaml)` goes the other way, so their published checkpoints (README "Checkpoints")
 can be evaluated (`superb` upstream spec `arm:CKPT[,YAML]`) or trained on here.
 
-The names and shapes come from their module code (cited at `_STEM` and in `_layer_names`); the
-tests check them against a hand list made from that code. fairseq is not installed here, so
-their `CustomStudentModel` cannot be instantiated: no test loads a written file into it.
+The names and shapes come from their module code (cited at `_LAYER`, `_stem`, `state_dict`);
+the tests check them against a hand list made from that code. fairseq is not installed here,
+so their `CustomStudentModel` cannot be instantiated: no test loads a written file into it.
+The yaml is written with PyYAML (a dependency of transformers), the `.ckpt` with torch.
 """
 
 from __future__ import annotations
@@ -157,10 +158,11 @@ def distiller_config(cfg: EncoderConfig, head_dim: int) -> dict[str, Any]:
         "pred_layer_id": f"[{cfg.num_layers - 1}]",
         "layerwise_proj": True,
         "enable_tr_layer": False,  # model.py L311-317, reusing_module.py L1197: no tr layer
+        # Unused without a time-reduction layer; the values of their 960 h yamls (L86-90).
         "tr_reduce_factor": 2 if k > 1 else 1,
-        "tr_layer_type": "conv1d" if k > 1 else "fc1",
+        "tr_layer_type": "conv1d",
         "tr_conv1d_kernel": 2,
-        "tr_layer_index": 0 if k > 1 else 1,
+        "tr_layer_index": 0,
     }
     if k > 1:  # reusing_module.py L1231-1247: True attends, False reuses the previous map
         pattern = ([True] + [False] * (k - 1)) * cfg.num_blocks
