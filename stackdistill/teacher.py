@@ -7,7 +7,9 @@ load reads the cache and needs neither torch nor the conversion, and the same ch
 two folders is stored once. Writing an entry removes those whose source folders are all gone.
 Task-model checkpoints (`HubertForCTC`, `Wav2Vec2ForPreTraining`, ...) load too: their
 encoder is read, their heads are ignored. A single file is read as a DPHuBERT/DPWavLM final
-checkpoint (pyf98/DPHuBERT's save_final_ckpt.py), zero-padded to uniform widths.
+checkpoint (pyf98/DPHuBERT's save_final_ckpt.py), zero-padded to uniform widths, except a
+`.ckpt` file: a MaskHuBERT/ARMHuBERT/ARMwavLM Lightning checkpoint (sungnyun/ARMHuBERT, or our
+`armhubert` export) with its yaml beside it or inside it (`export.armhubert.read`).
 """
 
 from __future__ import annotations
@@ -204,12 +206,14 @@ def load(
     `name_or_path` is a transformers `save_pretrained` directory (config.json and
     model.safetensors or pytorch_model.bin), a hub id such as 'facebook/hubert-base-ls960', or
     a DPHuBERT/DPWavLM final checkpoint file (their save_final_ckpt.py format, read zero-padded
-    by `pruning.checkpoint`).
+    by `pruning.checkpoint`), or an ARMHuBERT-repository `.ckpt` (its student's encoder).
     The converted params are kept in `cache_dir` (default `paths.teachers_dir()`).
     """
     source = pathlib.Path(str(name_or_path)).expanduser()
-    if dp_checkpoint.is_dp_checkpoint(source):  # a DPHuBERT/DPWavLM final checkpoint file
+    if dp_checkpoint.is_dp_checkpoint(source):  # a DPHuBERT .pth or an ARMHuBERT .ckpt file
         model_dir, files = source, [source]
+        if source.suffix == ".ckpt" and source.with_suffix(".yaml").is_file():
+            files.append(source.with_suffix(".yaml"))
     else:
         model_dir = _resolve(str(name_or_path), revision)
         if not (model_dir / "config.json").is_file():
@@ -226,7 +230,12 @@ def load(
         log.info("teacher %s: converted params from cache %s", name_or_path, entry)
         return cached
 
-    if model_dir.is_file():
+    if model_dir.is_file() and model_dir.suffix == ".ckpt":
+        from stackdistill.export import armhubert  # export imports the teacher's users
+
+        cfg, params = armhubert.read(model_dir)
+        params = params["encoder"]
+    elif model_dir.is_file():
         cfg, params = dp_checkpoint.read(model_dir)
     else:
         cfg, params = _convert_hf(model_dir, weights)

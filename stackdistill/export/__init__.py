@@ -10,6 +10,9 @@ reads the run's latest checkpoint (or `config.export.step`) and writes, into
   `model_card.py`, the prediction heads in `stackdistill_heads.*`).
 - "s3prl_distiller" (`s3prl.py`): `distiller.ckpt`, the file s3prl's `distiller_local` loads
   (DistilHuBERT-shaped students only).
+- "armhubert" (`armhubert.py`): `student.ckpt` + `student.yaml`, the Lightning checkpoint and
+  yaml the ARMHuBERT repository's upstreams load (MaskHuBERT / ARMHuBERT / ARMwavLM-shaped
+  students, attention reuse included); `armhubert.read` reads theirs back.
 
 Each format module has `FILES` (what it writes) and `write(config, workdir, cfg, params, meta,
 out, identity)`. Both write `stackdistill_export.json` (run, step, formats). Exporting into a
@@ -31,7 +34,7 @@ import jax
 import ml_collections
 
 from stackdistill import resume
-from stackdistill.export import s3prl, transformers
+from stackdistill.export import armhubert, s3prl, transformers
 from stackdistill.export.transformers import (  # noqa: F401  (the format's public names)
     HEADS_INFO,
     HEADS_WEIGHTS,
@@ -44,7 +47,7 @@ from stackdistill.export.transformers import (  # noqa: F401  (the format's publ
 log = logging.getLogger("stackdistill")
 
 EXPORT_INFO = "stackdistill_export.json"
-WRITERS = {"transformers": transformers, "s3prl_distiller": s3prl}
+WRITERS = {"transformers": transformers, "s3prl_distiller": s3prl, "armhubert": armhubert}
 FORMATS = tuple(WRITERS)
 _IDENTITY = ("workdir", "step", "depth", "teacher")
 
@@ -58,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.out_dir = ""  # "" means <workdir>/export
     c.step = ml_collections.FieldReference(None, field_type=int)  # None: the latest checkpoint
-    c.format = "transformers"  # "transformers" | "s3prl_distiller"
+    c.format = "transformers"  # "transformers" | "s3prl_distiller" | "armhubert"
     c.overwrite = False  # True: replace an export of another run/step in out_dir
     c.push_to_hub = ""  # "ORG/NAME": upload the transformers export (needs the network)
     return c

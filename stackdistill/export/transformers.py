@@ -63,12 +63,12 @@ def hf_config(cfg: EncoderConfig, depth: int) -> dict[str, Any]:
         raise ValueError(
             "transformers' HubertModel cannot express attention-map reuse (config.student."
             "reuse_pattern): its layers all have q_proj/k_proj and compute their own attention. "
-            "Export this student in its recipe's own format instead"
+            "Export it in the ARMHuBERT repository's format: config.export.format='armhubert'"
         )
     if not cfg.feat_proj:
         raise ValueError(
             "transformers' HubertModel always has a feature projection Linear; this student "
-            "has none (config.student.feat_proj=False)"
+            "has none (config.student.feat_proj=False); config.export.format='armhubert' writes it"
         )
     return {
         **cfg.replace(num_layers=depth).to_hf(),

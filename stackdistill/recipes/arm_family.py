@@ -88,6 +88,9 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
     s.mask_emb = True  # model.py L288-290
     s.dropout_input = 0.05  # L64
     s.head = "layerwise"  # L72 layerwise_proj, L67 pred_head_final_dim 768 (the teacher's)
+    # What their upstreams load (transformers cannot hold reuse layers or a student without a
+    # projection): the Lightning .ckpt + yaml of export/armhubert.py.
+    c.export.format = "armhubert"
     d = c.distill
     d.loss = "masked"
     d.masking = ml_collections.ConfigDict(  # yaml teacher: block L3-8

@@ -6,7 +6,13 @@
   (`"student"` alone is the run in the --workdir itself; default step: the latest);
 - `"hf:<dir or hub id>"`: an exported transformers HubertModel/WavLMModel;
 - `"dp:<file>"`: a DPHuBERT/DPWavLM final checkpoint (their save_final_ckpt.py's .pth), read
-  zero-padded to uniform widths by `pruning.checkpoint` (its "encoder_params" count the padding).
+  zero-padded to uniform widths by `pruning.checkpoint` (its "encoder_params" count the padding);
+- `"arm:<ckpt>[,<yaml>]"`: a MaskHuBERT / ARMHuBERT / ARMwavLM Lightning checkpoint of the
+  ARMHuBERT repository (or our `config.export.format="armhubert"` export), read by
+  `export.armhubert.read`; without a yaml, `<ckpt stem>.yaml` beside it or the yaml the
+  checkpoint keeps. Its own spec, not `dp:`, because it needs a second file and both are single
+  files. We evaluate the encoder's hidden states, as for every upstream here; their s3prl
+  expert (models/armhubert/expert.py L73-75) hands SUPERB the layer-wise heads' projections.
 
 A spec may carry its display name: `"interleaved=student:/runs/a"`.
 """
@@ -29,7 +35,7 @@ class Upstream:
     """A frozen encoder: its name, where it came from, its config and Encoder params."""
 
     name: str
-    kind: str  # "teacher" | "student" | "hf" | "dp"
+    kind: str  # "teacher" | "student" | "hf" | "dp" | "arm"
     source: str
     cfg: EncoderConfig
     params: Any  # what models.encode takes
@@ -75,9 +81,14 @@ def parse_spec(spec: str, workdir: str | pathlib.Path) -> tuple[str, str, str, i
         if not source:
             raise ValueError(f"upstream {spec!r}: 'dp:' needs a DPHuBERT checkpoint file")
         return _slug(name or f"dp-{pathlib.Path(source).stem}"), kind, source, None
+    if kind == "arm":
+        if not source or source.startswith(","):
+            raise ValueError(f"upstream {spec!r}: 'arm:' needs an ARMHuBERT .ckpt file[,yaml]")
+        stem = pathlib.Path(source.partition(",")[0]).stem
+        return _slug(name or f"arm-{stem}"), kind, source, None
     raise ValueError(
-        f"upstream {spec!r}: expected 'teacher', 'student[:WORKDIR[@STEP]]', 'hf:PATH_OR_ID' or"
-        " 'dp:FILE'"
+        f"upstream {spec!r}: expected 'teacher', 'student[:WORKDIR[@STEP]]', 'hf:PATH_OR_ID',"
+        " 'dp:FILE' or 'arm:CKPT[,YAML]'"
         " (optionally prefixed by 'NAME=')"
     )
 
@@ -95,6 +106,12 @@ def load(spec: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
         if kind == "dp" and not pathlib.Path(source).expanduser().is_file():
             raise FileNotFoundError(f"upstream {spec!r}: {source} is not a file")
         cfg, params = teacher.load(source)
+    elif kind == "arm":
+        from stackdistill.export import armhubert
+
+        ckpt, _, yaml_path = source.partition(",")
+        cfg, student_params = armhubert.read(ckpt, yaml_path or None)
+        params = student_params["encoder"]
     else:
         cfg, student_params, meta = checkpoint.load_student(source, step)
         params = student_params["encoder"]
