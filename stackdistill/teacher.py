@@ -9,7 +9,7 @@ Task-model checkpoints (`HubertForCTC`, `Wav2Vec2ForPreTraining`, ...) load too:
 encoder is read, their heads are ignored. A single file is read as a DPHuBERT/DPWavLM final
 checkpoint (pyf98/DPHuBERT's save_final_ckpt.py), zero-padded to uniform widths, except a
 `.ckpt` file: a MaskHuBERT/ARMHuBERT/ARMwavLM Lightning checkpoint (sungnyun/ARMHuBERT, or our
-`armhubert` export) with its yaml beside it or inside it (`export.armhubert.read`).
+`armhubert` export) with its yaml beside it or inside it (`export.armhubert_read.read`).
 """
 
 from __future__ import annotations
@@ -231,9 +231,9 @@ def load(
         return cached
 
     if model_dir.is_file() and model_dir.suffix == ".ckpt":
-        from stackdistill.export import armhubert  # export imports the teacher's users
+        from stackdistill.export import armhubert_read  # export imports the teacher's users
 
-        cfg, params = armhubert.read(model_dir)
+        cfg, params = armhubert_read.read(model_dir)
         params = params["encoder"]
     elif model_dir.is_file():
         cfg, params = dp_checkpoint.read(model_dir)

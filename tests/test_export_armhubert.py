@@ -171,7 +171,7 @@ def test_hand_field_list_matches_their_dataclass():
 
 def test_round_trip_gives_identical_params_and_hidden_states(written):
     _, _, cfg, params, ckpt, yaml_path = written
-    got_cfg, got = armhubert.read(ckpt, yaml_path)
+    got_cfg, got = armhubert_read.read(ckpt, yaml_path)
     assert got_cfg.layers_per_block == cfg.layers_per_block
     assert got_cfg.replace(dtype=cfg.dtype) == cfg
     want_leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -252,7 +252,7 @@ def test_reads_a_checkpoint_whose_hyper_parameters_pickle_lightning_classes(writ
             del sys.modules[n]
     with pytest.raises(Exception, match="AttributeDict|pytorch_lightning|Unsupported"):
         torch.load(tmp_path / "theirs.ckpt", weights_only=True)
-    _, got = armhubert.read(tmp_path / "theirs.ckpt")
+    _, got = armhubert_read.read(tmp_path / "theirs.ckpt")
     np.testing.assert_array_equal(
         got["encoder"]["masked_spec_embed"], params["encoder"]["masked_spec_embed"]
     )

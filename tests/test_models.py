@@ -173,7 +173,7 @@ def test_positional_conv_keeps_xla_gradient_off_cpu():
 
 def test_attention_dropout_is_unbiased_and_off_in_eval():
     """Eval: softmax(q k^T / sqrt(h)) v by hand; training: the mean over dropout draws."""
-    from stackdistill.models.encoder import Attention
+    from stackdistill.models.layers import Attention
 
     cfg = EncoderConfig(hidden_size=8, num_heads=2, attention_dropout=0.3)
     x_btd = jax.random.normal(jax.random.key(0), (1, 5, 8))
@@ -226,7 +226,7 @@ def _attention_reference(q, k, v, lengths, bias=None):
 @pytest.mark.parametrize("impl", ["xla", "cudnn"])
 def test_attention_by_key_lengths_equals_the_key_mask(impl, with_bias):
     """Both options attend over the valid keys only; padded queries too (as transformers)."""
-    from stackdistill.models.encoder import attention
+    from stackdistill.models.layers import attention
 
     rng = np.random.default_rng(0)
     b, t, n, h = 3, 11, 2, 8
@@ -351,7 +351,7 @@ def test_flash_attention_kernel_in_interpret_mode():
     import jax.experimental.pallas.tpu as pltpu
 
     from stackdistill.models import flash_attention
-    from stackdistill.models.encoder import attention
+    from stackdistill.models.layers import attention
 
     rng = np.random.default_rng(0)
     b, t, n, h = 2, 130, 2, 16

@@ -12,7 +12,7 @@ reads the run's latest checkpoint (or `config.export.step`) and writes, into
   (DistilHuBERT-shaped students only).
 - "armhubert" (`armhubert.py`): `student.ckpt` + `student.yaml`, the Lightning checkpoint and
   yaml the ARMHuBERT repository's upstreams load (MaskHuBERT / ARMHuBERT / ARMwavLM-shaped
-  students, attention reuse included); `armhubert.read` reads theirs back.
+  students, attention reuse included); `armhubert_read.read` reads theirs back.
 
 Each format module has `FILES` (what it writes) and `write(config, workdir, cfg, params, meta,
 out, identity)`. Both write `stackdistill_export.json` (run, step, formats). Exporting into a

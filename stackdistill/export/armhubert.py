@@ -371,12 +371,3 @@ def write(
     ckpt, yaml_path = export_checkpoint(cfg, dict(params), out, config, int(meta["step"]))
     log.info("exported step %d in the ARMHuBERT format: %s, %s", meta["step"], ckpt, yaml_path)
     return ckpt
-
-
-def read(
-    path_ckpt: str | pathlib.Path, path_yaml: str | pathlib.Path | None = None
-) -> tuple[EncoderConfig, Params]:
-    """Their `.ckpt` (+ yaml) -> (EncoderConfig, {"encoder", "heads"}); see armhubert_read."""
-    from stackdistill.export import armhubert_read
-
-    return armhubert_read.read(path_ckpt, path_yaml)

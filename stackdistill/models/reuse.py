@@ -13,12 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stackdistill.models.config import EncoderConfig
-from stackdistill.models.encoder import (
-    EncoderLayer,
-    _dense,
-    _layer_body,
-    _scaled_outputs,
-)
+from stackdistill.models.frontend import _dense
+from stackdistill.models.layers import EncoderLayer, _layer_body, _scaled_outputs
 
 
 class ReuseAttention(nn.Module):

@@ -9,7 +9,7 @@
   zero-padded to uniform widths by `pruning.checkpoint` (its "encoder_params" count the padding);
 - `"arm:<ckpt>[,<yaml>]"`: a MaskHuBERT / ARMHuBERT / ARMwavLM Lightning checkpoint of the
   ARMHuBERT repository (or our `config.export.format="armhubert"` export), read by
-  `export.armhubert.read`; without a yaml, `<ckpt stem>.yaml` beside it or the yaml the
+  `export.armhubert_read.read`; without a yaml, `<ckpt stem>.yaml` beside it or the yaml the
   checkpoint keeps. Its own spec, not `dp:`, because it needs a second file and both are single
   files. We evaluate the encoder's hidden states, as for every upstream here; their s3prl
   expert (models/armhubert/expert.py L73-75) hands SUPERB the layer-wise heads' projections.
@@ -107,10 +107,10 @@ def load(spec: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
             raise FileNotFoundError(f"upstream {spec!r}: {source} is not a file")
         cfg, params = teacher.load(source)
     elif kind == "arm":
-        from stackdistill.export import armhubert
+        from stackdistill.export import armhubert_read
 
         ckpt, _, yaml_path = source.partition(",")
-        cfg, student_params = armhubert.read(ckpt, yaml_path or None)
+        cfg, student_params = armhubert_read.read(ckpt, yaml_path or None)
         params = student_params["encoder"]
     else:
         cfg, student_params, meta = checkpoint.load_student(source, step)
