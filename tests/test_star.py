@@ -249,7 +249,7 @@ def _by_hand_layer(d, ffn):
     ],
 )
 def test_starhubert_config_variants(arg, method, teacher_layers, depths):
-    from tests.helpers import load_config
+    from helpers import load_config
 
     c = load_config("configs/starhubert.py", arg)
     distill.validate(c.distill)
@@ -269,7 +269,7 @@ def test_starhubert_transformer_size_by_hand():
     counted by hand here: conv weights without bias (yaml conv_bias False) and the first
     block's GroupNorm(128, 128); then LayerNorm(480) after it (model.py L195).
     """
-    from tests.helpers import load_config
+    from helpers import load_config
 
     c = load_config("configs/starhubert.py")
     cfg = student.student_encoder_config(c.student, EncoderConfig())
