@@ -18,6 +18,10 @@ seeds, paired comparisons of interleaved against each baseline, time to Full's q
 DIR/table.json (the same numbers and every cell) and DIR/table.png (score vs wall-clock, one
 point per cell; loss curves). `--ablations` adds interleaved cells with targets following the
 first descendant, intermediate weight 0 and 1, and reset Adam moments of the copies.
+`--recipes [NAME ...]` adds the recipes users pick instead of the paper's student (MaskHuBERT,
+ARMHuBERT, STaRHuBERT at the table's size): per recipe, its unstacked schedule (Full), interleaved
+stacking, and interleaved with the speed lever that recipe can take (a frozen front-end shared
+with the teacher); each recipe's rows are compared with its own Full.
 `--spec FILE.json` overrides spec fields (dotted keys), e.g. for tests.
 Sizes, times and results: benchmarks/RESULTS.md, "Paper table".
 """
@@ -59,7 +63,24 @@ ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
 }
 # Spec fields that only choose which cells run: a table grows by more seeds, methods or
 # ablations in the same folder, its finished cells kept. Every other field defines a cell.
-SELECTS = ("methods", "schedules", "seeds", "ablations")
+SELECTS = ("methods", "schedules", "seeds", "ablations", "recipes")
+# Recipes of configs/ at the table's size (recipe_config): name -> the table's label. ARMwavLM-S
+# is ARMHuBERT's recipe from a WavLM teacher; the table's teacher is a HuBERT, so it is left out.
+RECIPES = {"maskhubert": "MaskHuBERT", "armhubert": "ARMHuBERT", "starhubert": "STaRHuBERT"}
+MASKED_RECIPES = ("maskhubert", "armhubert")  # masking distillation: ensure_masked_teacher
+# Each recipe's rows: unstacked (its published schedule), interleaved, and interleaved with the
+# lever it can take. Stored teacher targets are not among them: masking distillation runs the
+# teacher on each step's freshly drawn mask, and STaR's Gram losses need every supervised
+# layer's input as well (distill.make_train_step refuses both).
+RECIPE_CELLS = (("full", "-", ""), ("interleaved", "equal", ""), ("interleaved", "equal", "lever"))
+# The lever: the student reads the teacher's frozen CNN features (targets.py, "shared frozen
+# front-end") instead of running its own small CNN -- one CNN forward and backward less.
+LEVER = {
+    "student.conv_layers": None,
+    "student.feat_proj": True,
+    "student.init_from_teacher": True,
+    "student.frozen_shared_frontend": True,
+}
 
 
 def table_spec(quick: bool = False) -> ml_collections.ConfigDict:
@@ -75,6 +96,7 @@ def table_spec(quick: bool = False) -> ml_collections.ConfigDict:
     s.schedules = tuple(SCHEDULES)
     s.seeds = (0, 1, 2)
     s.ablations = ()
+    s.recipes = ()  # keys of RECIPES (--recipes)
     s.steps = 600
     s.batch_size = 8
     s.learning_rate = 5e-4  # Full's best of 2e-3, 1e-3, 5e-4, 2.5e-4 (RESULTS.md, "Paper table")
@@ -119,17 +141,19 @@ class Cell:
     schedule: str  # "-" for the full-depth methods
     seed: int
     ablation: str = ""
+    recipe: str = ""  # a key of RECIPES; "" = the paper's student
 
     @property
     def row(self) -> str:
         """The table row this cell belongs to (all its seeds)."""
         name = NAMES[self.method] + ("" if self.schedule == "-" else f", {self.schedule}")
-        return name + (f", {self.ablation}" if self.ablation else "")
+        name += f", {self.ablation}" if self.ablation else ""
+        return f"{RECIPES[self.recipe]}: {name}" if self.recipe else name
 
     @property
     def key(self) -> str:
         """File-name key of the cell."""
-        parts = (self.method, self.schedule, self.ablation, f"s{self.seed}")
+        parts = (self.recipe, self.method, self.schedule, self.ablation, f"s{self.seed}")
         return "-".join(p for p in parts if p and p != "-")
 
 
@@ -141,6 +165,12 @@ def cells_of(spec: ml_collections.ConfigDict) -> list[Cell]:
             cells += [Cell(method, schedule, seed) for seed in spec.seeds]
     for ablation in spec.ablations:
         cells += [Cell("interleaved", "equal", seed, ablation) for seed in spec.seeds]
+    unknown = sorted(set(spec.recipes) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"spec.recipes: {unknown} are not among {sorted(RECIPES)}")
+    for recipe in spec.recipes:
+        for method, schedule, ablation in RECIPE_CELLS:
+            cells += [Cell(method, schedule, seed, ablation, recipe) for seed in spec.seeds]
     return cells
 
 
@@ -151,6 +181,44 @@ def ensure_teacher(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
     default = workdir / "teacher" if "quick" in spec.teacher_config else paths.cache_home()
     folder = pathlib.Path(spec.teacher_dir or default / "tiny_teacher").expanduser()
     return harness.ensure_tiny_teacher(folder, spec.teacher_config, spec.teacher_probe)
+
+
+def ensure_masked_teacher(teacher_dir: pathlib.Path, num: int = 64) -> pathlib.Path:
+    """teacher_dir/teacher_masked: the tiny teacher with a mask embedding, made once.
+
+    Masking distillation runs the teacher on masked input through the `masked_spec_embed` its
+    pre-training learnt (HuBERT's, WavLM's). The tiny teacher was trained without masking and
+    has none; its stand-in here is the mean projected frame of the first `num` corpus
+    utterances -- the input the teacher has seen most of, so a masked frame reads as an
+    average one. Every other tensor is the tiny teacher's. A miniature's choice: a real run's
+    teacher brings its own.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from stackdistill import models, teacher
+    from stackdistill.data import audio, manifest, synth
+
+    out = teacher_dir / "teacher_masked"
+    if (out / "config.json").is_file():
+        return out
+    cfg, params = teacher.load(str(teacher_dir / "teacher"))
+    records = manifest.read_manifest(str(teacher_dir / "synth" / synth.MANIFEST_NAME))[:num]
+    rng = np.random.default_rng(0)
+    encoder = models.Encoder(cfg)
+
+    def projected(module, wav):
+        return module.feature_projection(module.feature_extractor(wav))
+
+    total, frames = np.zeros(cfg.hidden_size, np.float64), 0
+    for record in records:
+        wav = jnp.asarray(audio.load(record, rng, 10**9))[None]
+        x_btd = encoder.apply({"params": params}, wav, method=projected)
+        total += np.asarray(x_btd[0], np.float64).sum(0)
+        frames += x_btd.shape[1]
+    params = {**jax.device_get(params), "masked_spec_embed": (total / frames).astype(np.float32)}
+    teacher.save(out, cfg.replace(mask_emb=True), params)
+    return out
 
 
 def teacher_layers(num_teacher_layers: int, l2l: bool) -> tuple[int, ...]:
@@ -164,16 +232,19 @@ def distill_config(
     spec: ml_collections.ConfigDict, cell: Cell, teacher_dir: pathlib.Path, num_teacher_layers: int
 ) -> ml_collections.ConfigDict:
     """The run config of one cell: the tiny teacher's 12 x 96 student (harness.py) as `spec`
-    sizes it."""
+    sizes it, or a recipe's student at that size (recipe_config)."""
     from stackdistill.config import apply_overrides
 
-    method = cell.method if cell.method in STACKED else "none"
-    c = harness.tiny_student_config(method, teacher_dir, spec.steps)
+    if cell.recipe:
+        c = recipe_config(spec, cell, teacher_dir, num_teacher_layers)
+    else:
+        method = cell.method if cell.method in STACKED else "none"
+        c = harness.tiny_student_config(method, teacher_dir, spec.steps)
+        c.student.update(dict(spec.student))
+        c.stacking.start_depth, c.stacking.num_new = spec.start_depth, spec.num_new
+        c.stacking.stage_lengths = SCHEDULES.get(cell.schedule, "equal")
+        c.distill.teacher_layers = teacher_layers(num_teacher_layers, cell.method == "full_l2l")
     c.seed = cell.seed
-    c.student.update(dict(spec.student))
-    c.stacking.start_depth, c.stacking.num_new = spec.start_depth, spec.num_new
-    c.stacking.stage_lengths = SCHEDULES.get(cell.schedule, "equal")
-    c.distill.teacher_layers = teacher_layers(num_teacher_layers, cell.method == "full_l2l")
     c.data.synth_num = spec.corpus_num
     c.data.max_samples = spec.max_samples
     c.batch_size = spec.batch_size
@@ -184,6 +255,55 @@ def distill_config(
     c.keep_checkpoints = spec.steps // c.checkpoint_every + 1
     c.compilation_cache_dir = ""  # set once per table by run_table (spec.compilation_cache)
     return apply_overrides(c, ABLATIONS.get(cell.ablation, {}))
+
+
+def recipe_config(
+    spec: ml_collections.ConfigDict, cell: Cell, teacher_dir: pathlib.Path, num_teacher_layers: int
+) -> ml_collections.ConfigDict:
+    """configs/RECIPE.py with its losses, heads, layer pattern and optimizer kept, sized as the
+    table's student: 12 x spec width, its small CNN scaled to the tiny teacher's CNN (their
+    128 / 256 channels against HuBERT's 512: a quarter and a half of it), the tiny teacher and
+    its corpus, the table's budget, batch and learning rate (the recipes' own rates are for
+    their 390k steps; one rate for every cell keeps the within-recipe comparison fair)."""
+    from stackdistill.config import apply_overrides
+
+    stacked = cell.method == "interleaved"
+    c = harness.config_file(f"{cell.recipe}:stacking={'interleaved' if stacked else 'none'}")
+    masked = c.distill.loss == "masked"
+    c.teacher.name = str(teacher_dir / ("teacher_masked" if masked else "teacher"))
+    c.dtype = "float32"
+    c.data.update(source="synthetic", path=str(teacher_dir / "synth"), min_samples=4_000)
+    c.data.bucket_boundaries = ()
+    c.total_steps = spec.steps
+    c.optim.warmup_fraction = 0.05
+    width = spec.student["hidden_size"]
+    c.student.update(dict(spec.student))
+    teacher_cnn = 64  # configs/tiny_teacher.py ARCH conv_dim
+    narrow, wide = teacher_cnn // 4, teacher_cnn // 2
+    c.student.conv_layers = (
+        (narrow, 10, 5),
+        (wide, 1, 1),
+        *((wide, 3, 2),) * 4,
+        (width, 1, 1),
+        *((width, 2, 2),) * 2,
+    )
+    every = tuple(range(1, num_teacher_layers + 1))
+    if cell.recipe == "starhubert":
+        # Unstacked: every teacher layer k on the student layer at the same relative depth
+        # (the default pairing: student layer 2k of 12 for the 6-layer teacher); stacked:
+        # thirds of the teacher on the 3 initial layers, following their lineage.
+        c.distill.student_layers = None
+        thirds = teacher_layers(num_teacher_layers, False)
+        c.distill.teacher_layers = thirds if stacked else every
+        c.stacking.update(start_depth=spec.start_depth, num_new=spec.num_new)
+    else:
+        c.distill.teacher_layers = every  # targets "every_layer": round((i+1) L / d)
+        if not c.student.reuse_pattern:
+            c.stacking.update(start_depth=spec.start_depth, num_new=spec.num_new)
+    c.stacking.stage_lengths = SCHEDULES.get(cell.schedule, "equal")
+    if cell.ablation == "lever":
+        apply_overrides(c, LEVER)
+    return c
 
 
 def eval_steps(spec: ml_collections.ConfigDict) -> list[int]:
@@ -289,6 +409,8 @@ def run_table(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[st
         jax.config.update("jax_compilation_cache_dir", str(workdir / "xla"))
     teacher_dir = ensure_teacher(spec, workdir)
     cells = cells_of(spec)
+    if any(c.recipe in MASKED_RECIPES for c in cells):
+        ensure_masked_teacher(teacher_dir)
     done = {c.key for c in cells if (workdir / "cells" / f"{c.key}.json").is_file()}
     teacher_file = workdir / "cells" / "teacher.json"
     print(f"{len(done)} of {len(cells)} cells done; load average {os.getloadavg()[0]:.2f}")
@@ -321,6 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="/tmp/stackdistill_paper_table")
     parser.add_argument("--quick", action="store_true", help="3 cells, 1 seed, 40 steps")
     parser.add_argument("--ablations", action="store_true", help="add the ablation cells")
+    parser.add_argument(
+        "--recipes", nargs="*", choices=tuple(RECIPES), help="add recipe rows (none: all)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="override the spec's seeds")
     parser.add_argument("--steps", type=int, help="override the spec's step budget")
     parser.add_argument("--teacher-dir", help="the teacher's folder (teacher/ inside)")
@@ -329,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = table_spec(args.quick)
     if args.ablations:
         spec.ablations = tuple(ABLATIONS)
+    if args.recipes is not None:
+        spec.recipes = tuple(args.recipes or RECIPES)
     if args.seeds:
         spec.seeds = tuple(args.seeds)
     if args.steps:

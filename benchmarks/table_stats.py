@@ -123,7 +123,11 @@ def _flattening(records: Sequence[Mapping[str, Any]], steps: int) -> float | Non
 
 
 def summarise(records: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any], spec) -> dict:
-    """Rows (mean [CI] over seeds), paired comparisons, time to Full's quality."""
+    """Rows (mean [CI] over seeds), paired comparisons, time to Full's quality.
+
+    Rows of a recipe (cell field `recipe`) are measured against that recipe's own Full row:
+    speed-ups, time to its quality and the paired comparisons stay within a recipe.
+    """
     by_row: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
         by_row.setdefault(r["row"], []).append(r)
@@ -131,46 +135,57 @@ def summarise(records: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any], 
     for name, rs in by_row.items():
         per_cell = [cell_metrics(r) for r in rs]
         first = rs[0]
-        row = {k: first[k] for k in ("method", "schedule", "ablation")}
+        row = {k: first.get(k, "") for k in ("method", "schedule", "ablation", "recipe")}
         row.update(row=name, seeds=[r["seed"] for r in rs])
         row["metrics"] = {k: mean_ci([m[k] for m in per_cell]) for k, *_ in METRICS}
         rows.append(row)
-    full = next((row for row in rows if row["method"] == "full" and not row["ablation"]), None)
     out: dict[str, Any] = {"teacher": teacher, "rows": rows, "full_target": None}
-    if full is not None:
-        target = full["metrics"]["score"]["mean"]
-        out["full_target"] = target
-        out["full_flattening"] = _flattening(by_row[full["row"]], spec.steps)
-        for row in rows:
-            row["speedup_wall"] = (
-                full["metrics"]["wall_s"]["mean"] / row["metrics"]["wall_s"]["mean"]
-            )
-            row["speedup_steps"] = (
-                full["metrics"]["steps_s"]["mean"] / row["metrics"]["steps_s"]["mean"]
-            )
-            row["time_to_full"] = [_time_to(r, target) for r in by_row[row["row"]]]
-    out["paired"] = []
-    plain = [row for row in rows if not row["ablation"]]
-    base = next((row for row in plain if row["method"] == "interleaved"), None)
-    pairs = [
-        (a, b)
-        for a in plain
-        if a["method"] == "interleaved"
-        for b in plain
-        if b["method"] != "interleaved"
-    ]
-    pairs += [(row, base) for row in rows if row["ablation"] and base is not None]
-    for a, b in pairs:
-        seeds = [s for s in a["seeds"] if s in b["seeds"]]
-        comparison: dict[str, Any] = {"a": a["row"], "b": b["row"], "seeds": seeds}
-        for key in PAIRED:
-            higher = next(h for k, _, _, h in METRICS if k == key)
-            va = [a["metrics"][key]["values"][a["seeds"].index(s)] for s in seeds]
-            vb = [b["metrics"][key]["values"][b["seeds"].index(s)] for s in seeds]
-            kept = [(x, y) for x, y in zip(va, vb) if x is not None and y is not None]
-            comparison[key] = paired(*zip(*kept), higher) if kept else None
-        out["paired"].append(comparison)
+    out["recipe_targets"], out["paired"] = {}, []
+    for recipe in dict.fromkeys(row["recipe"] for row in rows):
+        group = [row for row in rows if row["recipe"] == recipe]
+        full = next((r for r in group if r["method"] == "full" and not r["ablation"]), None)
+        if full is not None:
+            target = full["metrics"]["score"]["mean"]
+            if recipe:
+                out["recipe_targets"][recipe] = target
+            else:
+                out["full_target"] = target
+                out["full_flattening"] = _flattening(by_row[full["row"]], spec.steps)
+            for row in group:
+                row["speedup_wall"] = (
+                    full["metrics"]["wall_s"]["mean"] / row["metrics"]["wall_s"]["mean"]
+                )
+                row["speedup_steps"] = (
+                    full["metrics"]["steps_s"]["mean"] / row["metrics"]["steps_s"]["mean"]
+                )
+                row["time_to_full"] = [_time_to(r, target) for r in by_row[row["row"]]]
+        plain = [row for row in group if not row["ablation"]]
+        base = next((row for row in plain if row["method"] == "interleaved"), None)
+        pairs = [
+            (a, b)
+            for a in plain
+            if a["method"] == "interleaved"
+            for b in plain
+            if b["method"] != "interleaved"
+        ]
+        pairs += [(row, base) for row in group if row["ablation"] and base is not None]
+        if recipe and full is not None:  # a recipe's lever row against its Full as well
+            pairs += [(row, full) for row in group if row["ablation"]]
+        out["paired"] += [_compare(a, b) for a, b in pairs]
     return out
+
+
+def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Row a against row b, paired by the seeds both have."""
+    seeds = [s for s in a["seeds"] if s in b["seeds"]]
+    comparison: dict[str, Any] = {"a": a["row"], "b": b["row"], "seeds": seeds}
+    for key in PAIRED:
+        higher = next(h for k, _, _, h in METRICS if k == key)
+        va = [a["metrics"][key]["values"][a["seeds"].index(s)] for s in seeds]
+        vb = [b["metrics"][key]["values"][b["seeds"].index(s)] for s in seeds]
+        kept = [(x, y) for x, y in zip(va, vb) if x is not None and y is not None]
+        comparison[key] = paired(*zip(*kept), higher) if kept else None
+    return comparison
 
 
 def _fmt(m: Mapping[str, Any] | None, scale: float, digits: int) -> str:
@@ -224,6 +239,13 @@ def markdown(table: Mapping[str, Any], spec) -> str:
             "less compiles of the first scored checkpoint "
             f"({', '.join(f'{f:g}' for f in spec.eval_fractions)}"
             " of the steps) at or above it.",
+        ]
+    if table.get("recipe_targets"):
+        finals = ", ".join(f"{k} {v:.1f}" for k, v in table["recipe_targets"].items())
+        lines += [
+            "",
+            "Recipe rows (RECIPE: ...) are measured against their own recipe's Full row: "
+            f"speed-up and time to that row's final score ({finals}).",
         ]
     if table["paired"]:
         lines += [

@@ -62,6 +62,7 @@ def get_config(arg=None):
     # Fields of the attention-reuse branch (config.student in models/): the smaller CNN
     # front-end and no projection between it and the transformer.
     s.conv_layers = CONV_LAYERS
+    s.conv_norm, s.conv_bias = "group", False  # maskhubert-960.yaml L31, L34
     s.feat_proj = False
     s.dropout_input = 0.05  # field of the masking branch (fairseq dropout_input)
 

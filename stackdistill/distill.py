@@ -44,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.cos_weight = 1.0  # l1_cos only
     c.heads_on = "lineage"  # "lineage": each target follows its layer; "last": DistilHuBERT
     # "fixed": the targets above; "every_layer": every student layer is supervised by the
-    # teacher layer at its relative depth (MaskHuBERT/ARMHuBERT; see every_layer_sources)
+    # teacher layer at its relative depth (MaskHuBERT/ARMHuBERT; a stack deeper than the teacher:
+    # every teacher layer once, at its relative depth; see every_layer_sources)
     c.targets = "fixed"
     # loss="masked" (MaskHuBERT/ARMHuBERT, recipes/masking.py): the span mask (their yaml's
     # `teacher:` block) and calculate_loss's weights: random_layer_weight, rec_loss_weight,
@@ -118,12 +119,23 @@ def every_layer_sources(depth: int, teacher_depth: int) -> dict[int, int]:
     shallow stack stays on its block's last layer and the added layers get the added
     targets. Under top or middle growth relative depths move; the rule then re-spreads the
     targets by position (the only assignment that supervises every layer once), not by lineage.
+
+    A stack deeper than the teacher (d > L: e.g. a 12-layer student of a 6-layer teacher) has
+    more layers than targets: then every teacher layer k is supervised once, on the student
+    hidden state at its relative depth, round(k d / L) (halves up; distinct since d / L > 1),
+    and the layers in between have none.
     """
-    if not 1 <= depth <= teacher_depth:
+    if depth < 1 or teacher_depth < 1:
         raise ValueError(
-            f"config.distill.targets='every_layer' needs a student depth (now {depth}) between 1 "
-            f"and the output teacher layer {teacher_depth} (config.distill.teacher_layers[-1])"
+            f"config.distill.targets='every_layer' needs a student depth (now {depth}) and an "
+            f"output teacher layer (now {teacher_depth}) of at least 1 "
+            "(config.distill.teacher_layers[-1])"
         )
+    if depth > teacher_depth:
+        return {
+            k: (2 * k * depth + teacher_depth) // (2 * teacher_depth)
+            for k in range(1, teacher_depth + 1)
+        }
     return {(2 * (i + 1) * teacher_depth + depth) // (2 * depth): i + 1 for i in range(depth)}
 
 

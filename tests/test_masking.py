@@ -384,7 +384,17 @@ def test_every_layer_targets_at_depths_3_6_12():
     nine = {1: 1, 3: 2, 4: 3, 5: 4, 7: 5, 8: 6, 9: 7, 11: 8, 12: 9}  # round(4 (i + 1) / 3)
     assert distill.every_layer_sources(9, 12) == nine
     with pytest.raises(ValueError, match="config.distill.targets"):
-        distill.every_layer_sources(13, 12)
+        distill.every_layer_sources(0, 12)
+
+
+def test_every_layer_targets_of_a_stack_deeper_than_the_teacher():
+    """More student layers than teacher layers: each teacher layer once, at its relative depth
+    (by hand: k * d / L rounded half up), the output on the last layer."""
+    assert distill.every_layer_sources(12, 6) == {1: 2, 2: 4, 3: 6, 4: 8, 5: 10, 6: 12}
+    assert distill.every_layer_sources(9, 6) == {1: 2, 2: 3, 3: 5, 4: 6, 5: 8, 6: 9}  # 1.5 -> 2
+    assert distill.every_layer_sources(13, 12)[12] == 13
+    sources = distill.every_layer_sources(13, 12)
+    assert len(set(sources.values())) == 12 and sorted(sources) == list(range(1, 13))
 
 
 def _follows_lineage(method: str) -> bool:

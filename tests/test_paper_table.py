@@ -98,9 +98,11 @@ def fake_cell(spec, cell, teacher_dir, teacher_cell, workdir):
     if cell.key == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     x = 0.1 * (pt.METHODS.index(cell.method) + 1) + 0.01 * cell.seed
+    x += 0.05 * (cell.ablation == "lever") + 0.2 * (cell.recipe == "armhubert")
     score = 100 * (0.5 + x) / 3
     return {"key": cell.key, "row": cell.row, "method": cell.method, "schedule": cell.schedule,
-            "seed": cell.seed, "ablation": cell.ablation, "wall_s": 10 + x, "steps_s": 8 + x,
+            "seed": cell.seed, "ablation": cell.ablation, "recipe": cell.recipe,
+            "wall_s": 10 + x, "steps_s": 8 + x,
             "compile_s": 1.0, "eval_s": 2.0, "profile_r": x, "cka_diagonal": [1.0, x, 2 * x],
             "final_losses": {"loss": 1 - x},
             "downstream": {"pr_per": 0.5, "sid_acc": x, "ks_acc": 0.5, "score": score},
@@ -109,6 +111,7 @@ def fake_cell(spec, cell, teacher_dir, teacher_cell, workdir):
             "curve": [[1.0, 2, 2.0], [2.0, 4, 1.5], [3.0, 6, 1.2], [4.0, 8, 1.0]]}
 
 pt.ensure_teacher = lambda spec, workdir: workdir
+pt.ensure_masked_teacher = lambda teacher_dir: teacher_dir
 pt.evaluate_teacher = lambda spec, teacher_dir, workdir: {
     "key": "teacher", "num_layers": 6, "profile": {"speaker": [0.1, 0.2]},
     "downstream": {"pr_per": 0.2, "sid_acc": 0.9, "ks_acc": 0.8, "score": 83.3}}
@@ -160,6 +163,90 @@ def test_resume_after_a_kill_redoes_nothing_finished_and_outputs_agree(tmp_path)
     c = next(p for p in table["paired"] if p["a"] == "Interleaved, equal" and p["b"] == "Full")
     assert c["seeds"] == [0, 1] and c["score"]["wins"] == 2
     np.testing.assert_allclose(c["score"]["mean"], 100 * 0.4 / 3)  # x: 0.5 vs 0.1 per seed
+
+
+def test_recipe_rows_are_measured_against_their_own_full(tmp_path):
+    overrides = {"methods": ["full", "interleaved"], "schedules": ["equal"], "seeds": [0, 1]}
+    overrides.update(recipes=["armhubert", "starhubert"], steps=8, log_every=2)
+    (tmp_path / "spec_overrides.json").write_text(json.dumps(overrides))
+    assert _run_fake(tmp_path, kill_at="").returncode == 0
+    table = json.loads((tmp_path / "table.json").read_text())
+    rows = {r["row"]: r for r in table["rows"]}
+    assert list(rows) == [
+        "Full",
+        "Interleaved, equal",
+        "ARMHuBERT: Full",
+        "ARMHuBERT: Interleaved, equal",
+        "ARMHuBERT: Interleaved, equal, lever",
+        "STaRHuBERT: Full",
+        "STaRHuBERT: Interleaved, equal",
+        "STaRHuBERT: Interleaved, equal, lever",
+    ]
+    # The fake's x: 0.1 (full) or 0.5 (interleaved) + 0.01 seed, + 0.05 lever, + 0.2 ARMHuBERT;
+    # wall = 10 + x, score = 100 (0.5 + x) / 3.
+    arm_full = 100 * (0.5 + 0.3 + 0.005) / 3  # mean over seeds 0 and 1
+    np.testing.assert_allclose(table["recipe_targets"]["armhubert"], arm_full)
+    np.testing.assert_allclose(table["full_target"], 100 * (0.5 + 0.105) / 3)
+    lever = rows["ARMHuBERT: Interleaved, equal, lever"]
+    np.testing.assert_allclose(lever["speedup_wall"], (10 + 0.305) / (10 + 0.755))
+    pairs = {(c["a"], c["b"]) for c in table["paired"]}
+    assert pairs == {
+        ("Interleaved, equal", "Full"),
+        ("ARMHuBERT: Interleaved, equal", "ARMHuBERT: Full"),
+        ("ARMHuBERT: Interleaved, equal, lever", "ARMHuBERT: Interleaved, equal"),
+        ("ARMHuBERT: Interleaved, equal, lever", "ARMHuBERT: Full"),
+        ("STaRHuBERT: Interleaved, equal", "STaRHuBERT: Full"),
+        ("STaRHuBERT: Interleaved, equal, lever", "STaRHuBERT: Interleaved, equal"),
+        ("STaRHuBERT: Interleaved, equal, lever", "STaRHuBERT: Full"),
+    }
+    c = next(p for p in table["paired"] if p["a"] == "STaRHuBERT: Interleaved, equal, lever"
+             and p["b"] == "STaRHuBERT: Full")  # fmt: skip
+    np.testing.assert_allclose(c["score"]["mean"], 100 * 0.45 / 3)
+    assert "ARMHuBERT: Full's" not in (tmp_path / "table.md").read_text()
+    assert "armhubert " + f"{arm_full:.1f}" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize("recipe", ["maskhubert", "armhubert", "starhubert"])
+def test_recipe_cells_keep_the_recipe_at_the_tables_size(tmp_path, recipe):
+    """Each recipe's own loss, heads and layer pattern at 12 x 96 on the tiny teacher; its small
+    CNN gives the teacher's frame count (masking hands the teacher's mask to the student)."""
+    from stackdistill import distill, stacking
+    from stackdistill.models import EncoderConfig, student
+
+    pt = _paper_table()
+    spec = pt.table_spec()
+    spec.recipes = (recipe,)
+    cells = {(c.method, c.ablation): c for c in pt.cells_of(spec) if c.seed == 0 and c.recipe}
+    assert set(cells) == {("full", ""), ("interleaved", ""), ("interleaved", "lever")}
+    configs = {k: pt.distill_config(spec, c, tmp_path, 6) for k, c in cells.items()}
+    full, inter, lever = configs.values()
+    own = pt.harness.config_file(recipe)
+    for c in configs.values():
+        assert c.distill.loss == own.distill.loss and c.student.head == own.student.head
+        assert c.total_steps == 600 and c.batch_size == 8 and c.student.hidden_size == 96
+        masked = "teacher_masked" if recipe in pt.MASKED_RECIPES else "teacher"
+        assert c.teacher.name == str(tmp_path / masked) and c.distill.loss == own.distill.loss
+    assert full.stacking.method == "none" and inter.stacking.method == "interleaved"
+    reuse = recipe == "armhubert"
+    assert bool(inter.student.reuse_pattern) == reuse
+    block = student.layers_per_block(inter.student)
+    assert block == (2 if reuse else 1)
+    depths = [s.depth for s in stacking.plan_stages(inter.stacking, 600, 12, block)]
+    assert depths == ([4, 8, 12] if reuse else [3, 6, 9, 12])
+    teacher_cfg = EncoderConfig(conv_dim=(64,) * 7)
+    for c in (full, inter):
+        cfg = student.student_encoder_config(c.student, teacher_cfg)
+        assert cfg.conv_dim[0] == 16 and cfg.conv_dim[-1] == 96 and not cfg.feat_proj
+        for n in (4_000, 24_000):
+            assert cfg.num_frames(n) == teacher_cfg.num_frames(n)
+    assert lever.student.frozen_shared_frontend and lever.student.conv_layers is None
+    if recipe == "starhubert":
+        assert full.distill.teacher_layers == (1, 2, 3, 4, 5, 6)
+        assert distill.initial_student_layers(full.distill, 12) == (1, 3, 5, 7, 9, 11)
+        assert inter.distill.teacher_layers == (2, 4, 6)
+    else:
+        assert full.distill.targets == "every_layer"
+        assert full.distill.teacher_layers == inter.distill.teacher_layers == (1, 2, 3, 4, 5, 6)
 
 
 @pytest.mark.slow
@@ -242,3 +329,59 @@ def test_quick_table_end_to_end(tmp_path):
     assert (tmp_path / "table.png").stat().st_size > 1000
     assert "| Interleaved, equal |" in (tmp_path / "table.md").read_text()
     print(f"--quick took {seconds:.0f} s (load average {os.getloadavg()[0]:.1f})")
+
+
+def test_masked_teacher_embeds_the_mean_projected_frame(tmp_path):
+    """The masking recipes' tiny teacher: every tensor kept, `masked_spec_embed` = the mean of
+    transformers' own feature projection over the utterances; transformers loads it."""
+    import soundfile as sf
+    import torch
+    import transformers
+
+    from stackdistill import teacher
+    from stackdistill.data import synth
+    from stackdistill.models import EncoderConfig
+
+    pt = _paper_table()
+    cfg = EncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                        conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                        num_conv_pos_embedding_groups=4)  # fmt: skip
+    params = dict(teacher.load(str(teacher.write_random(tmp_path / "random", cfg)))[1])
+    del params["masked_spec_embed"]  # the tiny teacher has none
+    teacher.save(tmp_path / "teacher", cfg, params)
+    rng = np.random.default_rng(0)
+    (tmp_path / "synth" / "wav").mkdir(parents=True)
+    rows = []
+    for i, n in enumerate((16_000, 9_000, 12_345)):
+        sf.write(tmp_path / "synth" / "wav" / f"{i}.wav", 0.1 * rng.standard_normal(n), 16_000)
+        rows.append(json.dumps({"path": f"wav/{i}.wav", "num_samples": n}))
+    (tmp_path / "synth" / synth.MANIFEST_NAME).write_text("\n".join(rows) + "\n")
+    out = pt.ensure_masked_teacher(tmp_path, num=3)
+    model = transformers.HubertModel.from_pretrained(out).eval()
+    frames = []
+    with torch.no_grad():
+        for i in range(3):
+            wav, _ = sf.read(tmp_path / "synth" / "wav" / f"{i}.wav", dtype="float32")
+            features = model.feature_extractor(torch.from_numpy(wav)[None]).transpose(1, 2)
+            projected = model.feature_projection(features)  # HuBERT's: (B, T, D), no tuple
+            frames.append(projected[0].numpy())
+    expected = np.concatenate(frames).mean(0)
+    np.testing.assert_allclose(model.masked_spec_embed.detach().numpy(), expected, atol=1e-5)
+    _, before = teacher.load(str(tmp_path / "teacher"))
+    _, after = teacher.load(str(out))
+    assert "masked_spec_embed" not in before and "masked_spec_embed" in after
+    for path, leaf in jax_leaves(before):
+        np.testing.assert_array_equal(leaf, jax_get(after, path))
+    assert pt.ensure_masked_teacher(tmp_path, num=3) == out  # made once
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def jax_get(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree

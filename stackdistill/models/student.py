@@ -61,6 +61,11 @@ def default_config() -> ml_collections.ConfigDict:
     # None: the teacher's.
     c.conv_layers = ml_collections.FieldReference(None, field_type=object)
     c.feat_proj = True  # False: no Linear between the CNN and the transformer (needs equal dims)
+    # The student's own CNN (with conv_layers): its norm, "group" (GroupNorm on conv 0, fairseq's
+    # extractor_mode "default") or "layer" (LayerNorm after every conv), and conv biases;
+    # None: the teacher's.
+    c.conv_norm = ml_collections.FieldReference(None, field_type=str)
+    c.conv_bias = ml_collections.FieldReference(None, field_type=bool)
     # Per layer: True computes its attention map, False reuses the previous one (ARMHuBERT's
     # `reuse_pattern`; a repeated block like (True, False) * 6); None: no reuse.
     c.reuse_pattern = ml_collections.FieldReference(None, field_type=object)
@@ -116,6 +121,10 @@ def student_encoder_config(
     if student.get("conv_layers") is not None:
         dims, kernels, strides = zip(*student.conv_layers, strict=True)
         frontend = dict(conv_dim=dims, conv_kernel=kernels, conv_stride=strides)
+        if student.get("conv_norm") is not None:
+            frontend["feat_extract_norm"] = student.conv_norm
+        if student.get("conv_bias") is not None:
+            frontend["conv_bias"] = bool(student.conv_bias)
     return teacher.replace(
         **frontend,
         feat_proj=student.get("feat_proj", True),

@@ -76,6 +76,7 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
     s = c.student
     s.update(num_layers=12, hidden_size=width, intermediate_size=ffn, num_heads=12)  # L44-47
     s.conv_layers = conv_layers(width)  # L32
+    s.conv_norm, s.conv_bias = "group", False  # L31 extractor_mode default, L34 conv_bias
     s.feat_proj = False  # model.py L270-274: no post_extract_proj when the CNN width == width
     s.feat_proj_layer_norm = True  # model.py L286, L405: LayerNorm on the CNN output
     s.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)  # L60-62
