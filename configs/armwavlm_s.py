@@ -10,7 +10,8 @@ stackdistill/recipes/arm_family.py): teacher './wavlm_base.pt' = microsoft/wavlm
 ending at 432 channels with no projection; the student is ARMHuBERT's model, so it keeps
 none of WavLM's gated relative position bias (conv positions only). Masking distillation,
 AdamW 5e-3, 195,300 steps (100 epochs at 144 utterances). 22.39M params as the repo counts
-them. Variants: `:stacking=none|top|middle`, `:runlocal`.
+them. Variants: `:stacking=none|top|middle`, `:runlocal` (offline, demo-size: a random
+12 x 48 WavLM teacher, arm_family.demo_size).
 """
 
 from stackdistill.recipes import arm_family

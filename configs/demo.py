@@ -11,23 +11,13 @@ Variants: `:stacking=top` (middle, none), or any `--config.field=value`.
 """
 
 from stackdistill.config import apply_arg, base_config
-
-TINY_TEACHER = dict(
-    model_type="hubert",
-    hidden_size=48,
-    num_layers=12,
-    num_heads=4,
-    intermediate_size=96,
-    conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
+from stackdistill.teacher import DEMO_ARCH
 
 
 def get_config(arg=None):
     c = base_config()
     c.teacher.name = "tiny_teacher"  # under the workdir
-    c.teacher.random_arch = TINY_TEACHER
+    c.teacher.random_arch = dict(DEMO_ARCH)
     c.student.update(num_layers=12, hidden_size=32, intermediate_size=64, num_heads=2)
     c.data.source = "synthetic"
     c.data.path = "synth"  # under the workdir

@@ -4,12 +4,17 @@ distilled with STaR's layer-wise + intra-layer temporal Gram matrix losses, no h
   python -m stackdistill.main --config=configs/starhubert.py --workdir=gs://BUCKET/runs/star \
       --config.data.path=/data/LibriSpeech
   python -m stackdistill.main --config=configs/starhubert.py:stacking=interleaved ...
+  python -m stackdistill.main --config=configs/starhubert.py:runlocal --workdir=/tmp/star
 
 Variants: `:stacking=none` (the default: the published recipe, every student layer i paired
 with teacher layer i), `:stacking=interleaved|top|middle` (3 -> 6 -> 9 -> 12; the initial
 layers pair with teacher layers 4, 8, 12 and those pairs follow their lineage through growth:
-distill.target_sources), `:runlocal` for a smoke test. Cost: one HuBERT Base forward and one
-student step per batch, plus 4 T x T Gram matrices per supervised layer (T <= 780 frames).
+distill.target_sources). `:runlocal` is offline and demo-size, as the ARMHuBERT recipes'
+(arm_family.demo_size): the random 12 x 48 teacher, espeak-ng speech, a 4 x 32 student with
+the small CNN's shape, 8 steps; its pairs are scaled the same way (`none`: student layer i
+with teacher layer 3(i+1); stacked 2 -> 4: the initial 2 with teacher 6, 12). Cost: one
+HuBERT Base forward and one student step per batch, plus 4 T x T Gram matrices per supervised
+layer (T <= 780 frames).
 
 Sources (sungnyun/ARMHuBERT; STaR has no official training code and its yaml is on Google
 Drive, not readable here; README L200-201 says STaR is built on this repository):
@@ -34,15 +39,15 @@ Drive, not readable here; README L200-201 says STaR is built on this repository)
 
 from stackdistill import optim
 from stackdistill.config import apply_arg, base_config
+from stackdistill.recipes import arm_family
 
 NUM_LAYERS = 12
-CONV_LAYERS = ((128, 10, 5), (256, 1, 1)) + ((256, 3, 2),) * 4 + ((480, 1, 1),) + ((480, 2, 2),) * 2
+TEACHER_LAYERS = 12  # HuBERT Base's, and the demo teacher's (teacher.DEMO_ARCH)
 
 
-def _stacking_method(arg: str | None) -> str:
-    """The `stacking=METHOD` item of the config argument ("none" when absent)."""
-    items = dict(item.partition("=")[::2] for item in (arg or "").split(",") if item)
-    return items.get("stacking", "none")
+def _items(arg: str | None) -> dict[str, str]:
+    """The items of the config argument: `stacking=METHOD` -> {"stacking": METHOD}, `runlocal`."""
+    return dict(item.partition("=")[::2] for item in (arg or "").split(",") if item)
 
 
 def get_config(arg=None):
@@ -61,7 +66,7 @@ def get_config(arg=None):
     s.feat_proj_layer_norm = True
     # Fields of the attention-reuse branch (config.student in models/): the smaller CNN
     # front-end and no projection between it and the transformer.
-    s.conv_layers = CONV_LAYERS
+    s.conv_layers = arm_family.conv_layers(480)
     s.conv_norm, s.conv_bias = "group", False  # maskhubert-960.yaml L31, L34
     s.feat_proj = False
     s.dropout_input = 0.05  # field of the masking branch (fairseq dropout_input)
@@ -71,9 +76,14 @@ def get_config(arg=None):
 
     c.distill.loss = "star"
     c.stacking.method = "none"
-    if _stacking_method(arg) == "none":  # the paper: every layer i <-> teacher layer i
-        c.distill.teacher_layers = tuple(range(1, NUM_LAYERS + 1))
-        c.distill.student_layers = tuple(range(NUM_LAYERS))
-    else:  # 3 initial layers <-> teacher 4, 8, 12, following their lineage
-        c.distill.teacher_layers = (4, 8, 12)
+    items = _items(arg)
+    if "runlocal" in items:
+        arm_family.demo_size(c)
+    n = c.student.num_layers
+    if items.get("stacking", "none") == "none":  # the paper: every layer i <-> teacher layer i
+        c.distill.teacher_layers = tuple((i + 1) * TEACHER_LAYERS // n for i in range(n))
+        c.distill.student_layers = tuple(range(n))
+    else:  # the initial layers <-> teacher 4, 8, 12 (demo: 6, 12), following their lineage
+        start = c.stacking.start_depth
+        c.distill.teacher_layers = tuple((i + 1) * TEACHER_LAYERS // start for i in range(start))
     return apply_arg(c, arg)

@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 CONVERTER_VERSION = 2  # bump when the params layout changes (2: masked_spec_embed kept)
 SOURCES_FILE = "sources.json"  # in each cache entry: the folders its checkpoint was read from
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# The offline demos' random teacher (configs/demo.py, the recipes' `:runlocal`): 12 x 48,
+# HuBERT architecture, EncoderConfig fields for `config.teacher.random_arch`.
+DEMO_ARCH = dict(
+    model_type="hubert",
+    hidden_size=48,
+    num_layers=12,
+    num_heads=4,
+    intermediate_size=96,
+    conv_dim=(32,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
 
 
 def _resolve(name_or_path: str, revision: str | None) -> pathlib.Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stackdistill import config as config_lib
-from stackdistill import stacking
+from stackdistill import stacking, teacher
 from stackdistill.models import student as student_lib
 from stackdistill.models.config import EncoderConfig
 from stackdistill.models.encoder import Encoder, FeatureExtractor, FeatureProjection
@@ -112,9 +112,7 @@ def test_recipe_configs_plan_their_stages(name, method):
     )
     local = recipe_config(name, f"runlocal,stacking={method}")
     assert local.teacher.name == "tiny_teacher" and local.data.source == "synthetic"
-    s_cfg = student_lib.student_encoder_config(
-        local.student, EncoderConfig(**arm_family.TINY_TEACHER)
-    )
+    s_cfg = student_lib.student_encoder_config(local.student, EncoderConfig(**teacher.DEMO_ARCH))
     assert s_cfg.hop == 320 and not s_cfg.feat_proj
 
 

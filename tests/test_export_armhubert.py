@@ -16,14 +16,14 @@ import torch
 import yaml
 
 from stackdistill import config as config_lib
+from stackdistill import teacher
 from stackdistill.export import FORMATS, armhubert, armhubert_read
 from stackdistill.models import student
 from stackdistill.models.config import EncoderConfig
-from stackdistill.recipes import arm_family
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIRROR = pathlib.Path("/work/.mirror/sungnyun+ARMHuBERT/repo")
-D, FFN, L, TEACHER_D = 32, 64, 4, 48  # arm_family._demo_size, TINY_TEACHER
+D, FFN, L, TEACHER_D = 32, 64, 4, 48  # arm_family.demo_size, teacher.DEMO_ARCH
 CONVS = [(16, 10, 5), (32, 1, 1), *[(32, 3, 2)] * 4, (32, 1, 1), (32, 2, 2), (32, 2, 2)]
 POS_K, POS_G = 16, 4
 
@@ -87,7 +87,7 @@ tr_layer_index""".split()
 def _student(recipe: str):
     """A demo-size student of the recipe's `:runlocal` config, every tensor made distinct."""
     c = config_lib.load_file(ROOT / "configs" / f"{recipe}.py", "runlocal")
-    t_cfg = EncoderConfig(**arm_family.TINY_TEACHER)
+    t_cfg = EncoderConfig(**teacher.DEMO_ARCH)
     cfg = student.student_encoder_config(c.student, t_cfg)
     params = student.init_student(
         cfg, jax.random.key(0), t_cfg, None, c.distill.teacher_layers, False, head="layerwise"
@@ -210,7 +210,6 @@ def test_weight_norm_parts_rebuild_the_kernel_in_torch(written):
 def test_spec_teacher_load_and_the_yaml_kept_in_the_checkpoint(written, tmp_path):
     import ml_collections
 
-    from stackdistill import teacher
     from stackdistill.superb import upstream
 
     recipe, _, cfg, params, ckpt, yaml_path = written

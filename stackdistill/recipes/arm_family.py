@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from stackdistill import teacher
 from stackdistill.config import apply_arg, base_config
 
 # LibriSpeech 960 h training utterances: train-clean-100 28,539 (the repo's
@@ -60,9 +61,9 @@ def published_steps(num_epochs: int, utterances: int = LIBRISPEECH_960H_UTTERANC
 def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """The run config of `recipe` (a key of RECIPES) with `--config=FILE:ARG` applied."""
     r = RECIPES[recipe]
-    teacher, width, ffn, reuse, lr = r["teacher"], r["width"], r["ffn"], r["reuse"], r["lr"]
+    teacher_id, width, ffn, reuse, lr = r["teacher"], r["width"], r["ffn"], r["reuse"], r["lr"]
     c = base_config()
-    c.teacher.name = teacher
+    c.teacher.name = teacher_id
     c.data.source = "librispeech"
     c.data.path = "/data/LibriSpeech"
     c.dtype = "bfloat16"  # yaml L18 use_fp16
@@ -114,40 +115,26 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
         c.stacking.update(start_depth=4, num_new=4)
     items = [i for i in (arg or "").split(",") if i]
     if "runlocal" in items:
-        _demo_size(c, reuse)
+        demo_size(c, "wavlm" if teacher_id == WAVLM else "hubert")
+        c.student.reuse_pattern = (True, False) * 2 if reuse else None
     return apply_arg(c, arg)
 
 
-# configs/demo.py's offline teacher (12 x 48, random, written in transformers format).
-TINY_TEACHER = dict(
-    model_type="hubert",
-    hidden_size=48,
-    num_layers=12,
-    num_heads=4,
-    intermediate_size=96,
-    conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
+# The demo-size student's CNN: conv_layers' shape (hop 320) at 16 / 32 channels.
+DEMO_CONV_LAYERS = ((16, 10, 5), (32, 1, 1), *((32, 3, 2),) * 4, (32, 1, 1), (32, 2, 2), (32, 2, 2))
 
 
-def _demo_size(c: ml_collections.ConfigDict, reuse: bool) -> None:
-    """Offline and small, as configs/demo.py: tiny random teacher, espeak-ng speech, 4 layers."""
-    c.teacher.name = "tiny_teacher"
-    c.teacher.random_arch = TINY_TEACHER
+def demo_size(c: ml_collections.ConfigDict, model_type: str = "hubert") -> None:
+    """`:runlocal` of these recipes, offline and small as configs/demo.py: a random 12 x 48
+    teacher (teacher.DEMO_ARCH) of the recipe teacher's `model_type`, espeak-ng speech, a
+    4 x 32 student with the small CNN's shape (DEMO_CONV_LAYERS), stacking 2 -> 4. The recipe
+    keeps its losses and layer layout."""
+    c.teacher.name = "tiny_teacher"  # under the workdir
+    c.teacher.random_arch = dict(teacher.DEMO_ARCH, model_type=model_type)
     c.dtype = "float32"
     c.data.update(source="synthetic", path="synth", synth_num=200, min_samples=4_000)
     c.data.bucket_boundaries = ()
     c.student.update(num_layers=4, hidden_size=32, intermediate_size=64, num_heads=2)
-    c.student.conv_layers = (
-        (16, 10, 5),
-        (32, 1, 1),
-        *((32, 3, 2),) * 4,
-        (32, 1, 1),
-        (32, 2, 2),
-        (32, 2, 2),
-    )
-    c.student.reuse_pattern = (True, False) * 2 if reuse else None
+    c.student.conv_layers = DEMO_CONV_LAYERS
     c.stacking.update(start_depth=2, num_new=2)
-    c.distill.teacher_layers = tuple(range(1, 13))
     c.optim.learning_rate = 2e-3
