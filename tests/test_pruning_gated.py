@@ -5,17 +5,25 @@ gated model's weights and log_alphas, their pruned model's hidden states and siz
 zeroed by hand; their DistillLoss formula re-written in torch here.
 """
 
-import functools
 import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from stackdistill import convert, models
-from stackdistill.pruning import checkpoint, gated, hardconcrete, params, prune
+from stackdistill.pruning import (
+    checkpoint,
+    gated,
+    hardconcrete,
+    lagrangian,
+    objective,
+    params,
+    prune,
+)
 
 DATA = pathlib.Path(__file__).parent / "data" / "dphubert_tiny"
 META = json.loads((DATA / "meta.json").read_text())
@@ -42,11 +50,10 @@ def _their_gated_model(model):
     return cfg, p, log_alpha
 
 
-@functools.lru_cache
 def _tiny(model):
-    """A random tiny unpruned model (cached: the tests never modify it)."""
-    cfg = checkpoint.encoder_config(META[model]["unpruned_config"], np.ones(1))
-    return cfg, models.init_params(cfg, jax.random.key(0), 2000)
+    """A tiny unpruned model: their gated model's (random, non-trivial) weights, ungated."""
+    cfg, p, _ = _their_gated_model(model)
+    return cfg, p
 
 
 def _batch():
@@ -238,3 +245,108 @@ def test_prune_refusals():
     la["conv"][1] = jnp.full((12,), -20.0)
     with pytest.raises(ValueError, match="lost all its channels"):
         prune.prune(cfg, p, la)
+
+
+# ---- the joint objective ---------------------------------------------------------------------
+
+
+def _their_distill_loss(torch, inp, target, spec):
+    """lightning.py L116-139 (DistillLoss.forward), re-written: inputs (batch, layer, T, D)."""
+    mse = torch.nn.MSELoss()(inp, target)
+    l1 = torch.nn.L1Loss()(inp, target)
+    cos = torch.nn.CosineSimilarity(dim=-1)(inp, target)
+    loss_cos = -cos.mean() if spec.cos_type == "raw" else -cos.sigmoid().log().mean()
+    return spec.l2_weight * mse + spec.l1_weight * l1 + spec.cos_weight * loss_cos
+
+
+@pytest.mark.parametrize("cos_type", objective.COS_TYPES)
+def test_distill_loss_is_their_formula(cos_type):
+    torch = pytest.importorskip("torch")
+    spec = objective.DistillSpec(((0,), (1, 2)), l2_weight=0.3, l1_weight=1.0, cos_type=cos_type)
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=(3, 2, 5, 6)).astype(np.float32)  # (K, B, T, D)
+    target = (pred + rng.normal(size=pred.shape)).astype(np.float32)
+    theirs = _their_distill_loss(
+        torch, torch.tensor(pred).transpose(0, 1), torch.tensor(target).transpose(0, 1), spec
+    )
+    ours, _ = objective.distill_loss(spec, jnp.asarray(pred), jnp.asarray(target))
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+    # With padding: ours is their formula on the valid frames only.
+    mask = np.arange(5)[None, :] < np.array([[5], [3]])
+    valid = lambda x: torch.tensor(np.concatenate([x[:, b, mask[b]] for b in range(2)], 1))[None]  # noqa: E731
+    theirs = _their_distill_loss(torch, valid(pred), valid(target), spec)
+    ours, _ = objective.distill_loss(spec, jnp.asarray(pred), jnp.asarray(target), mask)
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+
+
+def test_heads_and_their_hidden_state_list():
+    cfg, p = _tiny("hubert")
+    wav, lengths = _batch()
+    out = models.encode(cfg, p, wav, lengths)
+    states = objective.dp_states(cfg, p, out)
+    # Entry 0 is the projection output (zero on padding), which the layers' input is built from.
+    mask = np.asarray(out.mask)
+    assert float(jnp.abs(states[0][~mask]).max()) == 0.0
+    x = states[0]
+    x = x + models.encoder.PositionalConvEmbedding(cfg).apply(
+        {"params": p["encoder"]["pos_conv_embed"]}, x
+    )
+    ln = p["encoder"]["layer_norm"]
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    x = (x - mu) / jnp.sqrt(var + cfg.layer_norm_eps) * ln["scale"] + ln["bias"]
+    assert _max_err(x, out.hidden_states[0], mask) < 1e-5
+    np.testing.assert_array_equal(states[1:], out.hidden_states[1:])
+    spec = objective.DistillSpec(((0,), (1, 3)))
+    heads = objective.init_heads(jax.random.key(0), spec, 32, 32)
+    assert len(heads) == 2 and spec.head_index() == (0, 1, 1)
+    np.testing.assert_array_equal(
+        objective.predict(spec, heads, states), states[jnp.array([0, 1, 3])]
+    )
+    loss, m = objective.distill_loss(
+        spec, states[jnp.array([0, 1, 3])], states[jnp.array([0, 1, 3])], out.mask
+    )
+    np.testing.assert_allclose([float(m["loss_l1"]), float(loss)], [0.0, -1.0], atol=1e-6)
+    pred = objective.DistillSpec(((1, 3),), mode="predlayer")
+    heads = objective.init_heads(jax.random.key(0), pred, 32, 48)
+    y = objective.predict(pred, heads, states)  # both from the last layer, own heads
+    h = heads[1]
+    ref = jax.nn.gelu(states[-1] @ h["kernel"] + h["bias"], approximate=False)
+    assert len(heads) == 2 and y.shape == (2, *states.shape[1:3], 48)
+    np.testing.assert_allclose(y[1], ref, atol=1e-6)
+    assert objective.DistillSpec.parse_layers("0.4,8,12").layer_groups == ((0,), (4, 8, 12))
+    with pytest.raises(ValueError, match="cos_type"):
+        objective.DistillSpec(cos_type="cos")
+
+
+def test_train_step_moves_sparsity_to_target():
+    """Student = copy of the teacher; gates, heads, student by Adam, lambdas by ascent."""
+    cfg, teacher = _tiny("hubert")
+    spec = objective.DistillSpec(((0,), (1, 3)))
+    log_alpha = hardconcrete.init_gates(
+        jax.random.key(1), cfg.conv_dim, 3, 4, 64, units=("conv", "head", "interm")
+    )
+    heads = objective.init_heads(jax.random.key(2), spec, 32, 32)
+    tx_main = optax.adamw(2e-4, weight_decay=0.0)
+    reg_lr = 0.2
+    tx_reg = lagrangian.optimizer(reg_lr)
+    state = objective.init_state(teacher, heads, log_alpha, tx_main, tx_reg)
+    step = jax.jit(objective.make_train_step(cfg, cfg, spec, tx_main, tx_reg, 0.5, 10))
+    wav, lengths = _batch()
+    s0 = float(params.expected_sparsity(cfg, log_alpha))
+    history = []
+    for i in range(40):
+        state, m = step(state, teacher, wav, lengths, jax.random.key(100 + i))
+        history.append(m)
+        if i == 0:  # target 0 < s0 at step 0: ascent raises lambda1 by Adam's first step, reg_lr
+            np.testing.assert_allclose(
+                float(state.trainable["multipliers"]["lambda1"]), reg_lr, rtol=1e-4
+            )
+    s = float(params.expected_sparsity(cfg, state.trainable["gates"]))
+    assert all(np.isfinite(float(m["loss_distill"])) for m in history)
+    assert 0 < s0 < 0.1 and 0.25 < s < 0.5, (s0, s)  # on its way to 0.5 (oscillates first)
+    assert float(history[-1]["sparsity_target"]) == 0.5
+    # The student's weights and the heads moved too (teacher untouched: a separate tree).
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(jnp.abs(a - b).max()), state.trainable["heads"], heads
+    )
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
