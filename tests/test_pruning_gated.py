@@ -20,6 +20,7 @@ from stackdistill.pruning import (
     gated,
     hardconcrete,
     lagrangian,
+    narrow,
     objective,
     params,
     prune,
@@ -57,8 +58,8 @@ def _tiny(model):
 
 
 def _batch():
-    wav = 0.3 * jax.random.normal(jax.random.key(7), (2, 2000))
-    return wav, jnp.array([2000, 1500], jnp.int32)
+    wav = 0.3 * jax.random.normal(jax.random.key(7), (2, 1200))
+    return wav, jnp.array([1200, 900], jnp.int32)
 
 
 def _max_err(a, b, mask):
@@ -318,6 +319,7 @@ def test_heads_and_their_hidden_state_list():
         objective.DistillSpec(cos_type="cos")
 
 
+@pytest.mark.slow  # ~15 s of CPU (one jit of the whole gated step), ~35 s on 2 busy cores
 def test_train_step_moves_sparsity_to_target():
     """Student = copy of the teacher; gates, heads, student by Adam, lambdas by ascent."""
     cfg, teacher = _tiny("hubert")
@@ -350,3 +352,29 @@ def test_train_step_moves_sparsity_to_target():
         lambda a, b: float(jnp.abs(a - b).max()), state.trainable["heads"], heads
     )
     assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+# ---- unscanned narrow layers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ("hubert", "hubert_ln"))
+def test_narrow_layers_compute_the_zero_padded_model(model):
+    cfg, p, log_alpha = _their_gated_model(model)
+    pcfg, pp = prune.prune(cfg, p, log_alpha)
+    layers = narrow.narrow_layers(pcfg, pp)
+    kept = prune.kept_units(cfg, hardconcrete.deterministic_gates(log_alpha))
+    h = cfg.hidden_size // cfg.num_heads
+    for i, layer in enumerate(layers):
+        assert ("attention" in layer) == bool(kept["attention_on"][i])
+        assert ("feed_forward" in layer) == bool(kept["ffn_on"][i])
+        if "attention" in layer:
+            assert layer["attention"]["q_proj"]["kernel"].shape == (32, kept["heads"][i] * h)
+        if "feed_forward" in layer:
+            assert layer["feed_forward"]["w1"].shape == (32, kept["ffn_units"][i])
+    o = _outputs(model)
+    states, mask = narrow.encode(pcfg, pp, layers, o["wav"], o["lengths"])
+    mask = np.asarray(mask)
+    for i in range(cfg.num_layers + 1):  # their pruned model's hidden states
+        assert _max_err(states[i], o["hidden_states"][i], mask) < 1e-5, i
+    with pytest.raises(ValueError, match="WavLM"):
+        narrow.narrow_layers(cfg.replace(model_type="wavlm"), pp)
