@@ -143,3 +143,22 @@ def _remove_channels(p: Params, keep: list[np.ndarray]) -> None:
         proj["layer_norm"] = {k: v[last] for k, v in proj["layer_norm"].items()}
     if "projection" in proj:  # L1014
         proj["projection"]["kernel"] = proj["projection"]["kernel"][last, :]
+
+
+def shrink_ffn(cfg: EncoderConfig, params: Params) -> tuple[EncoderConfig, Params]:
+    """The padded FFN width cut to the most units any layer kept (kept units moved first).
+
+    Function-preserving (a unit's order within its layer does not matter; their pruned
+    checkpoints are read the same way, `pruning.checkpoint`); saves FFN compute in the scan.
+    """
+    p = jax.tree_util.tree_map(np.asarray, params)
+    ffn = p["encoder"]["layers"]["feed_forward"]
+    w1, w2 = ffn["intermediate_dense"], ffn["output_dense"]
+    on = (np.abs(w1["kernel"]).sum(1) > 0) | (w1["bias"] != 0) | (np.abs(w2["kernel"]).sum(2) > 0)
+    width = max(int(on.sum(1).max()), 1)
+    order = np.argsort(~on, axis=1, kind="stable")[:, :width]  # (L, width): kept units first
+    take = np.take_along_axis
+    w1["kernel"] = take(w1["kernel"], order[:, None, :], axis=2)
+    w1["bias"] = take(w1["bias"], order, axis=1)
+    w2["kernel"] = take(w2["kernel"], order[:, :, None], axis=1)
+    return cfg.replace(intermediate_size=width), jax.tree_util.tree_map(jnp.asarray, p)
