@@ -36,6 +36,10 @@ CONFIGS = {
         hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048,
         conv_dim=(64,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8,
     ),  # transformer-heavy: the CNN small, the layers HuBERT Base-like
+    "deep": dict(
+        hidden_size=64, num_layers=12, num_heads=4, intermediate_size=256,
+        conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    ),  # 12 layers: what 12 distinct layer bodies cost in compile time
 }  # fmt: skip
 
 
