@@ -147,6 +147,16 @@ def make(model: str, repo: pathlib.Path, out: pathlib.Path) -> dict:
         ):
             log_alpha[f"{key}{i}"] = hc.log_alpha.detach().numpy().copy()
     gated_num_params = float(student.get_num_params())
+    # The gated model's own weights (gates left out: their log_alphas are in the npz below),
+    # for tests that prune our copy of it and compare with their prune().
+    np.savez_compressed(
+        out / f"dp{model}_tiny_gated.npz",
+        **{
+            k: v.detach().numpy()
+            for k, v in student.state_dict().items()
+            if "hard_concrete" not in k
+        },
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
