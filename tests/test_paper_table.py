@@ -309,7 +309,7 @@ def test_real_two_cells_killed_between_cells_and_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_quick_table_end_to_end(tmp_path):
-    """`--quick`: its own quick teacher, 3 methods, one seed, within 6 minutes."""
+    """`--quick`: its own quick teacher, 3 methods and ARMHuBERT's 3 rows, one seed."""
     started = time.perf_counter()
     cmd = [sys.executable, str(ROOT / "benchmarks/paper_table.py"), "--quick"]
     out = subprocess.run(
@@ -322,7 +322,11 @@ def test_quick_table_end_to_end(tmp_path):
         "Full",
         "GradStack (top), equal",
         "Interleaved, equal",
+        "ARMHuBERT: Full",
+        "ARMHuBERT: Interleaved, equal",
+        "ARMHuBERT: Interleaved, equal, lever",
     ]
+    assert "armhubert" in table["recipe_targets"]
     for cell in table["cells"]:
         assert 0 <= cell["downstream"]["sid_acc"] <= 1 and cell["downstream"]["pr_per"] >= 0
         assert len(cell["cka_diagonal"]) == 7 and len(cell["profile"]["speaker"]) == 13
