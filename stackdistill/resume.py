@@ -46,12 +46,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """Every dotted field whose value differs, as (field, old, new), sorted by field."""
+    """Every dotted field whose value differs, as (field, old, new), sorted by field.
+
+    A field that one config lacks and the other leaves at None (a field added since, whose
+    None keeps the old behaviour, e.g. student.conv_norm) is not a change.
+    """
     a, b = flatten(old), flatten(new)
     changed = []
     for name in sorted(a.keys() | b.keys()):
         va, vb = a.get(name, _MISSING), b.get(name, _MISSING)
-        if va != vb:
+        if va != vb and {va, vb} != {_MISSING, None}:
             changed.append((name, va, vb))
     return changed
 

@@ -21,6 +21,7 @@ def test_flatten_and_diff_name_every_changed_leaf():
         "seed": 0,
         "distill": {"teacher_layers": [4, 8, 12]},
         "extra": 1,
+        "added_unset": None,  # a field added since, left at None: not a change
     }
     assert resume.flatten(OLD)["student.hidden_size"] == 32
     assert resume.diff(OLD, new) == [
@@ -28,6 +29,7 @@ def test_flatten_and_diff_name_every_changed_leaf():
         ("log_every", 10, 5),
         ("student.hidden_size", 32, 48),
     ]
+    assert resume.diff({**new, "added_unset": 0}, OLD)[0] == ("added_unset", 0, "<unset>")
 
 
 def test_refused_fields_raise_one_message_with_old_and_new():
