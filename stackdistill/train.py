@@ -152,8 +152,13 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") -> None:
-    """--mode=distill."""
+    """--mode=distill; a config with `recipe = "dp"` runs pruning/pipeline.py (DPHuBERT)."""
     del mode
+    if config.get("recipe", "") == "dp":
+        from stackdistill.pruning import pipeline
+
+        pipeline.run(config, workdir)
+        return
     train_and_evaluate(config, workdir)
 
 

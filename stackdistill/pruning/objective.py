@@ -267,3 +267,58 @@ def linear_decay_schedule(warmup_updates: int, max_updates: int):
         return jnp.where(c <= warmup_updates, warm, jnp.where(c >= max_updates, 0.0, decay))
 
     return schedule
+
+
+class DistillState(NamedTuple):
+    """The final distillation's trainables {"student", "heads"}, optimizer state, step."""
+
+    trainable: dict
+    opt: Any
+    step: Array
+
+
+def init_distill_state(
+    student_params: Any, heads: Sequence[dict], tx: optax.GradientTransformation
+) -> DistillState:
+    """Step-0 state of the final distillation (final_distill.py L61-93: pruned model + heads)."""
+    trainable = {"student": student_params, "heads": list(heads)}
+    return DistillState(trainable, tx.init(trainable), jnp.zeros((), jnp.int32))
+
+
+def make_distill_step(
+    teacher_cfg: EncoderConfig,
+    student_cfg: EncoderConfig,
+    spec: DistillSpec,
+    tx: optax.GradientTransformation,
+    clip_norm: float | None = 10.0,
+):
+    """step(state, teacher_params, wav, lengths, key) -> (state, metrics) of final_distill.py.
+
+    The same DistillLoss and targets as the joint step, no gates and no regulariser
+    (final_distill.py L115-118, use_reg=False; lightning.py L267-275 then adds nothing).
+    """
+
+    def loss_fn(trainable, targets, wav, lengths, key):
+        p = trainable["student"]
+        out = Encoder(student_cfg, deterministic=not student_cfg.has_dropout).apply(
+            {"params": p}, wav, lengths, rngs={"dropout": key}
+        )
+        preds = predict(spec, trainable["heads"], dp_states(student_cfg, p, out))
+        loss, metrics = distill_loss(spec, preds, targets, out.mask)
+        metrics.update(loss=loss, loss_distill=loss)
+        return loss, metrics
+
+    def step(state: DistillState, teacher_params: Any, wav: Array, lengths: Array, key: Array):
+        targets = teacher_targets(teacher_cfg, teacher_params, spec, wav, lengths)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(
+            state.trainable, targets, wav, lengths, key
+        )
+        metrics["grad_norm"] = optax.global_norm(grads)
+        if clip_norm is not None:
+            scale = jnp.minimum(1.0, clip_norm / (metrics["grad_norm"] + 1e-6))
+            grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
+        updates, opt = tx.update(grads, state.opt, state.trainable)
+        new = optax.apply_updates(state.trainable, updates)
+        return DistillState(new, opt, state.step + 1), metrics
+
+    return step

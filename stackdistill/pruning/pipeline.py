@@ -1,0 +1,441 @@
+"""DPHuBERT / DPWavLM as one resumable run: pyf98/DPHuBERT run.sh's three stages in one workdir.
+
+`run(config, workdir)` (a config with `recipe = "dp"`, stackdistill/recipes/dp.py) does:
+
+- `prune/`: the student, a copy of the teacher (run.sh L20), trained with the joint objective
+  (distill loss + Lagrangian, `objective.make_train_step`; distill.py, run.sh L48-75) for
+  `prune.steps`, the target sparsity warmed up; orbax checkpoints every `checkpoint_every`.
+- `pruned/`: their prune step (prune.py L11-67): deterministic gates -> `prune.prune` +
+  `prune.shrink_ffn`; `encoder_config.json` and `params.npz` (student under "student/",
+  the distill heads under "heads/<i>/", kept as prune.py L16-18, L65 keeps them).
+- `final/`: the final distillation of the pruned model from the teacher with the same loss,
+  no gates (final_distill.py, run.sh L87-110), from the pruned model and its heads
+  (final_distill.py L93); checkpoints, then `encoder_config.json` and `params.npz`.
+
+A stage whose `DONE.json` exists is skipped; a killed stage resumes from its newest
+checkpoint (params, optimizer states, step and the data iterator), so the final params are
+bit-identical to an uninterrupted run's. `pipeline_config.json` holds the config the run
+started with: a rerun that changes a field of the run's meaning is refused (`resume.check`).
+`summary.json`: params before / after pruning (their count, `pruning.params`) and each
+stage's wall-clock (summed over resumes). One process, one device (no mesh).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+from stackdistill import checkpoint, distributed, fastpath, resume, teacher
+from stackdistill import data as data_lib
+from stackdistill.data import config as data_config
+from stackdistill.models.config import EncoderConfig
+from stackdistill.pruning import hardconcrete, lagrangian, objective, params, prune
+
+log = logging.getLogger("stackdistill")
+
+STAGES = ("prune", "pruned", "final")
+DONE = "DONE.json"
+CONFIG_FILE = "pipeline_config.json"
+# Fields whose change makes a different run (the saved stages would not be its stages).
+REFUSE = ("recipe", "teacher", "data", "seed", "batch_size", "dtype", "dp", "prune", "final")
+
+
+# ---------------------------------------------------------------------- config, plan, guard
+
+
+def units(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The gated units of `config.prune.units` (their --pruning_units, comma-separated)."""
+    return tuple(u.strip() for u in str(config.prune.units).split(",") if u.strip())
+
+
+def distill_spec(config: ml_collections.ConfigDict) -> objective.DistillSpec:
+    """Their distill flags from `config.dp` (ValueError naming the field when they are bad)."""
+    d = config.dp
+    try:
+        return objective.DistillSpec.parse_layers(
+            str(d.layers),
+            mode=d.mode,
+            l2_weight=d.l2_weight,
+            l1_weight=d.l1_weight,
+            cos_weight=d.cos_weight,
+            cos_type=d.cos_type,
+        )
+    except ValueError as e:
+        raise ValueError(f"config.dp ({d.layers=!s}, {d.mode=!s}, {d.cos_type=!s}): {e}") from e
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses a DP config that cannot run, naming the field, before anything is loaded."""
+    if config.get("recipe") != "dp":
+        raise ValueError(f"config.recipe={config.get('recipe')!r}: the DP pipeline needs 'dp'")
+    for name in ("prune", "final", "dp"):
+        if name not in config:
+            raise ValueError(f"config has no section {name!r} (build it with recipes/dp.py)")
+    bad = set(units(config)) - set(hardconcrete.UNITS)
+    if bad or not units(config):
+        raise ValueError(
+            f"config.prune.units={config.prune.units!r}: a comma-separated subset of "
+            f"{','.join(hardconcrete.UNITS)} (run.sh L32 uses conv,head,interm)"
+        )
+    if not 0.0 < config.prune.target_sparsity < 1.0:
+        raise ValueError(f"config.prune.target_sparsity={config.prune.target_sparsity}: in (0, 1)")
+    if config.prune.conv not in prune.CONV_MODES:
+        raise ValueError(f"config.prune.conv={config.prune.conv!r}: one of {prune.CONV_MODES}")
+    for field in ("prune.reg_learning_rate", "prune.learning_rate", "final.learning_rate"):
+        if not _get(config, field) > 0:
+            raise ValueError(f"config.{field}={_get(config, field)}: must be > 0")
+    for stage in ("prune", "final"):
+        steps, warmup = _get(config, f"{stage}.steps"), _get(config, f"{stage}.warmup")
+        if not (isinstance(steps, int) and steps > 0):
+            raise ValueError(f"config.{stage}.steps={steps!r}: a positive number of steps")
+        if not 0 <= warmup <= steps:
+            raise ValueError(f"config.{stage}.warmup={warmup}: between 0 and {stage}.steps")
+    if config.prune.sparsity_warmup < 0:
+        raise ValueError(f"config.prune.sparsity_warmup={config.prune.sparsity_warmup}: >= 0")
+    for field in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if not int(config[field]) > 0:
+            raise ValueError(f"config.{field}={config[field]}: must be > 0")
+    distill_spec(config)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    section, field = dotted.split(".")
+    return config[section][field]
+
+
+def plan(workdir: str | epath.PathLike) -> dict[str, bool]:
+    """Which stages are complete (their DONE.json exists) in `workdir`, in run order."""
+    workdir = epath.Path(workdir)
+    return {stage: (workdir / stage / DONE).exists() for stage in STAGES}
+
+
+def guard(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> list[str]:
+    """Refuses (resume.ResumeMismatch) a config that changes the run `workdir` holds; records
+    the config of a new run (or the one let through). Returns the notes of passed changes."""
+    workdir = epath.Path(workdir)
+    path = workdir / CONFIG_FILE
+    new = json.loads(json.dumps(config.to_dict()))
+    notes: list[str] = []
+    if path.exists():
+        notes = resume.check(
+            json.loads(path.read_text()),
+            new,
+            refuse=REFUSE,
+            allow=resume.parse_allow(config.get("resume_changed", "")),
+            free=resume.RUN_FREE,
+            ignore=("resume_changed",),
+            what=f"the DP pipeline in {workdir}",
+            way_out="To run a different pipeline, use a new --workdir; to change these fields "
+            "on purpose, add --config.resume_changed=FIELD1,FIELD2 (or allow).",
+        )
+        for note in notes:
+            log.info("resume: %s", note)
+    _write_json(path, new)
+    return notes
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") -> dict[str, Any]:
+    """Runs (or resumes) the three stages in `workdir`; returns the summary (summary.json)."""
+    del mode
+    validate(config)
+    if jax.process_count() > 1:
+        raise ValueError("the DP pipeline runs in one process: start it without jax.distributed")
+    workdir = epath.Path(workdir)
+    guard(config, workdir)
+    done = plan(workdir)
+    log.info(
+        "DP pipeline in %s: %s",
+        workdir,
+        ", ".join(f"{s} {'done' if d else 'to run'}" for s, d in done.items()),
+    )
+    t_cfg, t_host = teacher.load(teacher.prepare(config.teacher, str(workdir)))
+    t_cfg = t_cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config))
+    spec = distill_spec(config)
+    if max(spec.layers) > t_cfg.num_layers:
+        raise ValueError(
+            f"config.dp.layers={config.dp.layers!r}: layer {max(spec.layers)} is beyond the "
+            f"teacher's {t_cfg.num_layers} layers"
+        )
+    t_params = jax.device_put(t_host)
+    if not done["prune"] and _train_stage(
+        config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec), t_params
+    ):
+        return _summary(config, workdir, "preempted")
+    if not done["pruned"]:
+        _prune_step(config, workdir, t_cfg, t_host, spec)
+    if not done["final"]:
+        setup = _final_setup(config, workdir, t_cfg, spec)
+        if _train_stage(config, workdir, "final", setup, t_params):
+            return _summary(config, workdir, "preempted")
+        _save_model(workdir / "final", setup["cfg"], _restore(config, workdir, "final", setup))
+        _write_json(workdir / "final" / DONE, _read_done(workdir / "final" / "progress.json"))
+    return _summary(config, workdir, "completed")
+
+
+def _prune_setup(config, t_cfg: EncoderConfig, t_host, spec) -> dict[str, Any]:
+    """Fresh state and step of the pruning stage (distill.py L65-139, lightning.py L200-238)."""
+    p, c = config.prune, config.dp
+    schedule = objective.linear_decay_schedule(p.warmup, p.steps)
+    tx_main = _adamw(p.learning_rate, schedule, c.weight_decay)
+    tx_reg = lagrangian.optimizer(p.reg_learning_rate, schedule)
+    key = jax.random.key(config.seed)
+
+    def fresh():
+        gates = hardconcrete.init_gates(
+            jax.random.fold_in(key, 1),
+            t_cfg.conv_dim,
+            t_cfg.num_layers,
+            t_cfg.num_heads,
+            t_cfg.intermediate_size,
+            units(config),
+        )
+        d = t_cfg.hidden_size
+        heads = objective.init_heads(jax.random.fold_in(key, 2), spec, d, d)
+        return _copy(objective.init_state(t_host, heads, gates, tx_main, tx_reg))
+
+    step = objective.make_train_step(
+        t_cfg, t_cfg, spec, tx_main, tx_reg, p.target_sparsity, p.sparsity_warmup, c.clip_norm
+    )
+    lr = lambda s: p.learning_rate * float(schedule(s))  # noqa: E731
+    return dict(fresh=fresh, step=step, steps=p.steps, key=jax.random.fold_in(key, 10), lr=lr)
+
+
+def _final_setup(config, workdir: epath.Path, t_cfg: EncoderConfig, spec) -> dict[str, Any]:
+    """Fresh state and step of the final distillation (final_distill.py L61-128)."""
+    f = config.final
+    cfg, tree = _load_model(workdir / "pruned")
+    schedule = objective.linear_decay_schedule(f.warmup, f.steps)
+    tx = _adamw(f.learning_rate, schedule, config.dp.weight_decay)
+
+    def fresh():
+        return _copy(objective.init_distill_state(tree["student"], tree["heads"], tx))
+
+    step = objective.make_distill_step(t_cfg, cfg, spec, tx, config.dp.clip_norm)
+    lr = lambda s: f.learning_rate * float(schedule(s))  # noqa: E731
+    key = jax.random.fold_in(jax.random.key(config.seed), 20)
+    return dict(fresh=fresh, step=step, steps=f.steps, key=key, lr=lr, cfg=cfg)
+
+
+def _adamw(lr: float, schedule, weight_decay: float) -> optax.GradientTransformation:
+    """torch.optim.AdamW's defaults (betas 0.9/0.999, eps 1e-8) at lr x their schedule."""
+    return optax.adamw(lambda n: lr * schedule(n), 0.9, 0.999, 1e-8, weight_decay=weight_decay)
+
+
+def _copy(tree: Any) -> Any:
+    """Fresh device arrays, one per leaf (the state is donated: no leaf may alias another)."""
+    return jax.tree_util.tree_map(lambda x: jnp.array(np.asarray(x)), tree)
+
+
+# ---------------------------------------------------------------------- a training stage
+
+
+def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) -> bool:
+    """Runs stage `name` to its last step from its newest checkpoint; True if preempted."""
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    data_cfg = data_config.for_run(config.data, workdir)
+    data_cfg.batch_size = config.batch_size
+    data_iter = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
+    ckpt = checkpoint.Checkpointer(folder, config.checkpoint_every, config.keep_checkpoints)
+    try:
+        state = setup["fresh"]()
+        past = 0.0
+        latest = ckpt.latest_step()
+        if latest is not None:
+            meta = ckpt.restore_meta(latest)
+            state, past = ckpt.restore(latest, _abstract(state), data_iter), meta["seconds"]
+            log.info("%s: resumed from step %d", name, latest)
+        step_no = int(state.step)
+        _truncate_metrics(folder / "metrics.jsonl", step_no)
+        step_fn = jax.jit(setup["step"], donate_argnums=0)
+        start, preempted = time.monotonic(), False
+        with distributed.Preemption() as preemption:
+            while step_no < setup["steps"]:
+                if preemption.stop_before(step_no):
+                    preempted = True
+                    break
+                batch = next(data_iter)
+                key = jax.random.fold_in(setup["key"], step_no)
+                state, metrics = step_fn(
+                    state, t_params, jnp.asarray(batch["audio"]), jnp.asarray(batch["lengths"]), key
+                )
+                step_no += 1
+                if step_no % config.log_every == 0 or step_no == setup["steps"]:
+                    _log(folder, name, step_no, setup, metrics)
+                seconds = past + time.monotonic() - start
+                meta = {"step": step_no, "stage": STAGES.index(name), "seconds": seconds}
+                ckpt.save(step_no, state, data_iter, meta, config.to_dict())
+            seconds = past + time.monotonic() - start
+            meta = {"step": step_no, "stage": STAGES.index(name), "seconds": seconds}
+            if ckpt.latest_step() != step_no:
+                ckpt.save(step_no, state, data_iter, meta, config.to_dict(), force=True)
+    finally:
+        ckpt.close()
+    if preempted:
+        log.warning("%s: preempted at step %d, checkpoint saved; rerun to resume", name, step_no)
+        return True
+    last = _last_metrics(folder / "metrics.jsonl")
+    record = {"steps": step_no, "seconds": seconds, "metrics": last}
+    if name == "prune":
+        _write_json(folder / DONE, record)
+    else:  # final: DONE once its params are written (run)
+        _write_json(folder / "progress.json", record)
+    return False
+
+
+def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict) -> None:
+    """One metrics line (host floats) to <stage>/metrics.jsonl and the console; NaN raises."""
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = sorted(k for k, v in host.items() if k.startswith("loss") and not np.isfinite(v))
+    if bad:
+        raise FloatingPointError(f"{name}: non-finite {', '.join(bad)} at step {step}")
+    host["lr"] = setup["lr"](step - 1)
+    with (folder / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": step, **host}) + "\n")
+    extra = f" sparsity {host['sparsity_expected']:.3f}" if "sparsity_expected" in host else ""
+    log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
+
+
+def _truncate_metrics(path: epath.Path, step: int) -> None:
+    """Drops the lines a killed run logged after the checkpoint it resumes from."""
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines() if json.loads(x)["step"] <= step]
+        path.write_text("".join(x + "\n" for x in lines))
+
+
+def _last_metrics(path: epath.Path) -> dict[str, float]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _abstract(state: Any) -> Any:
+    """Shapes, dtypes and the one device's sharding of `state` (an orbax restore target)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state
+    )
+
+
+def _restore(config, workdir: epath.Path, name: str, setup: dict) -> Any:
+    """The trainables of stage `name`'s newest checkpoint (its last step once it is done)."""
+    ckpt = checkpoint.Checkpointer(workdir / name, config.checkpoint_every, 1)
+    try:
+        step = ckpt.latest_step()
+        target = _abstract(setup["fresh"]())
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        return ckpt.manager.restore(step, args=args)["state"].trainable
+    finally:
+        ckpt.close()
+
+
+# ---------------------------------------------------------------------- the prune step
+
+
+def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec) -> None:
+    """prune.py on the pruning stage's last state: pruned/ (config, params, heads, sizes)."""
+    start = time.monotonic()
+    trainable = _restore(config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec))
+    det = hardconcrete.deterministic_gates(trainable["gates"])
+    kept = prune.kept_units(t_cfg, det)
+    cfg, student = prune.prune(t_cfg, trainable["student"], trainable["gates"], config.prune.conv)
+    cfg, student = prune.shrink_ffn(cfg, student)
+    folder = workdir / "pruned"
+    _save_model(folder, cfg, {"student": student, "heads": trainable["heads"]})
+    before, total = float(params.count(t_cfg)), params.teacher_num_params(t_cfg)
+    after = float(params.count(t_cfg, **kept))
+    record = {
+        "params_before": int(round(before)),
+        "params_after": int(round(after)),
+        "teacher_num_params": total,
+        "sparsity": 1.0 - after / total,
+        "expected_sparsity": float(params.expected_sparsity(t_cfg, trainable["gates"])),
+        "array_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(student))),
+        "kept": {k: np.asarray(v).astype(int).tolist() for k, v in kept.items()},
+        "seconds": time.monotonic() - start,
+    }
+    log.info(
+        "pruned: %d -> %d params (sparsity %.3f of the teacher's %d)",
+        record["params_before"],
+        record["params_after"],
+        record["sparsity"],
+        total,
+    )
+    _write_json(folder / DONE, record)
+
+
+# ---------------------------------------------------------------------- files
+
+
+def _save_model(folder: epath.Path, cfg: EncoderConfig, tree: dict) -> None:
+    """encoder_config.json + params.npz ("student/...", "heads/<i>/...") in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    heads = {str(i): h for i, h in enumerate(tree["heads"])}
+    flat = traverse_util.flatten_dict({"student": tree["student"], "heads": heads}, sep="/")
+    tmp = folder / "params.tmp.npz"
+    with tmp.open("wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
+    tmp.rename(folder / "params.npz")
+    _write_json(folder / "encoder_config.json", cfg.to_dict())
+
+
+def load_model(folder: str | epath.PathLike) -> tuple[EncoderConfig, dict]:
+    """(EncoderConfig, {"student": params, "heads": [..]}) of pruned/ or final/."""
+    return _load_model(epath.Path(folder))
+
+
+def _load_model(folder: epath.Path) -> tuple[EncoderConfig, dict]:
+    if not (folder / "params.npz").exists():
+        raise FileNotFoundError(f"{folder}/params.npz is missing: run the pipeline to write it")
+    cfg = EncoderConfig.from_dict(json.loads((folder / "encoder_config.json").read_text()))
+    with (folder / "params.npz").open("rb") as f:
+        arrays = dict(np.load(f))
+    tree = traverse_util.unflatten_dict(arrays, sep="/")
+    heads = [tree["heads"][k] for k in sorted(tree["heads"], key=int)]
+    return cfg, {"student": tree["student"], "heads": heads}
+
+
+def _write_json(path: epath.Path, obj: Any) -> None:
+    """Writes JSON through a temporary file: a killed run leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.rename(path)
+
+
+def _read_done(path: epath.Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
+    """summary.json: status, params before / after pruning, each stage's wall-clock."""
+    done = {s: _read_done(workdir / s / DONE) for s in STAGES}
+    pruned = done["pruned"]
+    summary = {
+        "recipe": "dp",
+        "status": status,
+        "teacher": config.teacher.name,
+        "params": {
+            k: pruned.get(k)
+            for k in ("teacher_num_params", "params_before", "params_after", "sparsity")
+        },
+        "target_sparsity": config.prune.target_sparsity,
+        "seconds": {s: done[s].get("seconds") for s in STAGES},
+        "steps": {s: done[s].get("steps") for s in ("prune", "final")},
+        "final_metrics": done["final"].get("metrics", {}),
+    }
+    _write_json(workdir / "summary.json", summary)
+    return summary
