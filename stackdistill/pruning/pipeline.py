@@ -388,7 +388,7 @@ def _save_model(folder: epath.Path, cfg: EncoderConfig, tree: dict) -> None:
     tmp = folder / "params.tmp.npz"
     with tmp.open("wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
-    tmp.rename(folder / "params.npz")
+    tmp.replace(folder / "params.npz")
     _write_json(folder / "encoder_config.json", cfg.to_dict())
 
 
@@ -413,7 +413,7 @@ def _write_json(path: epath.Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def _read_done(path: epath.Path) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""The DPHuBERT pipeline (stackdistill/pruning/pipeline.py): configs, stage plan, resume guard,
+refusals, and a demo-size run killed in each training stage that ends bit-identical."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers import ROOT, load_config
+
+from stackdistill import resume
+from stackdistill.pruning import pipeline
+
+DPHUBERT = ROOT / "configs" / "dphubert.py"
+DPWAVLM = ROOT / "configs" / "dpwavlm.py"
+THEIRS = pathlib.Path("/work/.mirror/pyf98+DPHuBERT/repo")  # their repo, when present
+
+
+def _run_sh() -> dict[str, str]:
+    """run.sh's shell variables (name=value lines) from their repository, if it is here."""
+    if not THEIRS.exists():
+        pytest.skip("pyf98/DPHuBERT is not mirrored here")
+    text = subprocess.run(
+        ["git", "-C", str(THEIRS), "show", "HEAD:run.sh"], capture_output=True, text=True
+    ).stdout
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.isidentifier():
+            out[name] = value.split("#")[0].strip()
+    return out
+
+
+@pytest.mark.parametrize("path", (DPHUBERT, DPWAVLM))
+def test_configs_carry_run_sh_values(path):
+    c = load_config(path)
+    pipeline.validate(c)
+    theirs = _run_sh()
+    assert c.prune.target_sparsity == float(theirs["target_sparsity"])
+    assert c.prune.learning_rate == float(theirs["lr"])
+    assert c.prune.warmup == int(theirs["warmup"]) and c.prune.steps == int(theirs["max"])
+    assert c.prune.reg_learning_rate == float(theirs["reg_lr"])
+    assert c.prune.sparsity_warmup == int(theirs["sparsity_warmup"])
+    assert c.prune.units == theirs["pruning_units"]
+    assert c.final.learning_rate == float(theirs["final_lr"])
+    assert c.final.warmup == int(theirs["final_warmup"])
+    assert c.final.steps == int(theirs["final_max"])
+    assert c.dp.layers == theirs["distill_layers"] and c.dp.mode == theirs["distill_mode"]
+    assert c.dp.cos_type == theirs["cos_type"]
+    for w in ("l2_weight", "l1_weight", "cos_weight"):
+        assert c.dp[w] == float(theirs[w])
+    assert c.teacher.name == {DPHUBERT: "facebook/hubert-base-ls960"}.get(
+        path, "microsoft/wavlm-base-plus"
+    )
+    local = load_config(path, "runlocal")
+    pipeline.validate(local)
+    assert local.teacher.random_arch and local.data.source == "synthetic"
+    assert local.prune.steps + local.final.steps <= 60
+
+
+def test_plan_and_guard(tmp_path):
+    c = load_config(DPHUBERT, "runlocal")
+    assert pipeline.plan(tmp_path) == {"prune": False, "pruned": False, "final": False}
+    (tmp_path / "prune").mkdir()
+    (tmp_path / "prune" / pipeline.DONE).write_text("{}")
+    assert pipeline.plan(tmp_path) == {"prune": True, "pruned": False, "final": False}
+
+    assert pipeline.guard(c, tmp_path) == []  # a new run: its config is recorded
+    assert pipeline.guard(c, tmp_path) == []
+    c.log_every = 7
+    assert pipeline.guard(c, tmp_path) == ["log_every: 4 -> 7"]  # passes with a note
+    c.prune.target_sparsity = 0.5
+    with pytest.raises(resume.ResumeMismatch, match=r"prune.target_sparsity: 0.75 -> 0.5"):
+        pipeline.guard(c, tmp_path)
+    c.resume_changed = "prune.target_sparsity"
+    pipeline.guard(c, tmp_path)  # let through on purpose, and recorded
+    c.resume_changed = ""
+    assert pipeline.guard(c, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("prune.units", "conv,neuron", "config.prune.units"),
+        ("prune.target_sparsity", 1.0, "config.prune.target_sparsity"),
+        ("prune.conv", "drop", "config.prune.conv"),
+        ("final.warmup", 99, "config.final.warmup"),
+        ("prune.steps", 0, "config.prune.steps"),
+        ("dp.cos_type", "cos", "config.dp"),
+        ("dp.layers", "0.4,x", "config.dp"),
+        ("recipe", "arm", "config.recipe"),
+    ],
+)
+def test_bad_fields_are_refused_naming_them(field, value, message):
+    c = load_config(DPHUBERT, "runlocal")
+    section, _, name = field.rpartition(".")
+    (c[section] if section else c)[name] = value
+    with pytest.raises(ValueError, match=message):
+        pipeline.validate(c)
+
+
+def test_cli_refuses_a_bad_field_with_one_line(tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "stackdistill.main",
+        f"--config={DPHUBERT}:runlocal",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.prune.units=conv,neuron",
+    ]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    assert "config.prune.units" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "prune").exists()
+
+
+# ---- the whole pipeline, killed and resumed --------------------------------------------------
+
+
+def _cli(workdir: pathlib.Path, shared: pathlib.Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "stackdistill.main",
+        f"--config={DPHUBERT}:runlocal",
+        f"--workdir={workdir}",
+        f"--config.teacher.name={shared / 'teacher'}",
+        f"--config.data.path={shared / 'synth'}",
+        f"--config.compilation_cache_dir={shared / 'xla'}",
+    ]
+
+
+def _kill_when(args: list[str], marker: pathlib.Path, done: pathlib.Path) -> None:
+    """Starts the run and SIGKILLs it once `marker` exists; checks it died before `done`."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {marker}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not done.exists(), f"{done} was written before the kill: the kill came too late"
+
+
+def _arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return dict(f)
+
+
+@pytest.mark.slow  # ~4 CLI runs of the demo-size pipeline: a few CPU minutes
+def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
+    shared = tmp_path / "shared"
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    out = subprocess.run(_cli(ref, shared), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    _kill_when(_cli(run, shared), run / "prune/checkpoints/8", run / "prune" / pipeline.DONE)
+    _kill_when(_cli(run, shared), run / "final/checkpoints/8", run / "final" / pipeline.DONE)
+    assert (run / "pruned" / pipeline.DONE).exists()
+    out = subprocess.run(_cli(run, shared), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    for stage in ("pruned", "final"):
+        a, b = _arrays(ref / stage / "params.npz"), _arrays(run / stage / "params.npz")
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{stage}: {k}")
+    for stage in ("prune", "final"):  # every logged step once, the same numbers
+        lines = [(run / stage / "metrics.jsonl").read_text(), (ref / stage / "metrics.jsonl")]
+        assert lines[0] == lines[1].read_text()
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == {"prune": 24, "final": 16}
+    p = summary["params"]
+    assert p["params_after"] < p["params_before"] == p["teacher_num_params"]  # HuBERT: no extras
+    assert p["sparsity"] == pytest.approx(1 - p["params_after"] / p["teacher_num_params"])
+    assert all(summary["seconds"][s] > 0 for s in pipeline.STAGES)
+    # The pruned model's own count (its widths read off its non-zero structure) agrees.
+    from stackdistill.pruning import params
+
+    cfg, tree = pipeline.load_model(run / "pruned")
+    kept = params.units_of_padded(cfg, tree["student"])
+    assert float(params.count(cfg, **kept)) == pytest.approx(p["params_after"])
+    # A rerun of the finished pipeline trains nothing and keeps the results.
+    before = (run / "final" / "params.npz").stat().st_mtime
+    out = subprocess.run(_cli(run, shared), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and (run / "final" / "params.npz").stat().st_mtime == before
