@@ -135,16 +135,29 @@ def _cli(workdir: pathlib.Path, shared: pathlib.Path) -> list[str]:
     ]
 
 
-def _kill_when(args: list[str], marker: pathlib.Path, done: pathlib.Path) -> None:
-    """Starts the run and SIGKILLs it once `marker` exists; checks it died before `done`."""
+def _logged_step(metrics: pathlib.Path) -> int:
+    """The last step in a stage's metrics.jsonl (written synchronously at each log step)."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def _kill_at(args: list[str], stage: pathlib.Path, step: int) -> None:
+    """Starts the run, SIGKILLs it once `stage` logged `step`; checks the stage was unfinished.
+
+    (Checkpoints are saved asynchronously: the newest one may be older than `step`; the
+    resumed run's log says which one it resumed from.)
+    """
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while not marker.exists():
+    while _logged_step(stage / "metrics.jsonl") < step:
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended before {marker}: {proc.stderr.read()[-2000:]}")
+            raise AssertionError(f"the run ended before {stage} step {step}: {proc.stderr.read()}")
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not done.exists(), f"{done} was written before the kill: the kill came too late"
+    assert not (stage / pipeline.DONE).exists(), f"{stage} finished before the kill"
 
 
 def _arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -159,11 +172,13 @@ def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
     out = subprocess.run(_cli(ref, shared), cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
 
-    _kill_when(_cli(run, shared), run / "prune/checkpoints/8", run / "prune" / pipeline.DONE)
-    _kill_when(_cli(run, shared), run / "final/checkpoints/8", run / "final" / pipeline.DONE)
+    _kill_at(_cli(run, shared), run / "prune", 16)
+    _kill_at(_cli(run, shared), run / "final", 12)
     assert (run / "pruned" / pipeline.DONE).exists()
     out = subprocess.run(_cli(run, shared), cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
+    log = (run / "log.txt").read_text()
+    assert "prune: resumed from step" in log and "final: resumed from step" in log
 
     for stage in ("pruned", "final"):
         a, b = _arrays(ref / stage / "params.npz"), _arrays(run / stage / "params.npz")
