@@ -196,9 +196,9 @@ def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
     assert p["sparsity"] == pytest.approx(1 - p["params_after"] / p["teacher_num_params"])
     assert all(summary["seconds"][s] > 0 for s in pipeline.STAGES)
     # The pruned model's own count (its widths read off its non-zero structure) agrees.
-    from stackdistill.pruning import params
+    from stackdistill.pruning import params, store
 
-    cfg, tree = pipeline.load_model(run / "pruned")
+    cfg, tree = store.load_model(run / "pruned")
     kept = params.units_of_padded(cfg, tree["student"])
     assert float(params.count(cfg, **kept)) == pytest.approx(p["params_after"])
     # A rerun of the finished pipeline trains nothing and keeps the results.

@@ -34,13 +34,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import traverse_util
 
 from stackdistill import checkpoint, distributed, fastpath, resume, teacher
 from stackdistill import data as data_lib
 from stackdistill.data import config as data_config
 from stackdistill.models.config import EncoderConfig
-from stackdistill.pruning import hardconcrete, lagrangian, objective, params, prune
+from stackdistill.pruning import hardconcrete, lagrangian, objective, params, prune, store
 
 log = logging.getLogger("stackdistill")
 
@@ -141,7 +140,7 @@ def guard(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> l
         )
         for note in notes:
             log.info("resume: %s", note)
-    _write_json(path, new)
+    store.write_json(path, new)
     return notes
 
 
@@ -181,8 +180,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
         setup = _final_setup(config, workdir, t_cfg, spec)
         if _train_stage(config, workdir, "final", setup, t_params):
             return _summary(config, workdir, "preempted")
-        _save_model(workdir / "final", setup["cfg"], _restore(config, workdir, "final", setup))
-        _write_json(workdir / "final" / DONE, _read_done(workdir / "final" / "progress.json"))
+        store.save_model(workdir / "final", setup["cfg"], _restore(config, workdir, "final", setup))
+        store.write_json(
+            workdir / "final" / DONE, store.read_json(workdir / "final" / "progress.json")
+        )
     return _summary(config, workdir, "completed")
 
 
@@ -217,7 +218,7 @@ def _prune_setup(config, t_cfg: EncoderConfig, t_host, spec) -> dict[str, Any]:
 def _final_setup(config, workdir: epath.Path, t_cfg: EncoderConfig, spec) -> dict[str, Any]:
     """Fresh state and step of the final distillation (final_distill.py L61-128)."""
     f = config.final
-    cfg, tree = _load_model(workdir / "pruned")
+    cfg, tree = store.load_model(workdir / "pruned")
     schedule = objective.linear_decay_schedule(f.warmup, f.steps)
     tx = _adamw(f.learning_rate, schedule, config.dp.weight_decay)
 
@@ -260,7 +261,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
             state, past = ckpt.restore(latest, _abstract(state), data_iter), meta["seconds"]
             log.info("%s: resumed from step %d", name, latest)
         step_no = int(state.step)
-        _truncate_metrics(folder / "metrics.jsonl", step_no)
+        store.truncate_metrics(folder / "metrics.jsonl", step_no)
         step_fn = jax.jit(setup["step"], donate_argnums=0)
         start, preempted = time.monotonic(), False
         with distributed.Preemption() as preemption:
@@ -288,12 +289,12 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     if preempted:
         log.warning("%s: preempted at step %d, checkpoint saved; rerun to resume", name, step_no)
         return True
-    last = _last_metrics(folder / "metrics.jsonl")
+    last = store.last_metrics(folder / "metrics.jsonl")
     record = {"steps": step_no, "seconds": seconds, "metrics": last}
     if name == "prune":
-        _write_json(folder / DONE, record)
+        store.write_json(folder / DONE, record)
     else:  # final: DONE once its params are written (run)
-        _write_json(folder / "progress.json", record)
+        store.write_json(folder / "progress.json", record)
     return False
 
 
@@ -308,18 +309,6 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict) -
         f.write(json.dumps({"step": step, **host}) + "\n")
     extra = f" sparsity {host['sparsity_expected']:.3f}" if "sparsity_expected" in host else ""
     log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
-
-
-def _truncate_metrics(path: epath.Path, step: int) -> None:
-    """Drops the lines a killed run logged after the checkpoint it resumes from."""
-    if path.exists():
-        lines = [x for x in path.read_text().splitlines() if json.loads(x)["step"] <= step]
-        path.write_text("".join(x + "\n" for x in lines))
-
-
-def _last_metrics(path: epath.Path) -> dict[str, float]:
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
 
 
 def _abstract(state: Any) -> Any:
@@ -354,7 +343,7 @@ def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec)
     cfg, student = prune.prune(t_cfg, trainable["student"], trainable["gates"], config.prune.conv)
     cfg, student = prune.shrink_ffn(cfg, student)
     folder = workdir / "pruned"
-    _save_model(folder, cfg, {"student": student, "heads": trainable["heads"]})
+    store.save_model(folder, cfg, {"student": student, "heads": trainable["heads"]})
     before, total = float(params.count(t_cfg)), params.teacher_num_params(t_cfg)
     after = float(params.count(t_cfg, **kept))
     record = {
@@ -374,55 +363,15 @@ def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec)
         record["sparsity"],
         total,
     )
-    _write_json(folder / DONE, record)
+    store.write_json(folder / DONE, record)
 
 
-# ---------------------------------------------------------------------- files
-
-
-def _save_model(folder: epath.Path, cfg: EncoderConfig, tree: dict) -> None:
-    """encoder_config.json + params.npz ("student/...", "heads/<i>/...") in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    heads = {str(i): h for i, h in enumerate(tree["heads"])}
-    flat = traverse_util.flatten_dict({"student": tree["student"], "heads": heads}, sep="/")
-    tmp = folder / "params.tmp.npz"
-    with tmp.open("wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
-    tmp.replace(folder / "params.npz")
-    _write_json(folder / "encoder_config.json", cfg.to_dict())
-
-
-def load_model(folder: str | epath.PathLike) -> tuple[EncoderConfig, dict]:
-    """(EncoderConfig, {"student": params, "heads": [..]}) of pruned/ or final/."""
-    return _load_model(epath.Path(folder))
-
-
-def _load_model(folder: epath.Path) -> tuple[EncoderConfig, dict]:
-    if not (folder / "params.npz").exists():
-        raise FileNotFoundError(f"{folder}/params.npz is missing: run the pipeline to write it")
-    cfg = EncoderConfig.from_dict(json.loads((folder / "encoder_config.json").read_text()))
-    with (folder / "params.npz").open("rb") as f:
-        arrays = dict(np.load(f))
-    tree = traverse_util.unflatten_dict(arrays, sep="/")
-    heads = [tree["heads"][k] for k in sorted(tree["heads"], key=int)]
-    return cfg, {"student": tree["student"], "heads": heads}
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-    """Writes JSON through a temporary file: a killed run leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
-def _read_done(path: epath.Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+# ---------------------------------------------------------------------- summary
 
 
 def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
     """summary.json: status, params before / after pruning, each stage's wall-clock."""
-    done = {s: _read_done(workdir / s / DONE) for s in STAGES}
+    done = {s: store.read_json(workdir / s / DONE) for s in STAGES}
     pruned = done["pruned"]
     summary = {
         "recipe": "dp",
@@ -437,5 +386,5 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
         "steps": {s: done[s].get("steps") for s in ("prune", "final")},
         "final_metrics": done["final"].get("metrics", {}),
     }
-    _write_json(workdir / "summary.json", summary)
+    store.write_json(workdir / "summary.json", summary)
     return summary
