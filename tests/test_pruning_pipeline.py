@@ -70,7 +70,8 @@ def test_plan_and_guard(tmp_path):
     (tmp_path / "prune" / pipeline.DONE).write_text("{}")
     assert pipeline.plan(tmp_path) == {"prune": True, "pruned": False, "final": False}
 
-    assert pipeline.guard(c, tmp_path) == []  # a new run: its config is recorded
+    assert pipeline.guard(c, tmp_path) == []  # a new run
+    pipeline.record(c, tmp_path)
     assert pipeline.guard(c, tmp_path) == []
     c.log_every = 7
     assert pipeline.guard(c, tmp_path) == ["log_every: 4 -> 7"]  # passes with a note
@@ -78,7 +79,8 @@ def test_plan_and_guard(tmp_path):
     with pytest.raises(resume.ResumeMismatch, match=r"prune.target_sparsity: 0.75 -> 0.5"):
         pipeline.guard(c, tmp_path)
     c.resume_changed = "prune.target_sparsity"
-    pipeline.guard(c, tmp_path)  # let through on purpose, and recorded
+    pipeline.guard(c, tmp_path)  # let through on purpose, then recorded
+    pipeline.record(c, tmp_path)
     c.resume_changed = ""
     assert pipeline.guard(c, tmp_path) == []
 

@@ -15,7 +15,7 @@
 A stage whose `DONE.json` exists is skipped; a killed stage resumes from its newest
 checkpoint (params, optimizer states, step and the data iterator), so the final params are
 bit-identical to an uninterrupted run's. `pipeline_config.json` holds the config the run
-started with: a rerun that changes a field of the run's meaning is refused (`resume.check`).
+goes on with: a rerun that changes a field of the run's meaning is refused (`resume.check`).
 `summary.json`: params before / after pruning (their count, `pruning.params`) and each
 stage's wall-clock (summed over resumes). One process, one device (no mesh).
 """
@@ -120,28 +120,35 @@ def plan(workdir: str | epath.PathLike) -> dict[str, bool]:
 
 
 def guard(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> list[str]:
-    """Refuses (resume.ResumeMismatch) a config that changes the run `workdir` holds; records
-    the config of a new run (or the one let through). Returns the notes of passed changes."""
-    workdir = epath.Path(workdir)
-    path = workdir / CONFIG_FILE
-    new = json.loads(json.dumps(config.to_dict()))
-    notes: list[str] = []
-    if path.exists():
-        notes = resume.check(
-            json.loads(path.read_text()),
-            new,
-            refuse=REFUSE,
-            allow=resume.parse_allow(config.get("resume_changed", "")),
-            free=resume.RUN_FREE,
-            ignore=("resume_changed",),
-            what=f"the DP pipeline in {workdir}",
-            way_out="To run a different pipeline, use a new --workdir; to change these fields "
-            "on purpose, add --config.resume_changed=FIELD1,FIELD2 (or allow).",
-        )
-        for note in notes:
-            log.info("resume: %s", note)
-    store.write_json(path, new)
+    """Refuses (resume.ResumeMismatch) a config that changes the run `workdir` holds, naming
+    every such field; returns the notes of the changes that pass (none for a new run)."""
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return []
+    notes = resume.check(
+        json.loads(path.read_text()),
+        _as_json(config),
+        refuse=REFUSE,
+        allow=resume.parse_allow(config.get("resume_changed", "")),
+        free=resume.RUN_FREE,
+        ignore=("resume_changed",),
+        what=f"the DP pipeline in {workdir}",
+        way_out="To run a different pipeline, use a new --workdir; to change these fields "
+        "on purpose, add --config.resume_changed=FIELD1,FIELD2 (or allow).",
+    )
+    for note in notes:
+        log.info("resume: %s", note)
     return notes
+
+
+def record(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> None:
+    """Records the config the run goes on with (once the teacher loaded: a typo fixed in the
+    teacher's name is not a change of run)."""
+    store.write_json(epath.Path(workdir) / CONFIG_FILE, _as_json(config))
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(json.dumps(config.to_dict()))
 
 
 # ---------------------------------------------------------------------- the run
@@ -156,6 +163,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
     workdir = epath.Path(workdir)
     guard(config, workdir)
     done = plan(workdir)
+    if all(done.values()):
+        log.info("the DP pipeline in %s is finished: nothing to do", workdir)
+        return _summary(config, workdir, "completed")
     log.info(
         "DP pipeline in %s: %s",
         workdir,
@@ -169,6 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
             f"config.dp.layers={config.dp.layers!r}: layer {max(spec.layers)} is beyond the "
             f"teacher's {t_cfg.num_layers} layers"
         )
+    record(config, workdir)
     t_params = jax.device_put(t_host)
     if not done["prune"] and _train_stage(
         config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec), t_params
