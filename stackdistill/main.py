@@ -108,6 +108,11 @@ def main(argv: list[str]) -> None:
     if not primary:
         console.setup(_third_party_level(), primary=False)
     _use_compilation_cache(_CONFIG.value)
+    if _CONFIG.value.get("recipe", "") == "dp" and _MODE.value != "distill":
+        _fail(
+            f"--mode={_MODE.value}: a DPHuBERT config (config.recipe='dp') runs with "
+            "--mode=distill only (its models: WORKDIR/pruned, WORKDIR/final)."
+        )
     module = importlib.import_module(MODES[_MODE.value])
     workdir = _WORKDIR.value
     # A run that writes the workdir owns it; an export or evaluation may read it meanwhile.

@@ -119,6 +119,10 @@ def test_cli_refuses_a_bad_field_with_one_line(tmp_path):
     assert out.returncode == 1
     assert "config.prune.units" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "prune").exists()
+    args[-1] = "--mode=export"  # the other modes do not know the pipeline's config
+    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "--mode=distill only" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # ---- the whole pipeline, killed and resumed --------------------------------------------------
