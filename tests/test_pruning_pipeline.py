@@ -211,3 +211,44 @@ def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
     before = (run / "final" / "params.npz").stat().st_mtime
     out = subprocess.run(_cli(run, shared), cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and (run / "final" / "params.npz").stat().st_mtime == before
+
+
+# ---- their final checkpoint format -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ("hubert", "hubert_ln"))
+def test_written_pth_is_their_pruned_checkpoint(model, tmp_path):
+    """Our prune of their gated fixture, written in their format, is the checkpoint their
+    prune.py + save_final_ckpt.py wrote (tests/data/dphubert_tiny), tensor for tensor."""
+    pytest.importorskip("torch")
+    from test_pruning_gated import DATA, META, _their_gated_model
+
+    from stackdistill.pruning import checkpoint, prune, their_format
+
+    cfg, p, log_alpha = _their_gated_model(model)
+    pcfg, pp = prune.shrink_ffn(*prune.prune(cfg, p, log_alpha))
+    heads = [{"kernel": np.eye(32, dtype=np.float32), "bias": np.zeros(32, np.float32)}]
+    path = their_format.write(tmp_path / "m.pth", pcfg, pp, heads, (0, 0), "layer2layer")
+    ours, theirs = checkpoint.load_torch(path), checkpoint.load_torch(DATA / f"dp{model}_tiny.pth")
+    assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+    a, b = ours["state_dict"], theirs["state_dict"]
+    g = "encoder.transformer.pos_conv_embed.conv.weight_g"
+    v = g.replace("_g", "_v")
+    for k in b.keys() - {g, v}:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-6, err_msg=k)
+    for sd in (a, b):  # the positional conv's weight g v / ||v|| (norm over all but dim 2)
+        sd["w"] = sd[g] * sd[v] / np.sqrt((sd[v] ** 2).sum((0, 1), keepdims=True))
+    np.testing.assert_allclose(a["w"], b["w"], atol=2e-6)
+    conf, ref = ours["config"], META[model]["pruned_config"]
+    per_layer = ("encoder_num_heads", "encoder_ff_interm_features")
+    assert {k: v for k, v in conf.items() if k not in per_layer} == {
+        k: v for k, v in ref.items() if k not in per_layer
+    }
+    for key, use in zip(per_layer, ("encoder_use_attention", "encoder_use_feed_forward")):
+        kept = [n for n, on in zip(ref[key], ref[use]) if on]  # theirs keeps a removed one's size
+        assert [n for n, on in zip(conf[key], conf[use]) if on] == kept
+    import torch
+
+    projs = torch.load(path, weights_only=True)["distill_linear_projs"]  # one per layer, shared
+    assert set(projs) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert checkpoint.read(path)[0] == pcfg  # and our reader takes it back
