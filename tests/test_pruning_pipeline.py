@@ -166,6 +166,14 @@ def _kill_at(args: list[str], stage: pathlib.Path, step: int) -> None:
     assert not (stage / pipeline.DONE).exists(), f"{stage} finished before the kill"
 
 
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
     with np.load(path) as f:
         return dict(f)
@@ -207,6 +215,12 @@ def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
     cfg, tree = store.load_model(run / "pruned")
     kept = params.units_of_padded(cfg, tree["student"])
     assert float(params.count(cfg, **kept)) == pytest.approx(p["params_after"])
+    # Their format, read back by our reader of their checkpoints: the final model's function.
+    fcfg, _ = store.load_model(run / "final")
+    if (run / "final" / "pruned_hubert_base.pth").exists() or _has_torch():
+        from stackdistill.pruning import checkpoint
+
+        assert checkpoint.read(run / "final" / "pruned_hubert_base.pth")[0] == fcfg
     # A rerun of the finished pipeline trains nothing and keeps the results.
     before = (run / "final" / "params.npz").stat().st_mtime
     out = subprocess.run(_cli(run, shared), cwd=ROOT, capture_output=True, text=True)

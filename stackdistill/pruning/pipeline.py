@@ -10,7 +10,8 @@
   the distill heads under "heads/<i>/", kept as prune.py L16-18, L65 keeps them).
 - `final/`: the final distillation of the pruned model from the teacher with the same loss,
   no gates (final_distill.py, run.sh L87-110), from the pruned model and its heads
-  (final_distill.py L93); checkpoints, then `encoder_config.json` and `params.npz`.
+  (final_distill.py L93); checkpoints, then `encoder_config.json` and `params.npz`, and for
+  HuBERT / wav2vec2 layouts their `pruned_hubert_base.pth` (`their_format`).
 
 A stage whose `DONE.json` exists is skipped; a killed stage resumes from its newest
 checkpoint (params, optimizer states, step and the data iterator), so the final params are
@@ -191,7 +192,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
         setup = _final_setup(config, workdir, t_cfg, spec)
         if _train_stage(config, workdir, "final", setup, t_params):
             return _summary(config, workdir, "preempted")
-        store.save_model(workdir / "final", setup["cfg"], _restore(config, workdir, "final", setup))
+        trainable = _restore(config, workdir, "final", setup)
+        store.save_model(workdir / "final", setup["cfg"], trainable)
+        store.save_theirs(workdir / "final", setup["cfg"], trainable, spec)
         store.write_json(
             workdir / "final" / DONE, store.read_json(workdir / "final" / "progress.json")
         )

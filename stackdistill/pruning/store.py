@@ -2,12 +2,14 @@
 
 A model folder (`pruned/`, `final/`) holds `encoder_config.json` (EncoderConfig.to_dict) and
 `params.npz`: the student's params under "student/..." and the distill heads under
-"heads/<i>/..." (their checkpoints keep `distill_linear_projs` beside the model, prune.py L65).
+"heads/<i>/..." (their checkpoints keep `distill_linear_projs` beside the model, prune.py L65);
+`save_theirs` adds their final `.pth` (pruning/their_format.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from etils import epath
 from flax import traverse_util
 
 from stackdistill.models.config import EncoderConfig
+from stackdistill.pruning import their_format
 
 
 def save_model(folder: epath.Path, cfg: EncoderConfig, tree: dict) -> None:
@@ -70,3 +73,18 @@ def last_metrics(path: epath.Path) -> dict[str, float]:
     """The last line of a metrics.jsonl ({} when empty)."""
     lines = path.read_text().splitlines() if path.exists() else []
     return json.loads(lines[-1]) if lines else {}
+
+
+def save_theirs(folder: epath.Path, cfg: EncoderConfig, trainable: dict, spec: Any) -> None:
+    """Their final checkpoint, `pruned_hubert_base.pth` (save_final_ckpt.py L38), if it can be."""
+    try:
+        their_format.write(
+            folder / "pruned_hubert_base.pth",
+            cfg,
+            trainable["student"],
+            trainable["heads"],
+            spec.head_index(),
+            spec.mode,
+        )
+    except (ImportError, ValueError) as e:  # no torch, or a WavLM layout
+        logging.getLogger("stackdistill").warning("final: their .pth format not written (%s)", e)
