@@ -356,7 +356,7 @@ def test_masked_teacher_embeds_the_mean_projected_frame(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "synth" / "wav").mkdir(parents=True)
     rows = []
-    for i, n in enumerate((16_000, 9_000, 12_345)):
+    for i, n in enumerate((12_000,) * 3):  # one length: one compile of the front-end
         sf.write(tmp_path / "synth" / "wav" / f"{i}.wav", 0.1 * rng.standard_normal(n), 16_000)
         rows.append(json.dumps({"path": f"wav/{i}.wav", "num_samples": n}))
     (tmp_path / "synth" / synth.MANIFEST_NAME).write_text("\n".join(rows) + "\n")

@@ -7,6 +7,7 @@ import runpy
 
 import jax
 import numpy as np
+import pytest
 from hf_fixtures import hf_hidden_states, padded_batch
 
 from stackdistill import models, teacher, tiny_teacher
@@ -152,6 +153,7 @@ def test_short_training_lowers_the_loss_and_exports_for_transformers(tmp_path):
         assert 0 <= r["speaker_acc"] <= 1 and r["phoneme_error"] >= 0, r
 
 
+@pytest.mark.slow  # three trainings (~25 s): the default suite keeps inside CI's 20 minutes
 def test_fixed_steps_and_the_same_seed_give_bit_identical_params(tmp_path):
     """No wall-clock decides the weights: two runs of one config end in the same params."""
     from stackdistill.data import synth
