@@ -267,6 +267,7 @@ def recipe_config(
     its corpus, the table's budget, batch and learning rate (the recipes' own rates are for
     their 390k steps; one rate for every cell keeps the within-recipe comparison fair)."""
     from stackdistill.config import apply_overrides
+    from stackdistill.recipes import arm_family
 
     stacked = cell.method == "interleaved"
     c = harness.config_file(f"{cell.recipe}:stacking={'interleaved' if stacked else 'none'}")
@@ -279,14 +280,10 @@ def recipe_config(
     c.optim.warmup_fraction = 0.05
     width = spec.student["hidden_size"]
     c.student.update(dict(spec.student))
-    teacher_cnn = 64  # configs/tiny_teacher.py ARCH conv_dim
-    narrow, wide = teacher_cnn // 4, teacher_cnn // 2
-    c.student.conv_layers = (
-        (narrow, 10, 5),
-        (wide, 1, 1),
-        *((wide, 3, 2),) * 4,
-        (width, 1, 1),
-        *((width, 2, 2),) * 2,
+    teacher_json = json.loads((teacher_dir / "teacher" / "config.json").read_text())
+    teacher_cnn = int(teacher_json["conv_dim"][-1])
+    c.student.conv_layers = arm_family.conv_layers(
+        width, narrow=teacher_cnn // 4, wide=teacher_cnn // 2
     )
     every = tuple(range(1, num_teacher_layers + 1))
     if cell.recipe == "starhubert":

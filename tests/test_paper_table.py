@@ -218,6 +218,8 @@ def test_recipe_cells_keep_the_recipe_at_the_tables_size(tmp_path, recipe):
     spec.recipes = (recipe,)
     cells = {(c.method, c.ablation): c for c in pt.cells_of(spec) if c.seed == 0 and c.recipe}
     assert set(cells) == {("full", ""), ("interleaved", ""), ("interleaved", "lever")}
+    (tmp_path / "teacher").mkdir()  # the tiny teacher's CNN: 64 channels (its config.json)
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps({"conv_dim": [64] * 7}))
     configs = {k: pt.distill_config(spec, c, tmp_path, 6) for k, c in cells.items()}
     full, inter, lever = configs.values()
     own = pt.harness.config_file(recipe)

@@ -26,9 +26,16 @@ BATCH, ACCUMULATE, GPUS = (
 
 # conv_feature_layers (yaml L32): [(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 +
 # [(C, 1, 1)] + [(C, 2, 2)] * 2, with C the encoder width (so no post_extract_proj).
-def conv_layers(width: int) -> tuple[tuple[int, int, int], ...]:
-    """The ARMHuBERT repo's smaller CNN front-end ending at `width` channels (hop 320)."""
-    return ((128, 10, 5), (256, 1, 1), *((256, 3, 2),) * 4, (width, 1, 1), *((width, 2, 2),) * 2)
+def conv_layers(width: int, narrow: int = 128, wide: int = 256) -> tuple[tuple[int, int, int], ...]:
+    """The ARMHuBERT repo's smaller CNN front-end ending at `width` channels (hop 320); a
+    smaller model keeps its shape with fewer `narrow` / `wide` channels."""
+    return (
+        (narrow, 10, 5),
+        (wide, 1, 1),
+        *((wide, 3, 2),) * 4,
+        (width, 1, 1),
+        *((width, 2, 2),) * 2,
+    )
 
 
 HUBERT, WAVLM = "facebook/hubert-base-ls960", "microsoft/wavlm-base"
@@ -121,7 +128,7 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
 
 
 # The demo-size student's CNN: conv_layers' shape (hop 320) at 16 / 32 channels.
-DEMO_CONV_LAYERS = ((16, 10, 5), (32, 1, 1), *((32, 3, 2),) * 4, (32, 1, 1), (32, 2, 2), (32, 2, 2))
+DEMO_CONV_LAYERS = conv_layers(32, narrow=16, wide=32)
 
 
 def demo_size(c: ml_collections.ConfigDict, model_type: str = "hubert") -> None:
