@@ -19,9 +19,11 @@ DIR/table.json (the same numbers and every cell) and DIR/table.png (score vs wal
 point per cell; loss curves). `--ablations` adds interleaved cells with targets following the
 first descendant, intermediate weight 0 and 1, and reset Adam moments of the copies.
 `--recipes [NAME ...]` adds the recipes users pick instead of the paper's student (MaskHuBERT,
-ARMHuBERT, STaRHuBERT at the table's size): per recipe, its unstacked schedule (Full), interleaved
-stacking, and interleaved with the speed lever that recipe can take (a frozen front-end shared
-with the teacher); each recipe's rows are compared with its own Full.
+ARMHuBERT, STaRHuBERT, ARMwavLM-S at the table's size): per recipe, its unstacked schedule
+(Full), interleaved stacking, and interleaved with the speed lever that recipe can take (a
+frozen front-end shared with the teacher); each recipe's rows are compared with its own Full.
+A table has one teacher: `--teacher wavlm` makes it the tiny teacher as a WavLM
+(configs/tiny_teacher.py:wavlm), the teacher ARMwavLM-S distils from, in its own --workdir.
 `--spec FILE.json` overrides spec fields (dotted keys), e.g. for tests.
 Sizes, times and results: benchmarks/RESULTS.md, "Paper table".
 """
@@ -64,10 +66,20 @@ ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
 # Spec fields that only choose which cells run: a table grows by more seeds, methods or
 # ablations in the same folder, its finished cells kept. Every other field defines a cell.
 SELECTS = ("methods", "schedules", "seeds", "ablations", "recipes")
-# Recipes of configs/ at the table's size (recipe_config): name -> the table's label. ARMwavLM-S
-# is ARMHuBERT's recipe from a WavLM teacher; the table's teacher is a HuBERT, so it is left out.
-RECIPES = {"maskhubert": "MaskHuBERT", "armhubert": "ARMHuBERT", "starhubert": "STaRHuBERT"}
-MASKED_RECIPES = ("maskhubert", "armhubert")  # masking distillation: ensure_masked_teacher
+# Recipes of configs/ at the table's size (recipe_config): name -> the table's label.
+RECIPES = {
+    "maskhubert": "MaskHuBERT",
+    "armhubert": "ARMHuBERT",
+    "starhubert": "STaRHuBERT",
+    "armwavlm_s": "ARMwavLM-S",
+}
+# masking distillation: ensure_masked_teacher (a test checks each config's distill.loss)
+MASKED_RECIPES = ("maskhubert", "armhubert", "armwavlm_s")
+# The teacher family each recipe distils from (its yaml's teacher). ARMwavLM-S at the table's
+# size is ARMHuBERT's student and loss (arm_family.RECIPES: only width, FFN and the teacher
+# differ, and the table sets the width), so its rows measure the recipe from a WavLM teacher.
+RECIPE_TEACHER = {"maskhubert": "hubert", "armhubert": "hubert", "starhubert": "hubert"}
+RECIPE_TEACHER["armwavlm_s"] = "wavlm"
 # Each recipe's rows: unstacked (its published schedule), interleaved, and interleaved with the
 # lever it can take. Stored teacher targets are not among them: masking distillation runs the
 # teacher on each step's freshly drawn mask, and STaR's Gram losses need every supervised
@@ -180,8 +192,23 @@ def ensure_teacher(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
     from stackdistill import paths
 
     default = workdir / "teacher" if "quick" in spec.teacher_config else paths.cache_home()
-    folder = pathlib.Path(spec.teacher_dir or default / "tiny_teacher").expanduser()
+    name = "tiny_teacher_wavlm" if "wavlm" in spec.teacher_config else "tiny_teacher"
+    folder = pathlib.Path(spec.teacher_dir or default / name).expanduser()
     return harness.ensure_tiny_teacher(folder, spec.teacher_config, spec.teacher_probe)
+
+
+def check_recipe_teachers(spec: ml_collections.ConfigDict, teacher_dir: pathlib.Path) -> None:
+    """Refuses recipes whose teacher family is not the table's teacher's (SystemExit, naming
+    them and the flag that gives them their teacher)."""
+    family = json.loads((teacher_dir / "teacher" / "config.json").read_text())["model_type"]
+    wrong = sorted(r for r in spec.recipes if RECIPE_TEACHER[r] != family)
+    if wrong:
+        want = sorted({RECIPE_TEACHER[r] for r in wrong})
+        raise SystemExit(
+            f"--recipes {' '.join(wrong)} distil from a {'/'.join(want)} teacher, and this "
+            f"table's teacher ({teacher_dir / 'teacher'}) is a {family}: run them in their own "
+            f"--workdir with --teacher {want[0]}"
+        )
 
 
 def ensure_masked_teacher(teacher_dir: pathlib.Path, num: int = 64) -> pathlib.Path:
@@ -406,6 +433,7 @@ def run_table(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[st
 
         jax.config.update("jax_compilation_cache_dir", str(workdir / "xla"))
     teacher_dir = ensure_teacher(spec, workdir)
+    check_recipe_teachers(spec, teacher_dir)
     cells = cells_of(spec)
     if any(c.recipe in MASKED_RECIPES for c in cells):
         ensure_masked_teacher(teacher_dir)
@@ -444,7 +472,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ablations", action="store_true", help="add the ablation cells")
     parser.add_argument(
-        "--recipes", nargs="*", choices=tuple(RECIPES), help="add recipe rows (none: all)"
+        "--recipes",
+        nargs="*",
+        choices=tuple(RECIPES),
+        help="add recipe rows (none: all of the teacher's family)",
+    )
+    parser.add_argument(
+        "--teacher",
+        choices=("hubert", "wavlm"),
+        default="hubert",
+        help="the tiny teacher's architecture (wavlm: configs/tiny_teacher.py:wavlm)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="override the spec's seeds")
     parser.add_argument("--steps", type=int, help="override the spec's step budget")
@@ -452,10 +489,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", help="JSON of dotted spec overrides")
     args = parser.parse_args(argv)
     spec = table_spec(args.quick)
+    family = tuple(r for r in RECIPES if RECIPE_TEACHER[r] == args.teacher)
+    if args.teacher == "wavlm":
+        spec.teacher_config = "tiny_teacher.py:" + ("quick,wavlm" if args.quick else "wavlm")
+        spec.recipes = family if args.quick else ()
     if args.ablations:
         spec.ablations = tuple(ABLATIONS)
     if args.recipes is not None:
-        spec.recipes = tuple(args.recipes or RECIPES)
+        spec.recipes = tuple(args.recipes or family)
     if args.seeds:
         spec.seeds = tuple(args.seeds)
     if args.steps:

@@ -10,7 +10,9 @@ Needs no network: speaks a 1000-utterance espeak-ng corpus into the workdir (see
 cores, 6 minutes in all with corpora and probes), writes the teacher to WORKDIR/teacher in
 transformers format and the layer-wise probe table to WORKDIR/probe.md.
 Times and probe tables: benchmarks/RESULTS.md, "Tiny teacher".
-Variants: `:quick` (a few steps on a small corpus, for smoke tests) or `--config.field=value`.
+Variants: `:quick` (a few steps on a small corpus, for smoke tests), `:wavlm` (the same teacher
+as a WavLM: gated relative position bias, for recipes distilled from WavLM such as ARMwavLM-S),
+both (`:quick,wavlm`), or `--config.field=value`.
 """
 
 import ml_collections
@@ -74,12 +76,19 @@ def get_config(arg=None):
     c.probe.ctc_batch = 32
     c.probe.ctc_learning_rate = 1e-2
 
-    if arg == "quick":
+    args = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    if args - {"quick", "wavlm"}:
+        raise ValueError(
+            f"configs/tiny_teacher.py: unknown argument {arg!r} (quick, wavlm, or quick,wavlm)"
+        )
+    if "wavlm" in args:
+        # WavLM's layers with its bucketed relative position bias (320 buckets, distance 800 as
+        # microsoft/wavlm-base), in the same pre-LN layout as the HuBERT teacher.
+        c.arch = {**ARCH, "model_type": "wavlm", "num_buckets": 320, "max_bucket_distance": 800}
+    if "quick" in args:
         c.total_steps = 20
         c.log_every = 5
         c.data.synth_num = 48
         c.probe.num = 48
         c.probe.ctc_steps = 20
-    elif arg:
-        raise ValueError(f"configs/tiny_teacher.py: unknown argument {arg!r} (quick)")
     return c

@@ -206,7 +206,7 @@ def test_recipe_rows_are_measured_against_their_own_full(tmp_path):
     assert "armhubert " + f"{arm_full:.1f}" in (tmp_path / "table.md").read_text()
 
 
-@pytest.mark.parametrize("recipe", ["maskhubert", "armhubert", "starhubert"])
+@pytest.mark.parametrize("recipe", ["maskhubert", "armhubert", "starhubert", "armwavlm_s"])
 def test_recipe_cells_keep_the_recipe_at_the_tables_size(tmp_path, recipe):
     """Each recipe's own loss, heads and layer pattern at 12 x 96 on the tiny teacher; its small
     CNN gives the teacher's frame count (masking hands the teacher's mask to the student)."""
@@ -229,8 +229,9 @@ def test_recipe_cells_keep_the_recipe_at_the_tables_size(tmp_path, recipe):
         masked = "teacher_masked" if recipe in pt.MASKED_RECIPES else "teacher"
         assert c.teacher.name == str(tmp_path / masked) and c.distill.loss == own.distill.loss
     assert full.stacking.method == "none" and inter.stacking.method == "interleaved"
-    reuse = recipe == "armhubert"
+    reuse = recipe in ("armhubert", "armwavlm_s")
     assert bool(inter.student.reuse_pattern) == reuse
+    assert (recipe in pt.MASKED_RECIPES) == (own.distill.loss == "masked")
     block = student.layers_per_block(inter.student)
     assert block == (2 if reuse else 1)
     depths = [s.depth for s in stacking.plan_stages(inter.stacking, 600, 12, block)]
@@ -391,3 +392,54 @@ def jax_get(tree, path):
     for key in path:
         tree = tree[key.key]
     return tree
+
+
+def test_a_recipe_refuses_a_teacher_of_another_family(tmp_path):
+    """ARMwavLM-S distils from WavLM, the others from HuBERT: a table with one teacher refuses
+    the other family's recipes by name, and says which --teacher gives them theirs."""
+    pt = _paper_table()
+    assert set(pt.RECIPE_TEACHER) == set(pt.RECIPES)
+    for recipe, family in pt.RECIPE_TEACHER.items():  # each config's own teacher
+        name = pt.harness.config_file(recipe).teacher.name
+        assert family in name.lower(), (recipe, name)
+    spec = pt.table_spec()
+    (tmp_path / "teacher").mkdir()
+    for family in ("hubert", "wavlm"):
+        (tmp_path / "teacher" / "config.json").write_text(json.dumps({"model_type": family}))
+        for recipe, want in pt.RECIPE_TEACHER.items():
+            spec.recipes = (recipe,)
+            if want == family:
+                pt.check_recipe_teachers(spec, tmp_path)
+            else:
+                with pytest.raises(
+                    SystemExit, match=f"{recipe} distil from a {want}.*--teacher {want}"
+                ):
+                    pt.check_recipe_teachers(spec, tmp_path)
+
+
+def test_wavlm_teacher_flag_and_folder(tmp_path, monkeypatch):
+    """--teacher wavlm trains configs/tiny_teacher.py:wavlm in its own folder (never the HuBERT
+    teacher's), and --recipes without names then means ARMwavLM-S."""
+    pt = _paper_table()
+    seen = {}
+
+    monkeypatch.setattr(pt, "run_table", lambda spec, workdir: seen.update(spec=spec))
+    monkeypatch.setattr("stackdistill.console.setup", lambda *a, **k: None)
+    pt.main(["--workdir", str(tmp_path), "--teacher", "wavlm", "--recipes"])
+    assert seen["spec"].teacher_config == "tiny_teacher.py:wavlm"
+    assert seen["spec"].recipes == ("armwavlm_s",)
+    pt.main(["--workdir", str(tmp_path), "--recipes"])
+    assert seen["spec"].recipes == ("maskhubert", "armhubert", "starhubert")
+    pt.main(["--workdir", str(tmp_path), "--quick", "--teacher", "wavlm"])
+    assert seen["spec"].teacher_config == "tiny_teacher.py:quick,wavlm"
+    assert seen["spec"].recipes == ("armwavlm_s",)
+    calls = []
+    monkeypatch.setattr(pt.harness, "ensure_tiny_teacher", lambda *a: calls.append(a) or a[0])
+    monkeypatch.setenv("STACKDISTILL_CACHE", str(tmp_path / "cache"))
+    wavlm = pt.ensure_teacher(seen["spec"], tmp_path)
+    spec = pt.table_spec()
+    spec.teacher_config = "tiny_teacher.py:wavlm"
+    assert pt.ensure_teacher(spec, tmp_path).name == "tiny_teacher_wavlm"
+    assert pt.ensure_teacher(pt.table_spec(), tmp_path).name == "tiny_teacher"
+    assert wavlm == tmp_path / "teacher" / "tiny_teacher_wavlm"
+    assert calls[1][1:] == ("tiny_teacher.py:wavlm", True)

@@ -191,3 +191,32 @@ def test_bootstrap_interval_matches_the_normal_approximation_and_pairs_layers():
         {"layer": 2, "speaker_acc": 0.85, "speaker_acc_minus_best_ci": (-0.1, 0.02)},
     ]
     assert probes.tied_with_best(table, "speaker_acc") == [0, 2]
+
+
+def test_wavlm_variant_is_the_same_teacher_as_a_wavlm_that_transformers_reads(tmp_path):
+    """configs/tiny_teacher.py:wavlm (ARMwavLM-S's table teacher): the HuBERT teacher's shape
+    with WavLM's relative position bias; saved, transformers' WavLMModel gives our hidden
+    states (random weights: the layout is what is tested; training is the HuBERT one's)."""
+    import transformers
+
+    from stackdistill import config as config_lib
+    from stackdistill.models import EncoderConfig
+
+    hubert = config_lib.load_file(ROOT / "configs" / "tiny_teacher.py", None)
+    c = config_lib.load_file(ROOT / "configs" / "tiny_teacher.py", "quick,wavlm")
+    assert c.total_steps == 20 and c.arch.model_type == "wavlm"
+    wavlm_only = ("model_type", "num_buckets", "max_bucket_distance")
+    same = {k: v for k, v in c.arch.items() if k not in wavlm_only}
+    assert same == {k: v for k, v in hubert.arch.items() if k != "model_type"}
+    with pytest.raises(ValueError, match="unknown argument 'wavml'"):
+        config_lib.load_file(ROOT / "configs" / "tiny_teacher.py", "wavml")
+    cfg = EncoderConfig(**dict(c.arch))
+    teacher.write_random(tmp_path / "t", cfg)
+    torch_model = transformers.WavLMModel.from_pretrained(tmp_path / "t").eval()
+    ours, params = teacher.load(str(tmp_path / "t"), use_cache=False)
+    assert ours.model_type == "wavlm" and ours.do_stable_layer_norm
+    wav, lengths = padded_batch(4000)
+    ref = hf_hidden_states(torch_model, wav, lengths)
+    out = models.encode(ours, params, wav, lengths)
+    for i in range(cfg.num_layers + 1):
+        assert _max_rel_err(out.hidden_states[i], ref[i], out.mask) < 1e-4, f"hidden state {i}"
