@@ -47,7 +47,7 @@ import numpy as np
 import table_stats as stats
 from table_eval import downstream, evaluate_teacher, profile, superb_config
 
-METHODS = ("full", "full_l2l", "top", "middle", "interleaved")
+METHODS = ("full", "full_l2l", "top", "middle", "interleaved")  # "dp" too with --dp
 STACKED = ("top", "middle", "interleaved")
 NAMES = {
     "full": "Full",
@@ -55,7 +55,13 @@ NAMES = {
     "top": "GradStack (top)",
     "middle": "MIDAS (middle)",
     "interleaved": "Interleaved",
+    "dp": "DP (teacher pruned)",
 }
+# DP (issue 24): the tiny teacher pruned to the table student's parameter count by
+# pyf98/DPHuBERT's recipe (configs/dphubert.py, stackdistill/pruning/pipeline.py), its two
+# training stages within the table's step budget at run.sh's split (50k prune + 25k final
+# steps, L31 and L41), every warm-up scaled by the same factor.
+DP_PRUNE_SHARE = 50_000 / 75_000
 SCHEDULES = {"equal": "equal", "prop": "proportional"}  # name -> stacking.stage_lengths
 ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
     "follow_first": {"stacking.follow": "first"},
@@ -263,6 +269,8 @@ def distill_config(
     sizes it, or a recipe's student at that size (recipe_config)."""
     from stackdistill.config import apply_overrides
 
+    if cell.method == "dp":
+        return dp_cell_config(spec, cell, teacher_dir, num_teacher_layers)
     if cell.recipe:
         c = recipe_config(spec, cell, teacher_dir, num_teacher_layers)
     else:
@@ -331,6 +339,62 @@ def recipe_config(
     return c
 
 
+def teacher_config(teacher_dir: pathlib.Path):
+    """The tiny teacher's EncoderConfig (its config.json, no weights read)."""
+    from stackdistill.models import EncoderConfig
+
+    return EncoderConfig.from_hf(json.loads((teacher_dir / "teacher" / "config.json").read_text()))
+
+
+def student_num_params(spec: ml_collections.ConfigDict, teacher_dir: pathlib.Path) -> int:
+    """The table student's parameter count, counted as DPHuBERT counts (pruning.params)."""
+    from stackdistill.models import student
+    from stackdistill.pruning import params
+
+    t_cfg = teacher_config(teacher_dir)
+    c = harness.tiny_student_config("none", teacher_dir, spec.steps)
+    c.student.update(dict(spec.student))
+    return params.teacher_num_params(student.student_encoder_config(c.student, t_cfg))
+
+
+def dp_cell_config(
+    spec: ml_collections.ConfigDict, cell: Cell, teacher_dir: pathlib.Path, num_teacher_layers: int
+) -> ml_collections.ConfigDict:
+    """configs/dphubert.py on the tiny teacher: the target sparsity leaves the table student's
+    parameter count, run.sh's stages and warm-ups scaled into the table's steps, their
+    distill layers "0.4,8,12" at the same depths of the teacher ("0.2,4,6" for 6 layers), their
+    learning rates (2e-4, 1e-4: the student starts as the trained teacher); the table's
+    corpus, batch and crops."""
+    from stackdistill.pruning import params
+
+    c = harness.config_file("dphubert")
+    c.teacher.name = str(teacher_dir / "teacher")
+    t_cfg = teacher_config(teacher_dir)
+    c.seed = cell.seed
+    c.dtype = "float32"
+    c.batch_size = spec.batch_size
+    c.data.update(source="synthetic", path=str(teacher_dir / "synth"), min_samples=4_000)
+    c.data.update(synth_num=spec.corpus_num, max_samples=spec.max_samples)
+    c.data.bucket_boundaries = ()
+    third = num_teacher_layers // 3
+    c.dp.layers = f"0.{third},{2 * third},{num_teacher_layers}"
+    prune_steps = int(round(spec.steps * DP_PRUNE_SHARE))
+    final_steps = spec.steps - prune_steps
+    c.prune.update(
+        steps=prune_steps,
+        warmup=int(round(prune_steps * 15_000 / 50_000)),  # run.sh L30-31
+        sparsity_warmup=int(round(prune_steps * 5_000 / 50_000)),  # run.sh L35
+    )
+    c.final.update(steps=final_steps, warmup=int(round(final_steps * 5_000 / 25_000)))  # L40-41
+    c.prune.target_sparsity = 1.0 - student_num_params(spec, teacher_dir) / float(
+        params.teacher_num_params(t_cfg)
+    )
+    c.log_every = spec.log_every
+    c.checkpoint_every = spec.steps  # each stage's last step only (the pipeline forces it)
+    c.compilation_cache_dir = ""
+    return c
+
+
 def eval_steps(spec: ml_collections.ConfigDict) -> list[int]:
     """The checkpoint steps scored downstream; each a multiple of log_every."""
     steps = sorted({int(round(f * spec.steps)) for f in spec.eval_fractions})
@@ -350,34 +414,38 @@ def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, 
     run_dir = pathlib.Path(workdir) / "runs" / cell.key
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over
     config = distill_config(spec, cell, teacher_dir, teacher_cell["num_layers"])
-    run = harness.train_timed(config, run_dir)
-    summary, wall = run.summary, run.wall_s
-    if summary["status"] != "completed":  # SIGTERM: the cell is not finished, nor written
-        raise SystemExit(f"cell {cell.key} {summary['status']}; rerun to continue the table")
-    steps_s = sum(summary["stage_seconds"].values())
-    record: dict[str, Any] = {
-        "key": cell.key,
-        "row": cell.row,
-        **dataclasses.asdict(cell),
-        "wall_s": wall,
-        "steps_s": steps_s,
-        "compile_s": run.compile_s,
-        "other_s": wall - steps_s - run.compile_s,
-        "final_losses": {k: v for k, v in summary["final_metrics"].items() if k.startswith("loss")},
-        "curve": run.points,
-        "teacher_layers": list(config.distill.teacher_layers),
-    }
+    if cell.method == "dp":
+        record, checkpoints = train_dp_cell(config, run_dir)
+    else:
+        run = harness.train_timed(config, run_dir)
+        summary, wall = run.summary, run.wall_s
+        if summary["status"] != "completed":  # SIGTERM: the cell is not finished, nor written
+            raise SystemExit(f"cell {cell.key} {summary['status']}; rerun to continue the table")
+        steps_s = sum(summary["stage_seconds"].values())
+        final = summary["final_metrics"]
+        record = {
+            "wall_s": wall,
+            "steps_s": steps_s,
+            "compile_s": run.compile_s,
+            "other_s": wall - steps_s - run.compile_s,
+            "final_losses": {k: v for k, v in final.items() if k.startswith("loss")},
+            "curve": run.points,
+            "teacher_layers": list(config.distill.teacher_layers),
+        }
+        at = {step: t for t, step, _ in run.points}
+        checkpoints = [
+            (step, f"{cell.key}=student:{run_dir}@{step}", at[step], run.train_at[step])
+            for step in eval_steps(spec)
+        ]
+    record = {"key": cell.key, "row": cell.row, **dataclasses.asdict(cell), **record}
     ev_config = superb_config(spec, teacher_dir, workdir)
     task_list = [benchmark.build(n, ev_config.superb, str(workdir)) for n in ev_config.superb.tasks]
-    at = {step: t for t, step, _ in run.points}
     record["evals"] = []
     started = time.perf_counter()
-    for step in eval_steps(spec):
-        up = upstream.load(f"{cell.key}=student:{run_dir}@{step}", ev_config, str(workdir))
+    for step, source, wall_at, train_at in checkpoints:
+        up = upstream.load(source, ev_config, str(workdir))
         scores, store = downstream(up, task_list, ev_config)
-        record["evals"].append(
-            {"step": step, "wall_s": at[step], "train_s": run.train_at[step], **scores}
-        )
+        record["evals"].append({"step": step, "wall_s": wall_at, "train_s": train_at, **scores})
         record["evals"][-1]["depth"] = up.num_layers
     record["downstream"] = record["evals"][-1]
     record["profile"] = profile(store, task_list, spec.probe_alpha)
@@ -392,6 +460,60 @@ def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, 
     record["eval_s"] = time.perf_counter() - started
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the JSON holds what counts
     return record
+
+
+def train_dp_cell(config: ml_collections.ConfigDict, run_dir: pathlib.Path) -> tuple[dict, list]:
+    """Runs the DP pipeline of a cell; (its record's training part, the checkpoints to score:
+    the pruned model before and after the final distillation, each in their .pth format)."""
+    from stackdistill.pruning import pipeline, store, their_format
+
+    start = time.perf_counter()
+    summary = pipeline.run(config, str(run_dir))
+    wall = time.perf_counter() - start
+    if summary["status"] != "completed":
+        raise SystemExit(f"cell {run_dir.name} {summary['status']}; rerun to continue the table")
+    seconds, compiles = summary["seconds"], summary["compile_seconds"]
+    spec = pipeline.distill_spec(config)
+    cfg, tree = store.load_model(run_dir / "pruned")
+    pruned = their_format.write(
+        run_dir / "pruned" / "pruned.pth", cfg, tree["student"], tree["heads"],
+        spec.head_index(), spec.mode,
+    )  # fmt: skip
+    final = run_dir / "final" / "pruned_hubert_base.pth"
+    if not final.is_file():
+        raise SystemExit(f"{final} was not written (needs torch and a HuBERT layout)")
+    steps = summary["steps"]
+    compile_s = sum(compiles.values())
+    # seconds to the pruned model: the pruning stage and the prune step, less its compile
+    at_pruned = seconds["prune"] + seconds["pruned"]
+    curve = [
+        (None, r["step"] + (steps["prune"] if stage == "final" else 0), r["loss"])
+        for stage in ("prune", "final")
+        for r in map(json.loads, (run_dir / stage / "metrics.jsonl").read_text().splitlines())
+    ]  # no wall-clock per line: the stages' metrics.jsonl are kept bit-identical over resumes
+    record = {
+        "wall_s": wall,
+        "steps_s": seconds["prune"] + seconds["final"] - compile_s,
+        "compile_s": compile_s,
+        "other_s": wall - seconds["prune"] - seconds["final"],
+        "final_losses": {k: v for k, v in summary["final_metrics"].items() if k.startswith("loss")},
+        "curve": curve,
+        "teacher_layers": list(spec.layers),
+        "dp": {
+            "params": summary["params"],
+            "target_sparsity": summary["target_sparsity"],
+            "stage_seconds": seconds,
+            "compile_seconds": compiles,
+            "steps": steps,
+        },
+    }
+    checkpoints = [
+        (steps["prune"], f"{run_dir.name}-pruned=dp:{pruned}", None,
+         at_pruned - compiles["prune"]),
+        (steps["prune"] + steps["final"], f"{run_dir.name}=dp:{final}", None,
+         wall - compile_s),
+    ]  # fmt: skip
+    return record, checkpoints
 
 
 def _jsonable(data: Any) -> Any:
@@ -472,6 +594,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ablations", action="store_true", help="add the ablation cells")
     parser.add_argument(
+        "--dp", action="store_true", help="add DP rows: the teacher pruned to the student's size"
+    )
+    parser.add_argument(
         "--recipes",
         nargs="*",
         choices=tuple(RECIPES),
@@ -495,6 +620,8 @@ def main(argv: list[str] | None = None) -> None:
         spec.recipes = family if args.quick else ()
     if args.ablations:
         spec.ablations = tuple(ABLATIONS)
+    if args.dp and "dp" not in spec.methods:
+        spec.methods = (*spec.methods, "dp")
     if args.recipes is not None:
         spec.recipes = tuple(args.recipes or family)
     if args.seeds:

@@ -230,7 +230,7 @@ def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
 # ---- their final checkpoint format -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ("hubert", "hubert_ln"))
+@pytest.mark.parametrize("model", ("hubert", "hubert_ln", "wavlm"))
 def test_written_pth_is_their_pruned_checkpoint(model, tmp_path):
     """Our prune of their gated fixture, written in their format, is the checkpoint their
     prune.py + save_final_ckpt.py wrote (tests/data/dphubert_tiny), tensor for tensor."""
@@ -254,7 +254,8 @@ def test_written_pth_is_their_pruned_checkpoint(model, tmp_path):
         sd["w"] = sd[g] * sd[v] / np.sqrt((sd[v] ** 2).sum((0, 1), keepdims=True))
     np.testing.assert_allclose(a["w"], b["w"], atol=2e-6)
     conf, ref = ours["config"], META[model]["pruned_config"]
-    per_layer = ("encoder_num_heads", "encoder_ff_interm_features")
+    heads = "encoder_remaining_heads" if model == "wavlm" else "encoder_num_heads"
+    per_layer = (heads, "encoder_ff_interm_features")
     assert {k: v for k, v in conf.items() if k not in per_layer} == {
         k: v for k, v in ref.items() if k not in per_layer
     }

@@ -10,8 +10,8 @@
   the distill heads under "heads/<i>/", kept as prune.py L16-18, L65 keeps them).
 - `final/`: the final distillation of the pruned model from the teacher with the same loss,
   no gates (final_distill.py, run.sh L87-110), from the pruned model and its heads
-  (final_distill.py L93); checkpoints, then `encoder_config.json` and `params.npz`, and for
-  HuBERT / wav2vec2 layouts their `pruned_hubert_base.pth` (`their_format`).
+  (final_distill.py L93); checkpoints, then `encoder_config.json` and `params.npz`, and
+  their `pruned_hubert_base.pth` (`their_format`; the name theirs gives WavLM too).
 
 A stage whose `DONE.json` exists is skipped; a killed stage resumes from its newest
 checkpoint (params, optimizer states, step and the data iterator), so the final params are
@@ -268,15 +268,17 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     ckpt = checkpoint.Checkpointer(folder, config.checkpoint_every, config.keep_checkpoints)
     try:
         state = setup["fresh"]()
-        past = 0.0
+        past, past_compile = 0.0, 0.0
         latest = ckpt.latest_step()
         if latest is not None:
             meta = ckpt.restore_meta(latest)
             state, past = ckpt.restore(latest, _abstract(state), data_iter), meta["seconds"]
+            past_compile = meta.get("compile_seconds", 0.0)
             log.info("%s: resumed from step %d", name, latest)
         step_no = int(state.step)
         store.truncate_metrics(folder / "metrics.jsonl", step_no)
         step_fn = jax.jit(setup["step"], donate_argnums=0)
+        compiled, shape, compile_s = None, None, 0.0  # ahead for the first batch's shape
         start, preempted = time.monotonic(), False
         with distributed.Preemption() as preemption:
             while step_no < setup["steps"]:
@@ -285,17 +287,24 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
                     break
                 batch = next(data_iter)
                 key = jax.random.fold_in(setup["key"], step_no)
-                state, metrics = step_fn(
-                    state, t_params, jnp.asarray(batch["audio"]), jnp.asarray(batch["lengths"]), key
-                )
+                args = (state, t_params, jnp.asarray(batch["audio"]))
+                args += (jnp.asarray(batch["lengths"]), key)
+                if compiled is None:
+                    clock, shape = time.monotonic(), args[2].shape
+                    compiled = step_fn.lower(*args).compile()
+                    compile_s = time.monotonic() - clock
+                    log.info("%s: step compiled in %.1fs", name, compile_s)
+                state, metrics = (compiled if args[2].shape == shape else step_fn)(*args)
                 step_no += 1
                 if step_no % config.log_every == 0 or step_no == setup["steps"]:
                     _log(folder, name, step_no, setup, metrics)
                 seconds = past + time.monotonic() - start
                 meta = {"step": step_no, "stage": STAGES.index(name), "seconds": seconds}
+                meta["compile_seconds"] = past_compile + compile_s
                 ckpt.save(step_no, state, data_iter, meta, config.to_dict())
             seconds = past + time.monotonic() - start
             meta = {"step": step_no, "stage": STAGES.index(name), "seconds": seconds}
+            meta["compile_seconds"] = past_compile + compile_s
             if ckpt.latest_step() != step_no:
                 ckpt.save(step_no, state, data_iter, meta, config.to_dict(), force=True)
     finally:
@@ -304,7 +313,10 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
         log.warning("%s: preempted at step %d, checkpoint saved; rerun to resume", name, step_no)
         return True
     last = store.last_metrics(folder / "metrics.jsonl")
-    record = {"steps": step_no, "seconds": seconds, "metrics": last}
+    # seconds: the stage's wall-clock over every run of it; compile_seconds: its part spent
+    # compiling the step ahead (one compile per run: a resumed stage compiles again)
+    record = {"steps": step_no, "seconds": seconds, "compile_seconds": meta["compile_seconds"]}
+    record["metrics"] = last
     if name == "prune":
         store.write_json(folder / DONE, record)
     else:  # final: DONE once its params are written (run)
@@ -397,6 +409,7 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
         },
         "target_sparsity": config.prune.target_sparsity,
         "seconds": {s: done[s].get("seconds") for s in STAGES},
+        "compile_seconds": {s: done[s].get("compile_seconds") for s in ("prune", "final")},
         "steps": {s: done[s].get("steps") for s in ("prune", "final")},
         "final_metrics": done["final"].get("metrics", {}),
     }

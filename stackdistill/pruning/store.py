@@ -86,5 +86,5 @@ def save_theirs(folder: epath.Path, cfg: EncoderConfig, trainable: dict, spec: A
             spec.head_index(),
             spec.mode,
         )
-    except (ImportError, ValueError) as e:  # no torch, or a WavLM layout
+    except (ImportError, ValueError) as e:  # no torch, or what their format cannot hold
         logging.getLogger("stackdistill").warning("final: their .pth format not written (%s)", e)

@@ -6,7 +6,12 @@ Their `save_final_ckpt.py` (L31-46, commit c18093f) saves a torch pickle {"state
 layer keeps only its heads and FFN units. Ours are zero-padded to one width: a head is kept
 when its q, k or v rows are not all zero, an FFN unit when its weights or bias are not (as
 `prune.shrink_ffn`), a block when it keeps a head / unit. `checkpoint.read` reads the file
-back (heads then sit in the first slots: the same function). HuBERT / wav2vec2 layouts only.
+back (HuBERT heads then sit in the first slots: the same function). WavLM (DPWavLM): their
+`wavlm_model` kwargs (`wav2vec2/model.py` L736-763) name each layer's kept heads by their
+original slots (`encoder_remaining_heads`, out of `encoder_total_num_heads`), since the gated
+relative position bias is computed for every slot (`components.py` L515-543): ours stay in
+their slots, so the slot numbers are ours; layer 0 keeps the relative position table
+(`components.py` L1349) and the gate parameters of every slot in every attention it keeps.
 """
 
 from __future__ import annotations
@@ -21,8 +26,21 @@ from stackdistill import convert
 from stackdistill.models.config import EncoderConfig
 
 
-def their_config(cfg: EncoderConfig, heads: Sequence[int], units: Sequence[int]) -> dict:
-    """Their `wav2vec2_model` kwargs for per-layer kept `heads` and FFN `units`."""
+def their_config(cfg: EncoderConfig, heads: Sequence[Sequence[int]], units: Sequence[int]) -> dict:
+    """Their `wav2vec2_model` (or `wavlm_model`) kwargs for per-layer kept head slots `heads`
+    and FFN `units`."""
+    if cfg.model_type == "wavlm":
+        per_layer_heads = {
+            "encoder_total_num_heads": [cfg.num_heads] * cfg.num_layers,
+            "encoder_remaining_heads": [[int(s) for s in h] for h in heads],
+            "encoder_num_buckets": cfg.num_buckets,
+            "encoder_max_distance": cfg.max_bucket_distance,
+        }
+    else:
+        per_layer_heads = {
+            "encoder_num_heads": [len(h) for h in heads],
+            "encoder_head_dim": cfg.hidden_size // cfg.num_heads,
+        }
     return {
         "extractor_mode": {"group": "group_norm", "layer": "layer_norm"}[cfg.feat_extract_norm],
         "extractor_conv_layer_config": [
@@ -35,10 +53,9 @@ def their_config(cfg: EncoderConfig, heads: Sequence[int], units: Sequence[int])
         "encoder_pos_conv_kernel": cfg.num_conv_pos_embeddings,
         "encoder_pos_conv_groups": cfg.num_conv_pos_embedding_groups,
         "encoder_num_layers": cfg.num_layers,
-        "encoder_use_attention": [bool(h) for h in heads],
+        "encoder_use_attention": [len(h) > 0 for h in heads],
         "encoder_use_feed_forward": [bool(u) for u in units],
-        "encoder_num_heads": [int(h) for h in heads],
-        "encoder_head_dim": cfg.hidden_size // cfg.num_heads,
+        **per_layer_heads,
         "encoder_attention_dropout": cfg.attention_dropout,
         "encoder_ff_interm_features": [int(u) for u in units],
         "encoder_ff_interm_dropout": cfg.activation_dropout,
@@ -62,8 +79,8 @@ def their_config(cfg: EncoderConfig, heads: Sequence[int], units: Sequence[int])
 
 def state_and_config(cfg: EncoderConfig, params: Any) -> tuple[dict[str, np.ndarray], dict]:
     """(their state dict as numpy, their config) of our zero-padded pruned encoder."""
-    if cfg.model_type == "wavlm":
-        raise ValueError("writing DPWavLM's .pth is not supported yet (remaining_heads layout)")
+    if cfg.model_type not in ("hubert", "wav2vec2", "wavlm"):
+        raise ValueError(f"model_type {cfg.model_type!r}: their format has HuBERT / WavLM models")
     if not cfg.feat_proj_layer_norm:
         raise ValueError("their model always has the projection LayerNorm; this config has none")
     hf = convert.params_to_state_dict(cfg, params)
@@ -92,10 +109,23 @@ def state_and_config(cfg: EncoderConfig, params: Any) -> tuple[dict[str, np.ndar
                 out[f"{theirs}.{norm}.{leaf}"] = hf[f"{ours}.{norm}.{leaf}"]
         att = {p: hf[f"{ours}.attention.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")}
         used = sum(np.abs(w).reshape(cfg.num_heads, h, -1).sum((1, 2)) for w in att.values())
-        rows = np.concatenate([np.arange(s * h, (s + 1) * h) for s in np.flatnonzero(used)] + [[]])
-        rows = rows.astype(int)
-        heads.append(int((used > 0).sum()))
-        if heads[-1]:
+        slots = np.flatnonzero(used)
+        rows = np.concatenate([np.arange(s * h, (s + 1) * h) for s in slots] + [[]]).astype(int)
+        heads.append(slots.tolist())
+        if cfg.model_type == "wavlm" and i == 0 and not len(slots):
+            raise ValueError(
+                "layer 0 keeps no attention head: their WavLM holds the relative position "
+                "table in layer 0's attention (components.py L1349), so it cannot be written"
+            )
+        if len(slots):
+            if cfg.model_type == "wavlm":
+                for leaf in ("gru_rel_pos_linear.weight", "gru_rel_pos_linear.bias"):
+                    out[f"{theirs}.attention.{leaf}"] = hf[f"{ours}.attention.{leaf}"]
+                const = hf[f"{ours}.attention.gru_rel_pos_const"]
+                out[f"{theirs}.attention.gru_rel_pos_const"] = const
+                if i == 0:
+                    table = hf[f"{ours}.attention.rel_attn_embed.weight"]
+                    out[f"{theirs}.attention.rel_attn_embed.weight"] = table
             for p in ("q_proj", "k_proj", "v_proj"):
                 out[f"{theirs}.attention.{p}.weight"] = att[p][rows]
                 out[f"{theirs}.attention.{p}.bias"] = hf[f"{ours}.attention.{p}.bias"][rows]
