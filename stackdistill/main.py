@@ -108,10 +108,11 @@ def main(argv: list[str]) -> None:
     if not primary:
         console.setup(_third_party_level(), primary=False)
     _use_compilation_cache(_CONFIG.value)
-    if _CONFIG.value.get("recipe", "") == "dp" and _MODE.value != "distill":
+    if _CONFIG.value.get("recipe", "") == "dp" and _MODE.value not in ("distill", "export"):
         _fail(
             f"--mode={_MODE.value}: a DPHuBERT config (config.recipe='dp') runs with "
-            "--mode=distill only (its models: WORKDIR/pruned, WORKDIR/final)."
+            "--mode=distill and --mode=export only (its models: WORKDIR/pruned, WORKDIR/final; "
+            "evaluate WORKDIR/final/pruned_hubert_base.pth as the upstream 'dp:FILE')."
         )
     module = importlib.import_module(MODES[_MODE.value])
     workdir = _WORKDIR.value

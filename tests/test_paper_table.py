@@ -443,3 +443,50 @@ def test_wavlm_teacher_flag_and_folder(tmp_path, monkeypatch):
     assert pt.ensure_teacher(pt.table_spec(), tmp_path).name == "tiny_teacher"
     assert wavlm == tmp_path / "teacher" / "tiny_teacher_wavlm"
     assert calls[1][1:] == ("tiny_teacher.py:wavlm", True)
+
+
+def test_dp_cells_prune_the_teacher_to_the_students_size(tmp_path, monkeypatch):
+    """--dp adds DP cells: configs/dphubert.py on the table's teacher, run.sh's 50k + 25k
+    steps and warm-ups (15k, 5k sparsity, 5k final) scaled into the table's 600, distill
+    layers "0.4,8,12" at the same depths of a 6-layer teacher, and the target sparsity that
+    leaves the table student's parameter count (both counted as DPHuBERT counts)."""
+    import jax
+
+    from stackdistill import models, teacher
+    from stackdistill.models import EncoderConfig, student
+    from stackdistill.pruning import params
+
+    key = jax.random.key(0)
+    pt = _paper_table()
+    t_cfg = EncoderConfig(hidden_size=64, num_layers=6, num_heads=4, intermediate_size=128,
+                          conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                          num_conv_pos_embedding_groups=4)  # fmt: skip
+    teacher.write_random(tmp_path / "teacher", t_cfg)
+    spec = pt.table_spec()
+    spec.methods = ("full", "dp")
+    cells = [c for c in pt.cells_of(spec) if c.method == "dp"]
+    assert [c.key for c in cells] == ["dp-s0", "dp-s1", "dp-s2"]
+    assert cells[0].row == "DP (teacher pruned)"
+    c = pt.distill_config(spec, cells[1], tmp_path, 6)
+    assert c.recipe == "dp" and c.seed == 1 and c.teacher.name == str(tmp_path / "teacher")
+    assert (c.prune.steps, c.final.steps) == (400, 200)
+    assert (c.prune.warmup, c.prune.sparsity_warmup, c.final.warmup) == (120, 40, 40)
+    assert c.dp.layers == "0.2,4,6" and c.batch_size == 8 and c.data.max_samples == 24_000
+    s = pt.harness.tiny_student_config("none", tmp_path, 600).student
+    s.update(dict(spec.student))
+    s_cfg = student.student_encoder_config(s, t_cfg)
+    assert (s_cfg.num_layers, s_cfg.hidden_size) == (12, 96)
+    # Their count is every array of the model: ours, plus the positional conv's weight-norm
+    # g (one per kernel tap: ours holds the normed weight) and the last conv's dummy_weight.
+    counts = []
+    for cfg in (s_cfg, t_cfg):
+        arrays = sum(np.size(x) for x in jax.tree_util.tree_leaves(models.init_params(cfg, key)))
+        theirs = params.teacher_num_params(cfg)
+        assert theirs == arrays + cfg.num_conv_pos_embeddings + cfg.conv_dim[-1]
+        counts.append(theirs)
+    assert c.prune.target_sparsity == pytest.approx(1 - counts[0] / counts[1])
+    seen = {}
+    monkeypatch.setattr(pt, "run_table", lambda spec, workdir: seen.update(spec=spec))
+    monkeypatch.setattr("stackdistill.console.setup", lambda *a, **k: None)
+    pt.main(["--workdir", str(tmp_path), "--dp"])
+    assert seen["spec"].methods == (*pt.METHODS, "dp")

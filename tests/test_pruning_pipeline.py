@@ -119,10 +119,14 @@ def test_cli_refuses_a_bad_field_with_one_line(tmp_path):
     assert out.returncode == 1
     assert "config.prune.units" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "prune").exists()
-    args[-1] = "--mode=export"  # the other modes do not know the pipeline's config
+    args[-1] = "--mode=eval"  # the other modes do not know the pipeline's config
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and "--mode=distill only" in out.stderr
+    assert out.returncode == 1 and "--mode=distill and --mode=export only" in out.stderr
     assert "Traceback" not in out.stderr
+    args[-1] = "--mode=export"  # before the pipeline has finished: says so, writes nothing
+    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "is not finished" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "export").exists()
 
 
 # ---- the whole pipeline, killed and resumed --------------------------------------------------
@@ -267,3 +271,91 @@ def test_written_pth_is_their_pruned_checkpoint(model, tmp_path):
     projs = torch.load(path, weights_only=True)["distill_linear_projs"]  # one per layer, shared
     assert set(projs) == {"0.weight", "0.bias", "1.weight", "1.bias"}
     assert checkpoint.read(path)[0] == pcfg  # and our reader takes it back
+
+
+# ---- --mode=export of a finished pipeline ----------------------------------------------------
+
+
+def _finished_pipeline(workdir: pathlib.Path, model: str, with_conv: bool):
+    """A workdir whose final/ holds our prune of their gated fixture (as the pipeline leaves
+    it: encoder_config.json, params.npz with a head per distill group of :runlocal's
+    "0.4,8,12", DONE.json, summary.json); (cfg, params)."""
+    from test_pruning_gated import _their_gated_model
+
+    from stackdistill.pruning import prune, store
+
+    cfg, p, log_alpha = _their_gated_model(model)
+    if not with_conv:
+        log_alpha = {k: v for k, v in log_alpha.items() if k != "conv"}
+    pcfg, pp = prune.shrink_ffn(*prune.prune(cfg, p, log_alpha))
+    d = cfg.hidden_size
+    heads = [{"kernel": np.eye(d, dtype=np.float32), "bias": np.zeros(d, np.float32)}] * 2
+    store.save_model(workdir / "final", pcfg, {"student": pp, "heads": heads})
+    store.write_json(workdir / "final" / pipeline.DONE, {"steps": 16, "seconds": 1.0})
+    summary = {
+        "params": {"params_before": 1000, "params_after": 600, "sparsity": 0.4},
+        "target_sparsity": 0.75,
+        "steps": {"prune": 24, "final": 16},
+        "seconds": {"prune": 10.0, "pruned": 0.5, "final": 5.0},
+    }
+    store.write_json(workdir / "summary.json", summary)
+    return pcfg, pp
+
+
+@pytest.mark.parametrize("model", ("hubert", "wavlm"))
+def test_export_to_transformers_is_the_pruned_models_function(model, tmp_path):
+    """Pruned heads and FFN units (no CNN channels): transformers' HubertModel / WavLMModel
+    read from the export give our pruned model's hidden states; the card names the sizes."""
+    import transformers
+    from hf_fixtures import hf_hidden_states, padded_batch
+
+    from stackdistill import export, models
+
+    pcfg, pp = _finished_pipeline(tmp_path, model, with_conv=False)
+    assert not pcfg.feature_scale
+    c = load_config(DPWAVLM if model == "wavlm" else DPHUBERT, "runlocal")
+    out = export.run(c, str(tmp_path))
+    assert out == tmp_path / "export"
+    cls = {"hubert": transformers.HubertModel, "wavlm": transformers.WavLMModel}[model]
+    torch_model = cls.from_pretrained(out).eval()
+    wav, lengths = padded_batch(4000)
+    ref = hf_hidden_states(torch_model, wav, lengths)
+    ours = models.encode(pcfg, pp, wav, lengths)
+    mask = np.asarray(ours.mask)
+    for i in range(pcfg.num_layers + 1):
+        np.testing.assert_allclose(np.asarray(ours.hidden_states[i])[mask], ref[i][mask],
+                                   atol=1e-4, rtol=1e-4, err_msg=f"hidden state {i}")  # fmt: skip
+    card = (out / "README.md").read_text()
+    assert "| parameters before pruning | 1000 |" in card and "sparsity 0.400" in card
+    assert json.loads((out / "stackdistill_export.json").read_text())["formats"] == ["transformers"]
+
+
+def test_export_refuses_what_transformers_cannot_express_and_writes_theirs(tmp_path):
+    """A pruned CNN keeps their per-channel scale: the transformers export is refused naming
+    it and the way out, nothing written; the "dphubert" format writes their .pth, which their
+    reader (ours of their format) takes back to the same model."""
+    from stackdistill import export
+    from stackdistill.pruning import checkpoint
+
+    pcfg, pp = _finished_pipeline(tmp_path, "hubert", with_conv=True)
+    assert pcfg.feature_scale
+    c = load_config(DPHUBERT, "runlocal")
+    with pytest.raises(ValueError, match="dummy_weight.*format=dphubert"):
+        export.run(c, str(tmp_path))
+    assert not (tmp_path / "export").exists()
+    c.export.format = "s3prl_distiller"
+    with pytest.raises(ValueError, match="exports as one of"):
+        export.run(c, str(tmp_path))
+    pytest.importorskip("torch")
+    c.export.format = "dphubert"
+    out = export.run(c, str(tmp_path))
+    cfg, params = checkpoint.read(out / "pruned_hubert_base.pth")
+    assert cfg == pcfg  # kept heads come back in the first slots: the same function
+    from hf_fixtures import padded_batch
+
+    from stackdistill import models
+
+    wav, lengths = padded_batch(4000)
+    a, b = models.encode(cfg, params, wav, lengths), models.encode(pcfg, pp, wav, lengths)
+    np.testing.assert_allclose(a.hidden_states, b.hidden_states, atol=1e-5)
+    assert "pruned_hubert_base.pth" in (out / "README.md").read_text()

@@ -14,6 +14,10 @@ reads the run's latest checkpoint (or `config.export.step`) and writes, into
   yaml the ARMHuBERT repository's upstreams load (MaskHuBERT / ARMHuBERT / ARMwavLM-shaped
   students, attention reuse included); `armhubert_read.read` reads theirs back.
 
+A DPHuBERT / DPWavLM pipeline (config.recipe="dp") exports its final model instead
+(`dp.py`): "transformers" (the padded pruned model, where transformers can express it) or
+"dphubert" (their `pruned_hubert_base.pth`).
+
 Each format module has `FILES` (what it writes) and `write(config, workdir, cfg, params, meta,
 out, identity)`. Both write `stackdistill_export.json` (run, step, formats). Exporting into a
 directory that holds another run's or step's export, or files that are no export, is refused
@@ -34,7 +38,7 @@ import jax
 import ml_collections
 
 from stackdistill import resume
-from stackdistill.export import armhubert, s3prl, transformers
+from stackdistill.export import armhubert, dp, s3prl, transformers
 from stackdistill.export.transformers import (  # noqa: F401  (the format's public names)
     HEADS_INFO,
     HEADS_WEIGHTS,
@@ -90,7 +94,7 @@ def check_out_dir(out: pathlib.Path, identity: Mapping[str, Any], overwrite: boo
         lines = "\n".join(f"  {name}: {a!r} -> {b!r}" for name, a, b in changes)
         raise ExportMismatch(f"{out} holds the export of another run or step:\n{lines}\n{way_out}")
     for fmt in old.get("formats", FORMATS):
-        written = WRITERS[fmt].FILES if fmt in WRITERS else ()
+        written = WRITERS[fmt].FILES if fmt in WRITERS else dp.FILES.get(fmt, ())
         for name in written:
             (out / name).unlink(missing_ok=True)
     manifest.unlink()
@@ -113,6 +117,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "export") -
     del mode
     c = config.get("export") or default_config()
     fmt = c.get("format", "transformers")
+    if config.get("recipe", "") == "dp":
+        return _run_dp(config, workdir, c)
     if fmt not in FORMATS:
         raise ValueError(f"config.export.format must be one of {FORMATS}, got {fmt!r}")
     repo_id = c.get("push_to_hub", "")
@@ -132,4 +138,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "export") -
         _write_manifest(out, identity, fmt)
         if repo_id:
             log.info("pushed %s to the hub: %s", out, push_to_hub(out, repo_id))
+    return out
+
+
+def _run_dp(config: ml_collections.ConfigDict, workdir: str, c) -> pathlib.Path:
+    """--mode=export of a DP pipeline: its final model (dp.py) -> export dir."""
+    fmt = c.get("format", "transformers")
+    if c.get("push_to_hub", "") and fmt != "transformers":
+        raise ValueError("config.export.push_to_hub uploads the transformers format only")
+    out = pathlib.Path(c.out_dir or pathlib.Path(workdir) / "export")
+    identity = dp.identity(config, workdir, fmt)
+    if jax.process_index() == 0:
+        check_out_dir(out, identity, bool(c.get("overwrite", False)))
+        dp.write(config, workdir, out, fmt)
+        _write_manifest(out, identity, fmt)
+        if c.get("push_to_hub", ""):
+            log.info("pushed %s to the hub: %s", out, push_to_hub(out, c.push_to_hub))
     return out

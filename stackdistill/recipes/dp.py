@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from stackdistill import fastpath, paths, teacher
+from stackdistill import export, fastpath, paths, teacher
 from stackdistill.config import apply_overrides
 from stackdistill.data import config as data_config
 
@@ -66,6 +66,7 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
     c.data.min_samples = 32_000  # lightning.py L312 min_len
     c.fastpath = fastpath.default_config()
     c.dp, c.prune, c.final = dp_config()
+    c.export = export.default_config()  # --mode=export: final/ (export/dp.py)
     c.log_every = 50  # run.sh L54 log_interval
     c.checkpoint_every = 1_000
     c.keep_checkpoints = 2
