@@ -486,20 +486,28 @@ def train_dp_cell(config: ml_collections.ConfigDict, run_dir: pathlib.Path) -> t
     compile_s = sum(compiles.values())
     # seconds to the pruned model: the pruning stage and the prune step, less its compile
     at_pruned = seconds["prune"] + seconds["pruned"]
+    # Their loss (L1 - cosine, plus the Lagrangian while pruning) is not the table's: kept
+    # apart, so that no column or paired test compares it with the other rows' losses.
     curve = [
-        (None, r["step"] + (steps["prune"] if stage == "final" else 0), r["loss"])
+        (r["step"] + (steps["prune"] if stage == "final" else 0), r["loss"])
         for stage in ("prune", "final")
         for r in map(json.loads, (run_dir / stage / "metrics.jsonl").read_text().splitlines())
-    ]  # no wall-clock per line: the stages' metrics.jsonl are kept bit-identical over resumes
+    ]
+    for stage in ("prune", "final"):  # what is scored is in the .pth files
+        shutil.rmtree(run_dir / stage / "checkpoints", ignore_errors=True)
     record = {
         "wall_s": wall,
         "steps_s": seconds["prune"] + seconds["final"] - compile_s,
         "compile_s": compile_s,
         "other_s": wall - seconds["prune"] - seconds["final"],
-        "final_losses": {k: v for k, v in summary["final_metrics"].items() if k.startswith("loss")},
-        "curve": curve,
+        "final_losses": {"loss": None},
+        "curve": [],
         "teacher_layers": list(spec.layers),
         "dp": {
+            "final_losses": {
+                k: v for k, v in summary["final_metrics"].items() if k.startswith("loss")
+            },
+            "curve": curve,
             "params": summary["params"],
             "target_sparsity": summary["target_sparsity"],
             "stage_seconds": seconds,

@@ -114,7 +114,7 @@ def _flattening(records: Sequence[Mapping[str, Any]], steps: int) -> float | Non
     """Relative fall of the logged loss from 70-80% to 90-100% of the steps (0: flat)."""
     falls = []
     for r in records:
-        curve = np.array([(s, loss) for _, s, loss in r["curve"]])
+        curve = np.array([(s, loss) for _, s, loss in r["curve"]]).reshape(-1, 2)
         early = curve[(curve[:, 0] > 0.7 * steps) & (curve[:, 0] <= 0.8 * steps), 1]
         late = curve[curve[:, 0] > 0.9 * steps, 1]
         if len(early) and len(late):
@@ -172,6 +172,24 @@ def summarise(records: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any], 
         if recipe and full is not None:  # a recipe's lever row against its Full as well
             pairs += [(row, full) for row in group if row["ablation"]]
         out["paired"] += [_compare(a, b) for a, b in pairs]
+    dp = [r for r in records if "dp" in r]
+    if dp:  # DP's own facts: sizes and each stage's seconds (paper_table.train_dp_cell)
+        out["dp"] = {
+            "seeds": [r["seed"] for r in dp],
+            "target_sparsity": dp[0]["dp"]["target_sparsity"],
+            "params_after": mean_ci([r["dp"]["params"]["params_after"] for r in dp]),
+            "params_before": dp[0]["dp"]["params"]["params_before"],
+            "sparsity": mean_ci([r["dp"]["params"]["sparsity"] for r in dp]),
+            **{
+                f"{stage}_s": mean_ci([r["dp"]["stage_seconds"][stage] for r in dp])
+                for stage in ("prune", "pruned", "final")
+            },
+            **{
+                f"{stage}_compile_s": mean_ci([r["dp"]["compile_seconds"][stage] for r in dp])
+                for stage in ("prune", "final")
+            },
+            "score_pruned": mean_ci([r["evals"][0]["score"] for r in dp]),
+        }
     return out
 
 
@@ -247,6 +265,19 @@ def markdown(table: Mapping[str, Any], spec) -> str:
             "Recipe rows (RECIPE: ...) are measured against their own recipe's Full row: "
             f"speed-up and time to that row's final score ({finals}).",
         ]
+    if table.get("dp"):
+        d = table["dp"]
+        lines += [
+            "",
+            f"DP rows: the teacher ({d['params_before']} params, their count) pruned to "
+            f"{_fmt(d['params_after'], 1, 0)} params (sparsity {_fmt(d['sparsity'], 1, 3)}, "
+            f"target {d['target_sparsity']:.3f}); seconds per stage: prune "
+            f"{_fmt(d['prune_s'], 1, 1)} (compile {_fmt(d['prune_compile_s'], 1, 1)}), prune "
+            f"step {_fmt(d['pruned_s'], 1, 2)}, final distillation {_fmt(d['final_s'], 1, 1)} "
+            f"(compile {_fmt(d['final_compile_s'], 1, 1)}). Score of the pruned model before "
+            f"the final distillation: {_fmt(d['score_pruned'], 1, 1)}. Their loss (L1 - cosine) "
+            "is not the table's: its loss column is empty.",
+        ]
     if table["paired"]:
         lines += [
             "",
@@ -295,6 +326,8 @@ def plot(
             label=row["row"],
             **style,
         )
+        if not rs[0]["curve"]:  # a row trained with another loss (DP) has none here
+            continue
         _, steps, losses = zip(*rs[0]["curve"])
         right.plot(
             steps, losses, color=style["color"], label=f"{row['row']} (seed {rs[0]['seed']})"

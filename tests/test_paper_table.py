@@ -490,3 +490,54 @@ def test_dp_cells_prune_the_teacher_to_the_students_size(tmp_path, monkeypatch):
     monkeypatch.setattr("stackdistill.console.setup", lambda *a, **k: None)
     pt.main(["--workdir", str(tmp_path), "--dp"])
     assert seen["spec"].methods == (*pt.METHODS, "dp")
+
+
+def test_dp_rows_in_the_table_keep_their_loss_apart_and_report_their_stages(tmp_path):
+    """A DP row (paper_table.train_dp_cell's record): compared with interleaved on the scores
+    and times, never on the loss (theirs is another loss); its sizes and stage seconds are
+    averaged over seeds into one line; the plot draws no loss curve for it."""
+    pt = _paper_table()
+    spec = pt.table_spec()
+    spec.eval_fractions = (0.5, 1.0)
+
+    def record(method, seed, score, **extra):
+        return {"key": f"{method}-{seed}", "row": pt.NAMES[method], "method": method,
+                "schedule": "-" if method != "interleaved" else "equal", "seed": seed,
+                "ablation": "", "recipe": "", "wall_s": 100.0 + seed, "steps_s": 80.0,
+                "compile_s": 10.0, "profile_r": 0.5, "cka_diagonal": [1.0, 0.8],
+                "final_losses": {"loss": 2.0 + seed},
+                "downstream": {"pr_per": 0.5, "sid_acc": 0.5, "ks_acc": 0.5, "score": score},
+                "evals": [{"step": 300, "wall_s": 50.0, "train_s": 40.0, "score": score - 5},
+                          {"step": 600, "wall_s": 100.0, "train_s": 90.0, "score": score}],
+                "curve": [[1.0, 10, 3.0], [2.0, 20, 2.5]], **extra}  # fmt: skip
+
+    def dp(seed, score, after, prune_s):
+        r = record("dp", seed, score, final_losses={"loss": None}, curve=[])
+        r["dp"] = {"params": {"params_before": 1000, "params_after": after,
+                              "sparsity": 1 - after / 1000}, "target_sparsity": 0.5,
+                   "stage_seconds": {"prune": prune_s, "pruned": 0.5, "final": 20.0},
+                   "compile_seconds": {"prune": 5.0, "final": 3.0}}  # fmt: skip
+        return r
+
+    records = [record("full", s, 45.0) for s in (0, 1)]
+    records += [record("interleaved", s, 50.0 + s) for s in (0, 1)]
+    records += [dp(0, 40.0, 500, 60.0), dp(1, 47.0, 520, 70.0)]
+    teacher = {"profile": {}, "downstream": {"pr_per": 0.2, "sid_acc": 0.9, "ks_acc": 0.8}}
+    teacher["downstream"]["score"] = 83.3
+    table = table_stats.summarise(records, teacher, spec)
+    d = table["dp"]
+    assert d["params_after"]["mean"] == 510 and d["prune_s"]["mean"] == 65.0
+    assert d["sparsity"]["values"] == pytest.approx([0.5, 0.48])
+    assert d["score_pruned"]["mean"] == pytest.approx(38.5)  # the pruned model, before final
+    pair = next(c for c in table["paired"] if c["b"] == pt.NAMES["dp"])
+    assert pair["a"] == "Interleaved" and pair["loss"] is None
+    assert pair["score"]["mean"] == pytest.approx(7.0)  # 50 - 40, 51 - 47
+    row = next(r for r in table["rows"] if r["method"] == "dp")
+    assert row["metrics"]["loss"]["mean"] is None
+    assert row["time_to_full"] == [None, 90.0]  # Full's 45: seed 1's final model only
+    text = table_stats.markdown(table, spec)
+    assert "pruned to 510 [" in text and "prune 65.0 [" in text
+    dp_line = next(line for line in text.splitlines() if line.startswith(f"| {pt.NAMES['dp']} |"))
+    assert dp_line.split(" | ")[5] == "-"  # the loss column
+    table_stats.plot(table, records, tmp_path / "table.png")
+    assert (tmp_path / "table.png").stat().st_size > 0
