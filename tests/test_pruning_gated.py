@@ -360,6 +360,45 @@ def test_train_step_moves_sparsity_to_target():
     assert max(jax.tree_util.tree_leaves(moved)) > 0
 
 
+def test_final_distillation_keeps_removed_blocks_removed():
+    """Their pruned model has no removed block; ours holds it as zeros. Two final-distillation
+    steps (teacher: the unpruned model) leave every removed block exactly zero with the mask
+    of `prune.removed_blocks_mask`, while kept weights move; without it a removed block's
+    output bias trains (the residual stream's gradient) and the block comes back."""
+    cfg, teacher, log_alpha = _their_gated_model("hubert")
+    pcfg, pp = prune.shrink_ffn(*prune.prune(cfg, teacher, log_alpha))
+    units = params.units_of_padded(pcfg, pp)
+    off = {"attention": units["attention_on"] == 0, "feed_forward": units["ffn_on"] == 0}
+    assert off["attention"].any() and off["feed_forward"].any()  # the fixture removes both
+    spec = objective.DistillSpec(((0,), (1, 3)))
+    heads = objective.init_heads(jax.random.key(2), spec, 32, 32)
+    tx = optax.adamw(1e-2, weight_decay=0.0)
+    wav, lengths = _batch()
+
+    def train(mask):
+        state = objective.init_distill_state(pp, heads, tx)
+        step = jax.jit(objective.make_distill_step(cfg, pcfg, spec, tx, 10.0, mask))
+        for i in range(2):
+            state, _ = step(state, teacher, wav, lengths, jax.random.key(i))
+        return jax.tree_util.tree_map(np.asarray, state.trainable["student"]["encoder"])
+
+    masked = train(prune.removed_blocks_mask(pcfg, pp))
+    free = train(None)
+    start = jax.tree_util.tree_map(np.asarray, pp["encoder"])
+    for block, layers in off.items():
+        for leaf in jax.tree_util.tree_leaves(masked["layers"][block]):
+            assert not leaf[layers].any(), block  # every param of a removed block: zero
+    after = params.units_of_padded(pcfg, {"encoder": masked})
+    for k in units:
+        np.testing.assert_array_equal(after[k], units[k])
+    kept = ~off["feed_forward"]
+    w = "intermediate_dense"
+    ffn, ffn0 = masked["layers"]["feed_forward"][w], start["layers"]["feed_forward"][w]
+    assert np.abs(ffn["kernel"][kept] - ffn0["kernel"][kept]).max() > 0  # kept weights train
+    revived = free["layers"]["feed_forward"]["output_dense"]["bias"][off["feed_forward"]]
+    assert np.abs(revived).max() > 0  # without the mask the removed block comes back
+
+
 # ---- unscanned narrow layers -----------------------------------------------------------------
 
 

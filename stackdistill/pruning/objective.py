@@ -291,11 +291,14 @@ def make_distill_step(
     spec: DistillSpec,
     tx: optax.GradientTransformation,
     clip_norm: float | None = 10.0,
+    student_mask: Any = None,
 ):
     """step(state, teacher_params, wav, lengths, key) -> (state, metrics) of final_distill.py.
 
     The same DistillLoss and targets as the joint step, no gates and no regulariser
     (final_distill.py L115-118, use_reg=False; lightning.py L267-275 then adds nothing).
+    `student_mask` (`prune.removed_blocks_mask`) multiplies the student's gradients, before
+    the clipping norm: a removed block stays removed, as in their pruned model.
     """
 
     def loss_fn(trainable, targets, wav, lengths, key):
@@ -313,6 +316,9 @@ def make_distill_step(
         grads, metrics = jax.grad(loss_fn, has_aux=True)(
             state.trainable, targets, wav, lengths, key
         )
+        if student_mask is not None:
+            student = jax.tree_util.tree_map(jnp.multiply, grads["student"], student_mask)
+            grads = {**grads, "student": student}
         metrics["grad_norm"] = optax.global_norm(grads)
         if clip_norm is not None:
             scale = jnp.minimum(1.0, clip_norm / (metrics["grad_norm"] + 1e-6))

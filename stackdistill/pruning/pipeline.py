@@ -239,7 +239,8 @@ def _final_setup(config, workdir: epath.Path, t_cfg: EncoderConfig, spec) -> dic
     def fresh():
         return _copy(objective.init_distill_state(tree["student"], tree["heads"], tx))
 
-    step = objective.make_distill_step(t_cfg, cfg, spec, tx, config.dp.clip_norm)
+    mask = prune.removed_blocks_mask(cfg, tree["student"])  # removed blocks stay removed
+    step = objective.make_distill_step(t_cfg, cfg, spec, tx, config.dp.clip_norm, mask)
     lr = lambda s: f.learning_rate * float(schedule(s))  # noqa: E731
     key = jax.random.fold_in(jax.random.key(config.seed), 20)
     return dict(fresh=fresh, step=step, steps=f.steps, key=key, lr=lr, cfg=cfg)

@@ -162,3 +162,28 @@ def shrink_ffn(cfg: EncoderConfig, params: Params) -> tuple[EncoderConfig, Param
     w1["bias"] = take(w1["bias"], order, axis=1)
     w2["kernel"] = take(w2["kernel"], order[:, :, None], axis=1)
     return cfg.replace(intermediate_size=width), jax.tree_util.tree_map(jnp.asarray, p)
+
+
+def removed_blocks_mask(cfg: EncoderConfig, params: Params) -> Params:
+    """1.0 for every param the final distillation may train, 0.0 for a removed block's.
+
+    Their pruned model has no removed attention / FFN block at all (`use_attention` /
+    `use_feed_forward` False, `components.py` L835-856); ours keeps it as zeros. Removed heads
+    and FFN units are fixed points of training (each one's in and out weights are both zero,
+    so neither gets a gradient), but a removed block's output bias is not: its gradient is the
+    residual stream's, and trained it would add a constant their model cannot hold. The mask
+    (per layer of the scanned stack, over the whole block) keeps such a block removed.
+    """
+    from stackdistill.pruning import params as pruning_params
+
+    units = pruning_params.units_of_padded(cfg, {"encoder": params["encoder"]})
+    on = {"attention": units["attention_on"], "feed_forward": units["ffn_on"]}
+
+    def mask(path, x):
+        names = [getattr(k, "key", None) for k in path]
+        if names[:2] == ["encoder", "layers"] and names[2] in on:
+            flags = np.asarray(on[names[2]], np.float32)
+            return flags.reshape((-1,) + (1,) * (np.ndim(x) - 1)) * np.ones_like(x, np.float32)
+        return np.ones_like(x, np.float32)
+
+    return jax.tree_util.tree_map_with_path(mask, jax.tree_util.tree_map(np.asarray, params))
