@@ -231,6 +231,43 @@ def test_pipeline_killed_in_each_stage_ends_bit_identical(tmp_path):
     assert out.returncode == 0 and (run / "final" / "params.npz").stat().st_mtime == before
 
 
+@pytest.mark.slow  # two short CLI pipelines (4 compiles): ~2 CPU minutes
+def test_pipeline_on_four_devices_matches_one(tmp_path):
+    """config.mesh: the batch split over 4 (CPU) devices, data x fsdp = 2 x 2 with FSDP params,
+    gives the one-device pipeline's losses, expected sparsity and pruned sizes."""
+    shared = tmp_path / "shared"
+    short = ["--config.prune.steps=8", "--config.prune.warmup=2", "--config.final.steps=4"]
+    short += ["--config.prune.sparsity_warmup=4", "--config.final.warmup=1"]
+    short += ["--config.log_every=2", "--config.checkpoint_every=8"]
+    runs = {}
+    for n, mesh in ((1, []), (4, ["--config.mesh.fsdp=2", "--config.mesh.params=fsdp"])):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        run = tmp_path / f"d{n}"
+        out = subprocess.run(
+            [*_cli(run, shared), *short, *mesh], cwd=ROOT, capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[n] = run
+    for stage in ("prune", "final"):
+        one, four = (
+            [json.loads(x) for x in (runs[n] / stage / "metrics.jsonl").read_text().splitlines()]
+            for n in (1, 4)
+        )
+        assert [r["step"] for r in one] == [r["step"] for r in four]
+        for a, b in zip(one, four):
+            for k in ("loss", "loss_distill"):
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=(stage, k))
+    sizes = [json.loads((runs[n] / "summary.json").read_text())["params"] for n in (1, 4)]
+    assert sizes[0] == sizes[1]
+    # A batch that does not split over the devices: one line naming the fields, nothing run.
+    out = subprocess.run(
+        [*_cli(tmp_path / "bad", shared), "--config.batch_size=6"],
+        cwd=ROOT, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert out.returncode == 1 and "config.batch_size=6 does not split over the 4" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "bad" / "prune").exists()
+
+
 # ---- their final checkpoint format -----------------------------------------------------------
 
 

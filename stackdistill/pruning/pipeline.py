@@ -18,7 +18,12 @@ checkpoint (params, optimizer states, step and the data iterator), so the final 
 bit-identical to an uninterrupted run's. `pipeline_config.json` holds the config the run
 goes on with: a rerun that changes a field of the run's meaning is refused (`resume.check`).
 `summary.json`: params before / after pruning (their count, `pruning.params`) and each
-stage's wall-clock (summed over resumes). One process, one device (no mesh).
+stage's wall-clock (summed over resumes).
+
+One process, every local device: `config.mesh` (as a distillation run's, `sharding.py`) lays
+the batch over ('data', 'fsdp') and the student, gates, heads and optimizer states (and the
+teacher) replicated or FSDP-sharded; the batch size must divide over the devices. Several
+hosts (jax.distributed) are not supported: run.sh is one node too.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stackdistill import checkpoint, distributed, fastpath, resume, teacher
+from stackdistill import checkpoint, distributed, fastpath, resume, sharding, teacher
 from stackdistill import data as data_lib
 from stackdistill.data import config as data_config
 from stackdistill.models.config import EncoderConfig
@@ -106,7 +111,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
         if not int(config[field]) > 0:
             raise ValueError(f"config.{field}={config[field]}: must be > 0")
+    mesh = _mesh(config)
+    if config.batch_size % mesh.size:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} does not split over the {mesh.size} "
+            "devices of config.mesh: make it a multiple of them"
+        )
     distill_spec(config)
+
+
+def _mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The local devices' ('data', 'fsdp') mesh of `config.mesh` (default: all on 'data')."""
+    return sharding.make_mesh(config.get("mesh") or sharding.default_config())
+
+
+def _params_mode(config: ml_collections.ConfigDict) -> str:
+    return (config.get("mesh") or sharding.default_config()).params
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -181,7 +201,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
             f"teacher's {t_cfg.num_layers} layers"
         )
     record(config, workdir)
-    t_params = jax.device_put(t_host)
+    mesh = _mesh(config)
+    t_params = jax.device_put(t_host, sharding.tree_shardings(t_host, mesh, _params_mode(config)))
     if not done["prune"] and _train_stage(
         config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec), t_params
     ):
@@ -263,22 +284,32 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     """Runs stage `name` to its last step from its newest checkpoint; True if preempted."""
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
+    mesh = _mesh(config)
     data_cfg = data_config.for_run(config.data, workdir)
     data_cfg.batch_size = config.batch_size
     data_iter = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
     ckpt = checkpoint.Checkpointer(folder, config.checkpoint_every, config.keep_checkpoints)
     try:
         state = setup["fresh"]()
+        st_sh = sharding.tree_shardings(state, mesh, _params_mode(config))
+        state = jax.device_put(state, st_sh)
         past, past_compile = 0.0, 0.0
         latest = ckpt.latest_step()
         if latest is not None:
             meta = ckpt.restore_meta(latest)
-            state, past = ckpt.restore(latest, _abstract(state), data_iter), meta["seconds"]
+            state = ckpt.restore(latest, _abstract(state, st_sh), data_iter)
+            past = meta["seconds"]
             past_compile = meta.get("compile_seconds", 0.0)
             log.info("%s: resumed from step %d", name, latest)
         step_no = int(state.step)
         store.truncate_metrics(folder / "metrics.jsonl", step_no)
-        step_fn = jax.jit(setup["step"], donate_argnums=0)
+        batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        step_fn = jax.jit(
+            setup["step"],
+            in_shardings=(st_sh, t_params_sharding(t_params), batch_sh, batch_sh, rep),
+            out_shardings=(st_sh, rep),
+            donate_argnums=0,
+        )
         compiled, shape, compile_s = None, None, 0.0  # ahead for the first batch's shape
         start, preempted = time.monotonic(), False
         with distributed.Preemption() as preemption:
@@ -288,8 +319,9 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
                     break
                 batch = next(data_iter)
                 key = jax.random.fold_in(setup["key"], step_no)
-                args = (state, t_params, jnp.asarray(batch["audio"]))
-                args += (jnp.asarray(batch["lengths"]), key)
+                audio = jax.device_put(np.asarray(batch["audio"]), batch_sh)
+                args = (state, t_params, audio)
+                args += (jax.device_put(np.asarray(batch["lengths"]), batch_sh), key)
                 if compiled is None:
                     clock, shape = time.monotonic(), args[2].shape
                     compiled = step_fn.lower(*args).compile()
@@ -338,11 +370,15 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict) -
     log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
 
 
-def _abstract(state: Any) -> Any:
-    """Shapes, dtypes and the one device's sharding of `state` (an orbax restore target)."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+def t_params_sharding(t_params: Any) -> Any:
+    """The teacher's shardings, as placed by `run` (on the stage's mesh)."""
+    return jax.tree_util.tree_map(lambda x: x.sharding, t_params)
+
+
+def _abstract(state: Any, shardings: Any) -> Any:
+    """Shapes, dtypes and shardings of `state` (an orbax restore target)."""
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
 
 
@@ -351,7 +387,9 @@ def _restore(config, workdir: epath.Path, name: str, setup: dict) -> Any:
     ckpt = checkpoint.Checkpointer(workdir / name, config.checkpoint_every, 1)
     try:
         step = ckpt.latest_step()
-        target = _abstract(setup["fresh"]())
+        fresh = setup["fresh"]()
+        shardings = sharding.tree_shardings(fresh, _mesh(config), _params_mode(config))
+        target = _abstract(fresh, shardings)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
         return ckpt.manager.restore(step, args=args)["state"].trainable
     finally:
