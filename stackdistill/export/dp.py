@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from stackdistill import convert
+from stackdistill.export import transformers as hf_export
 from stackdistill.models.config import HF_ARCHITECTURES, EncoderConfig
 
 log = logging.getLogger("stackdistill")
@@ -69,27 +70,12 @@ def hf_config(cfg: EncoderConfig) -> dict[str, Any]:
             "--config.export.format=dphubert (their .pth, read by teacher.load and the dp: "
             "upstream), or prune without 'conv' in config.prune.units"
         )
-    return {
-        **cfg.to_hf(),
-        "architectures": [HF_ARCHITECTURES[cfg.model_type]],
-        "dtype": "float32",
-        "hidden_dropout": cfg.dropout,
-        "activation_dropout": cfg.activation_dropout,
-        "attention_dropout": cfg.attention_dropout,
-        "feat_proj_dropout": 0.0,
-        "final_dropout": 0.0,
-        "layerdrop": 0.0,
-        "apply_spec_augment": False,
-        "mask_time_prob": 0.0,
-        "mask_feature_prob": 0.0,
-    }
+    return hf_export.model_config(cfg)
 
 
 def write_transformers(cfg: EncoderConfig, student: Any, out: pathlib.Path) -> None:
     """The padded pruned encoder as a transformers directory (model files only)."""
     from safetensors.numpy import save_file
-
-    from stackdistill.export import transformers as hf_export
 
     config = hf_config(cfg)  # refuses before anything is written
     state = convert.params_to_state_dict(cfg, jax.device_get(student))

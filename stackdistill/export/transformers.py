@@ -41,7 +41,7 @@ import numpy as np
 from stackdistill import convert, stacking
 from stackdistill.export import model_card
 from stackdistill.models import student
-from stackdistill.models.config import EncoderConfig
+from stackdistill.models.config import HF_ARCHITECTURES, EncoderConfig
 
 log = logging.getLogger("stackdistill")
 
@@ -70,9 +70,14 @@ def hf_config(cfg: EncoderConfig, depth: int) -> dict[str, Any]:
             "transformers' HubertModel always has a feature projection Linear; this student "
             "has none (config.student.feat_proj=False); config.export.format='armhubert' writes it"
         )
+    return model_config(cfg.replace(num_layers=depth))
+
+
+def model_config(cfg: EncoderConfig) -> dict[str, Any]:
+    """config.json of `cfg` as its transformers model (HubertModel, WavLMModel, ...)."""
     return {
-        **cfg.replace(num_layers=depth).to_hf(),
-        "architectures": ["HubertModel"],
+        **cfg.to_hf(),
+        "architectures": [HF_ARCHITECTURES[cfg.model_type]],
         "dtype": "float32",
         # The dropouts the student was distilled with; no layer drop (it never had any).
         "hidden_dropout": cfg.dropout,
