@@ -472,6 +472,7 @@ def test_dp_cells_prune_the_teacher_to_the_students_size(tmp_path, monkeypatch):
     assert (c.prune.steps, c.final.steps) == (400, 200)
     assert (c.prune.warmup, c.prune.sparsity_warmup, c.final.warmup) == (120, 40, 40)
     assert c.dp.layers == "0.2,4,6" and c.batch_size == 8 and c.data.max_samples == 24_000
+    assert c.prune.reg_learning_rate == pt.DP_REG_LEARNING_RATE
     s = pt.harness.tiny_student_config("none", tmp_path, 600).student
     s.update(dict(spec.student))
     s_cfg = student.student_encoder_config(s, t_cfg)
