@@ -585,9 +585,10 @@ def run_table(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[st
         record = run_cell(spec, cell, teacher_dir, teacher_cell, workdir)
         record["load_average"] = os.getloadavg()[0]
         _write_json(workdir / "cells" / f"{cell.key}.json", record)
+        loss = record["final_losses"]["loss"]  # None: a DP cell (their loss, kept apart)
         bar.write(
             f"{cell.key}: score {record['downstream']['score']:.1f}, loss "
-            f"{record['final_losses']['loss']:.4g}, train {record['wall_s']:.0f} s "
+            f"{'-' if loss is None else f'{loss:.4g}'}, train {record['wall_s']:.0f} s "
             f"(compiles {record['compile_s']:.0f} s), eval {record['eval_s']:.0f} s"
         )
     records = [json.loads((workdir / "cells" / f"{c.key}.json").read_text()) for c in cells]
