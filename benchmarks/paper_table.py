@@ -207,6 +207,8 @@ def ensure_teacher(spec: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
 def check_recipe_teachers(spec: ml_collections.ConfigDict, teacher_dir: pathlib.Path) -> None:
     """Refuses recipes whose teacher family is not the table's teacher's (SystemExit, naming
     them and the flag that gives them their teacher)."""
+    if not spec.recipes:
+        return
     family = json.loads((teacher_dir / "teacher" / "config.json").read_text())["model_type"]
     wrong = sorted(r for r in spec.recipes if RECIPE_TEACHER[r] != family)
     if wrong:

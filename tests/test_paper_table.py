@@ -112,6 +112,7 @@ def fake_cell(spec, cell, teacher_dir, teacher_cell, workdir):
 
 pt.ensure_teacher = lambda spec, workdir: workdir
 pt.ensure_masked_teacher = lambda teacher_dir: teacher_dir
+pt.check_recipe_teachers = lambda spec, teacher_dir: None  # no teacher folder here
 pt.evaluate_teacher = lambda spec, teacher_dir, workdir: {
     "key": "teacher", "num_layers": 6, "profile": {"speaker": [0.1, 0.2]},
     "downstream": {"pr_per": 0.2, "sid_acc": 0.9, "ks_acc": 0.8, "score": 83.3}}
