@@ -24,6 +24,7 @@ import numpy as np
 
 from stackdistill import convert
 from stackdistill.models.config import EncoderConfig
+from stackdistill.pruning import checkpoint
 
 
 def their_config(cfg: EncoderConfig, heads: Sequence[Sequence[int]], units: Sequence[int]) -> dict:
@@ -64,16 +65,7 @@ def their_config(cfg: EncoderConfig, heads: Sequence[Sequence[int]], units: Sequ
         "encoder_layer_drop": 0.0,
         "aux_num_out": None,
         "normalize_waveform": False,
-        **{
-            flag: False
-            for flag in (
-                "extractor_prune_conv_channels",
-                "encoder_prune_attention_heads",
-                "encoder_prune_attention_layer",
-                "encoder_prune_feed_forward_intermediate",
-                "encoder_prune_feed_forward_layer",
-            )
-        },
+        **{flag: False for flag in checkpoint.UNPRUNED_FLAGS},
     }
 
 
