@@ -47,7 +47,7 @@ import numpy as np
 import table_stats as stats
 from table_eval import downstream, evaluate_teacher, profile, superb_config
 
-METHODS = ("full", "full_l2l", "top", "middle", "interleaved")  # "dp" too with --dp
+METHODS = ("full", "full_l2l", "top", "middle", "interleaved")  # DP_METHODS too with --dp
 STACKED = ("top", "middle", "interleaved")
 NAMES = {
     "full": "Full",
@@ -56,6 +56,7 @@ NAMES = {
     "middle": "MIDAS (middle)",
     "interleaved": "Interleaved",
     "dp": "DP (teacher pruned)",
+    "dp_interleaved": "DP at half depth + interleaved",
 }
 # DP (issue 24): the tiny teacher pruned to the table student's parameter count by
 # pyf98/DPHuBERT's recipe (configs/dphubert.py, stackdistill/pruning/pipeline.py), its two
@@ -63,6 +64,10 @@ NAMES = {
 # steps, L31 and L41), every warm-up scaled by the same factor.
 DP_PRUNE_SHARE = 50_000 / 75_000
 DP_REG_LEARNING_RATE = 0.3  # the Lagrangian's rate at the table's budget (dp_cell_config)
+# Issue 24's pruning with stacking: the pruning stage's student is every second teacher layer,
+# grown back to the teacher's depth by interleaved stacking after the prune step (config
+# prune.depth, stackdistill/pruning/pipeline.py). Method -> divisor of the teacher's depth.
+DP_METHODS = {"dp": 1, "dp_interleaved": 2}
 SCHEDULES = {"equal": "equal", "prop": "proportional"}  # name -> stacking.stage_lengths
 ABLATIONS = {  # name -> config overrides of an interleaved (equal) cell
     "follow_first": {"stacking.follow": "first"},
@@ -272,7 +277,7 @@ def distill_config(
     sizes it, or a recipe's student at that size (recipe_config)."""
     from stackdistill.config import apply_overrides
 
-    if cell.method == "dp":
+    if cell.method in DP_METHODS:
         return dp_cell_config(spec, cell, teacher_dir, num_teacher_layers)
     if cell.recipe:
         c = recipe_config(spec, cell, teacher_dir, num_teacher_layers)
@@ -367,7 +372,8 @@ def dp_cell_config(
     parameter count, run.sh's stages and warm-ups scaled into the table's steps, their
     distill layers "0.4,8,12" at the same depths of the teacher ("0.2,4,6" for 6 layers), their
     learning rates (2e-4, 1e-4: the student starts as the trained teacher); the table's
-    corpus, batch and crops."""
+    corpus, batch and crops. "dp_interleaved": the same, its pruning stage's student every
+    second teacher layer (prune.depth), grown back by interleaved stacking."""
     from stackdistill.pruning import params
 
     c = harness.config_file("dphubert")
@@ -396,6 +402,8 @@ def dp_cell_config(
     c.prune.target_sparsity = 1.0 - student_num_params(spec, teacher_dir) / float(
         params.teacher_num_params(t_cfg)
     )
+    r = DP_METHODS[cell.method]
+    c.prune.depth = 0 if r == 1 else num_teacher_layers // r
     c.log_every = spec.log_every
     c.checkpoint_every = spec.steps  # each stage's last step only (the pipeline forces it)
     c.compilation_cache_dir = ""
@@ -421,7 +429,7 @@ def run_cell(spec, cell: Cell, teacher_dir, teacher_cell, workdir) -> dict[str, 
     run_dir = pathlib.Path(workdir) / "runs" / cell.key
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over
     config = distill_config(spec, cell, teacher_dir, teacher_cell["num_layers"])
-    if cell.method == "dp":
+    if cell.method in DP_METHODS:
         record, checkpoints = train_dp_cell(config, run_dir)
     else:
         run = harness.train_timed(config, run_dir)
@@ -516,6 +524,7 @@ def train_dp_cell(config: ml_collections.ConfigDict, run_dir: pathlib.Path) -> t
             },
             "curve": curve,
             "params": summary["params"],
+            "depth": summary["depth"],
             "target_sparsity": summary["target_sparsity"],
             "stage_seconds": seconds,
             "compile_seconds": compiles,
@@ -610,7 +619,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ablations", action="store_true", help="add the ablation cells")
     parser.add_argument(
-        "--dp", action="store_true", help="add DP rows: the teacher pruned to the student's size"
+        "--dp",
+        action="store_true",
+        help="add DP rows: the teacher pruned to the student's size (and at half depth, grown)",
     )
     parser.add_argument(
         "--recipes",
@@ -636,8 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         spec.recipes = family if args.quick else ()
     if args.ablations:
         spec.ablations = tuple(ABLATIONS)
-    if args.dp and "dp" not in spec.methods:
-        spec.methods = (*spec.methods, "dp")
+    if args.dp:
+        spec.methods = (*spec.methods, *(m for m in DP_METHODS if m not in spec.methods))
     if args.recipes is not None:
         spec.recipes = tuple(args.recipes or family)
     if args.seeds:

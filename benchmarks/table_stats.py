@@ -169,16 +169,23 @@ def summarise(records: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any], 
             if b["method"] != "interleaved"
         ]
         pairs += [(row, base) for row in group if row["ablation"] and base is not None]
+        dp_row = next((row for row in plain if row["method"] == "dp"), None)
+        if dp_row is not None:  # a DP variant (dp_*) against DP itself
+            pairs += [(row, dp_row) for row in plain if row["method"].startswith("dp_")]
         if recipe and full is not None:  # a recipe's lever row against its Full as well
             pairs += [(row, full) for row in group if row["ablation"]]
         out["paired"] += [_compare(a, b) for a, b in pairs]
-    dp = [r for r in records if "dp" in r]
-    if dp:  # DP's own facts: sizes and each stage's seconds (paper_table.train_dp_cell)
-        out["dp"] = {
+    out["dp"] = {}  # DP's own facts per DP row: sizes, stage seconds (paper_table.train_dp_cell)
+    for name, rs in by_row.items():
+        dp = [r for r in rs if "dp" in r]
+        if not dp:
+            continue
+        out["dp"][name] = {
             "seeds": [r["seed"] for r in dp],
             "target_sparsity": dp[0]["dp"]["target_sparsity"],
             "params_after": mean_ci([r["dp"]["params"]["params_after"] for r in dp]),
             "params_before": dp[0]["dp"]["params"]["params_before"],
+            "depth": dp[0]["dp"].get("depth"),  # {"pruned", "final"}; None: not recorded
             "sparsity": mean_ci([r["dp"]["params"]["sparsity"] for r in dp]),
             **{
                 f"{stage}_s": mean_ci([r["dp"]["stage_seconds"][stage] for r in dp])
@@ -265,11 +272,19 @@ def markdown(table: Mapping[str, Any], spec) -> str:
             "Recipe rows (RECIPE: ...) are measured against their own recipe's Full row: "
             f"speed-up and time to that row's final score ({finals}).",
         ]
-    if table.get("dp"):
-        d = table["dp"]
+    for name, d in (table.get("dp") or {}).items():
+        depth = d.get("depth") or {}
+        grown = depth.get("pruned") not in (None, depth.get("final"))
+        what = (
+            f"one in {depth['final'] // depth['pruned']} of the teacher's layers "
+            f"({d['params_before']} params, their count) pruned and grown back to "
+            f"{depth['final']} layers by interleaved stacking, at"
+            if grown
+            else f"the teacher ({d['params_before']} params, their count) pruned to"
+        )
         lines += [
             "",
-            f"DP rows: the teacher ({d['params_before']} params, their count) pruned to "
+            f"{name}: {what} "
             f"{_fmt(d['params_after'], 1, 0)} params (sparsity {_fmt(d['sparsity'], 1, 3)}, "
             f"target {d['target_sparsity']:.3f}); seconds per stage: prune "
             f"{_fmt(d['prune_s'], 1, 1)} (compile {_fmt(d['prune_compile_s'], 1, 1)}), prune "

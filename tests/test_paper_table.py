@@ -491,7 +491,18 @@ def test_dp_cells_prune_the_teacher_to_the_students_size(tmp_path, monkeypatch):
     monkeypatch.setattr(pt, "run_table", lambda spec, workdir: seen.update(spec=spec))
     monkeypatch.setattr("stackdistill.console.setup", lambda *a, **k: None)
     pt.main(["--workdir", str(tmp_path), "--dp"])
-    assert seen["spec"].methods == (*pt.METHODS, "dp")
+    assert seen["spec"].methods == (*pt.METHODS, "dp", "dp_interleaved")
+    # DP at half depth: every second teacher layer pruned, grown back by interleaved stacking
+    spec.methods = ("dp_interleaved",)
+    cell = pt.cells_of(spec)[0]
+    assert cell.key == "dp_interleaved-s0"
+    c2 = pt.distill_config(spec, cell, tmp_path, 6)
+    assert c2.prune.depth == 3 and c.prune.depth == 0
+    assert c2.prune.target_sparsity == c.prune.target_sparsity  # the same size in the end
+    from stackdistill.pruning import pipeline
+
+    assert pipeline.layer_copies(c2, 6) == 2
+    assert pipeline.student_spec(c2, 2).layer_groups == ((0,), (1, 2, 3))
 
 
 def test_dp_rows_in_the_table_keep_their_loss_apart_and_report_their_stages(tmp_path):
@@ -513,8 +524,8 @@ def test_dp_rows_in_the_table_keep_their_loss_apart_and_report_their_stages(tmp_
                           {"step": 600, "wall_s": 100.0, "train_s": 90.0, "score": score}],
                 "curve": [[1.0, 10, 3.0], [2.0, 20, 2.5]], **extra}  # fmt: skip
 
-    def dp(seed, score, after, prune_s):
-        r = record("dp", seed, score, final_losses={"loss": None}, curve=[])
+    def dp(seed, score, after, prune_s, method="dp"):
+        r = record(method, seed, score, final_losses={"loss": None}, curve=[])
         r["dp"] = {"params": {"params_before": 1000, "params_after": after,
                               "sparsity": 1 - after / 1000}, "target_sparsity": 0.5,
                    "stage_seconds": {"prune": prune_s, "pruned": 0.5, "final": 20.0},
@@ -524,10 +535,17 @@ def test_dp_rows_in_the_table_keep_their_loss_apart_and_report_their_stages(tmp_
     records = [record("full", s, 45.0) for s in (0, 1)]
     records += [record("interleaved", s, 50.0 + s) for s in (0, 1)]
     records += [dp(0, 40.0, 500, 60.0), dp(1, 47.0, 520, 70.0)]
+    records += [dp(s, 44.0 - s, 505, 30.0, "dp_interleaved") for s in (0, 1)]
+    for r in records[-2:]:
+        r["dp"]["depth"] = {"pruned": 3, "final": 6}
     teacher = {"profile": {}, "downstream": {"pr_per": 0.2, "sid_acc": 0.9, "ks_acc": 0.8}}
     teacher["downstream"]["score"] = 83.3
     table = table_stats.summarise(records, teacher, spec)
-    d = table["dp"]
+    assert list(table["dp"]) == [pt.NAMES["dp"], pt.NAMES["dp_interleaved"]]
+    grown = next(c for c in table["paired"] if c["a"] == pt.NAMES["dp_interleaved"]
+                 and c["b"] == pt.NAMES["dp"])  # fmt: skip
+    assert grown["score"]["diffs"] == pytest.approx([4.0, -4.0])  # 44 - 40, 43 - 47
+    d = table["dp"][pt.NAMES["dp"]]
     assert d["params_after"]["mean"] == 510 and d["prune_s"]["mean"] == 65.0
     assert d["sparsity"]["values"] == pytest.approx([0.5, 0.48])
     assert d["score_pruned"]["mean"] == pytest.approx(38.5)  # the pruned model, before final
@@ -539,6 +557,7 @@ def test_dp_rows_in_the_table_keep_their_loss_apart_and_report_their_stages(tmp_
     assert row["time_to_full"] == [None, 90.0]  # Full's 45: seed 1's final model only
     text = table_stats.markdown(table, spec)
     assert "pruned to 510 [" in text and "prune 65.0 [" in text
+    assert "one in 2 of the teacher's layers" in text and "grown back to 6 layers" in text
     dp_line = next(line for line in text.splitlines() if line.startswith(f"| {pt.NAMES['dp']} |"))
     assert dp_line.split(" | ")[5] == "-"  # the loss column
     table_stats.plot(table, records, tmp_path / "table.png")

@@ -171,8 +171,12 @@ def joint_loss(
     spec: DistillSpec,
     target_sparsity: float,
     sparsity_warmup: int,
+    layer_copies: int = 1,
 ) -> tuple[Array, dict[str, Array]]:
-    """Distill loss of the gate-sampled student + the Lagrangian term (lightning.py L245-275)."""
+    """Distill loss of the gate-sampled student + the Lagrangian term (lightning.py L245-275).
+
+    `layer_copies` > 1: the sparsity is the grown model's (`params.expected_sparsity`).
+    """
     gate_key, drop_key = jax.random.split(key)
     gates = hardconcrete.sample_gates(gate_key, trainable["gates"])
     gcfg = gated.gated_config(student_cfg, gates)
@@ -182,7 +186,7 @@ def joint_loss(
     )
     preds = predict(spec, trainable["heads"], dp_states(gcfg, p, out))
     distill, metrics = distill_loss(spec, preds, targets_kbtd, out.mask)
-    expected = params.expected_sparsity(student_cfg, trainable["gates"])
+    expected = params.expected_sparsity(student_cfg, trainable["gates"], layer_copies)
     target = lagrangian.target_sparsity(step, target_sparsity, sparsity_warmup)
     reg = lagrangian.penalty(expected, target, trainable["multipliers"])
     metrics.update(
@@ -214,19 +218,28 @@ def make_train_step(
     target_sparsity: float,
     sparsity_warmup: int,
     clip_norm: float | None = 10.0,
+    target_spec: DistillSpec | None = None,
+    layer_copies: int = 1,
 ):
     """step(state, teacher_params, wav, lengths, key) -> (state, metrics), jit-able.
 
     `tx_main` updates student + heads (their AdamW at `learning_rate`), `tx_reg` is
     `lagrangian.optimizer(reg_lr, schedule)` on gates + multipliers. The gradient norm is
     clipped over all four (Lightning's gradient_clip_val, distill.py L48, run.sh clip 10).
+    `target_spec`: the teacher layers each of `spec`'s student layers learns (default the
+    same layers); `layer_copies`: the sparsity counts every student layer that many times
+    (a shallow student grown after the prune step, `pipeline`).
     """
-    for layer in spec.layers:
-        if not 0 <= layer <= min(teacher_cfg.num_layers, student_cfg.num_layers):
-            raise ValueError(f"distill layer {layer} outside 0..{student_cfg.num_layers}")
+    target_spec = spec if target_spec is None else target_spec
+    if len(target_spec.layers) != len(spec.layers):
+        raise ValueError(f"{len(spec.layers)} student layers, {len(target_spec.layers)} targets")
+    for name, sp, cfg in (("student", spec, student_cfg), ("teacher", target_spec, teacher_cfg)):
+        for layer in sp.layers:
+            if not 0 <= layer <= cfg.num_layers:
+                raise ValueError(f"distill layer {layer} outside the {name}'s 0..{cfg.num_layers}")
 
     def step(state: PruneState, teacher_params: Any, wav: Array, lengths: Array, key: Array):
-        targets = teacher_targets(teacher_cfg, teacher_params, spec, wav, lengths)
+        targets = teacher_targets(teacher_cfg, teacher_params, target_spec, wav, lengths)
         grads, metrics = jax.grad(joint_loss, has_aux=True)(
             state.trainable,
             targets,
@@ -238,6 +251,7 @@ def make_train_step(
             spec=spec,
             target_sparsity=target_sparsity,
             sparsity_warmup=sparsity_warmup,
+            layer_copies=layer_copies,
         )
         metrics["grad_norm"] = optax.global_norm(grads)
         if clip_norm is not None:

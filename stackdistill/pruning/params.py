@@ -37,11 +37,14 @@ def count(
     attention_on: Numeric | None = None,
     ffn_units: Numeric | None = None,
     ffn_on: Numeric | None = None,
+    layer_copies: int = 1,
 ) -> jnp.ndarray:
     """Their parameter count for per-unit (expected) sizes; None means the config's full size.
 
     `conv_channels` has one entry per conv; `heads`, `attention_on`, `ffn_units`, `ffn_on`
     are (L,) arrays (kept heads, attention block kept, FFN units, FFN block kept).
+    `layer_copies` = r counts every transformer layer r times: the model the L layers grow
+    into by interleaved stacking to depth r * L (each layer and its copies keep its units).
     """
     d, n = cfg.hidden_size, cfg.num_layers
     head_dim = d // cfg.num_heads
@@ -75,13 +78,16 @@ def count(
     attn = attn * full(attention_on, 1)
     ffn_l = full(ffn_units, cfg.intermediate_size)
     ffn = ((d + 1) * ffn_l + (ffn_l + 1) * d) * full(ffn_on, 1)
-    return total + jnp.sum(4 * d + attn + ffn)
+    return total + layer_copies * jnp.sum(4 * d + attn + ffn)
 
 
 def expected_num_params(
-    cfg: EncoderConfig, gates: Mapping[str, jnp.ndarray | list[jnp.ndarray]]
+    cfg: EncoderConfig,
+    gates: Mapping[str, jnp.ndarray | list[jnp.ndarray]],
+    layer_copies: int = 1,
 ) -> jnp.ndarray:
-    """Expected remaining params of the gated model (their `Wav2Vec2Model.get_num_params`)."""
+    """Expected remaining params of the gated model (their `Wav2Vec2Model.get_num_params`);
+    with `layer_copies` = r, of the model its layers grow into (`count`)."""
     conv = gates.get("conv")
     return count(
         cfg,
@@ -90,6 +96,7 @@ def expected_num_params(
         attention_on=_l0(gates, "attlayer"),
         ffn_units=_l0(gates, "interm"),
         ffn_on=_l0(gates, "ffnlayer"),
+        layer_copies=layer_copies,
     )
 
 
@@ -129,7 +136,15 @@ def teacher_num_params(cfg: EncoderConfig) -> int:
 
 
 def expected_sparsity(
-    cfg: EncoderConfig, gates: Mapping[str, jnp.ndarray | list[jnp.ndarray]]
+    cfg: EncoderConfig,
+    gates: Mapping[str, jnp.ndarray | list[jnp.ndarray]],
+    layer_copies: int = 1,
 ) -> jnp.ndarray:
-    """1 - expected params / teacher params (lightning.py L269)."""
-    return 1.0 - expected_num_params(cfg, gates) / teacher_num_params(cfg)
+    """1 - expected params / teacher params (lightning.py L269).
+
+    With `layer_copies` = r (a student of the teacher's every r-th layer, grown back by
+    interleaved stacking after the prune step): of the grown model, against the teacher
+    of r times the student's depth.
+    """
+    full = cfg.replace(num_layers=cfg.num_layers * layer_copies)
+    return 1.0 - expected_num_params(cfg, gates, layer_copies) / teacher_num_params(full)

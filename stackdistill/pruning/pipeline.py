@@ -20,6 +20,16 @@ goes on with: a rerun that changes a field of the run's meaning is refused (`res
 `summary.json`: params before / after pruning (their count, `pruning.params`) and each
 stage's wall-clock (summed over resumes).
 
+Pruning with stacking (`config.prune.depth` = d < the teacher's L layers, L = r * d): the
+pruning stage trains a student of the teacher's every r-th layer (layers r, 2r, ..., L: each
+the top of its block of r), distilled at the teacher's layers divided by r ("0.4,8,12" of
+12 layers at d = 6: student "0.2,4,6"); its Lagrangian constrains the parameter count of the
+model it will grow into. The prune step prunes it, then interleaved stacking grows every
+pruned layer into r adjacent copies (`stacking.grow`, d -> 2d -> ... -> L), so each block's
+last copy again sits at the teacher layer it learned; the final distillation trains the
+grown model at depth L with their loss. The pruning stage, the costly one, runs a student
+of 1/r of the teacher's layers.
+
 One process, every local device: `config.mesh` (as a distillation run's, `sharding.py`) lays
 the batch over ('data', 'fsdp') and the student, gates, heads and optimizer states (and the
 teacher) replicated or FSDP-sharded; the batch size must divide over the devices. Several
@@ -28,6 +38,7 @@ hosts (jax.distributed) are not supported: run.sh is one node too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -41,7 +52,7 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stackdistill import checkpoint, distributed, fastpath, resume, sharding, teacher
+from stackdistill import checkpoint, distributed, fastpath, resume, sharding, stacking, teacher
 from stackdistill import data as data_lib
 from stackdistill.data import config as data_config
 from stackdistill.models.config import EncoderConfig
@@ -80,6 +91,47 @@ def distill_spec(config: ml_collections.ConfigDict) -> objective.DistillSpec:
         raise ValueError(f"config.dp ({d.layers=!s}, {d.mode=!s}, {d.cos_type=!s}): {e}") from e
 
 
+def layer_copies(config: ml_collections.ConfigDict, num_teacher_layers: int) -> int:
+    """r: the pruning stage's student has every r-th of the teacher's layers (prune.depth)."""
+    depth = int(config.prune.get("depth", 0)) or num_teacher_layers
+    if depth > num_teacher_layers or num_teacher_layers % depth:
+        raise ValueError(
+            f"config.prune.depth={depth}: must divide the teacher's {num_teacher_layers} "
+            "layers (the pruned student grows back to them by interleaved stacking; 0: all)"
+        )
+    return num_teacher_layers // depth
+
+
+def student_spec(config: ml_collections.ConfigDict, r: int) -> objective.DistillSpec:
+    """The distill spec at the pruning stage's depth: every distill layer divided by r."""
+    spec = distill_spec(config)
+    if any(layer % r for layer in spec.layers):
+        raise ValueError(
+            f"config.dp.layers={config.dp.layers!r}: with config.prune.depth="
+            f"{config.prune.depth} (every {r}th teacher layer) each distill layer must be a "
+            f"multiple of {r}"
+        )
+    groups = tuple(tuple(layer // r for layer in g) for g in spec.layer_groups)
+    return dataclasses.replace(spec, layer_groups=groups)
+
+
+def every_rth_layer(tree: Any, r: int) -> Any:
+    """The teacher's layers r, 2r, ..., L (1-based) of every `layers` subtree."""
+    index = np.arange(r - 1, stacking.stack_depth(tree), r)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x[index] if stacking.under_layers(path) else x, tree
+    )
+
+
+def grow_back(tree: Any, r: int) -> Any:
+    """Interleaved stacking of every `layers` subtree to r times its depth: each layer
+    followed by its r - 1 copies (d -> 2d -> ... -> r d, `stacking.grow`)."""
+    depth = stacking.stack_depth(tree)
+    for _ in range(r - 1):
+        tree = stacking.grow(tree, "interleaved", num_new=depth)
+    return tree
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses a DP config that cannot run, naming the field, before anything is loaded."""
     if config.get("recipe") != "dp":
@@ -106,6 +158,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{stage}.steps={steps!r}: a positive number of steps")
         if not 0 <= warmup <= steps:
             raise ValueError(f"config.{stage}.warmup={warmup}: between 0 and {stage}.steps")
+    if int(config.prune.get("depth", 0)) < 0:
+        raise ValueError(f"config.prune.depth={config.prune.depth}: >= 0 (0: the teacher's)")
     if config.prune.sparsity_warmup < 0:
         raise ValueError(f"config.prune.sparsity_warmup={config.prune.sparsity_warmup}: >= 0")
     for field in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -200,6 +254,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
             f"config.dp.layers={config.dp.layers!r}: layer {max(spec.layers)} is beyond the "
             f"teacher's {t_cfg.num_layers} layers"
         )
+    student_spec(config, layer_copies(config, t_cfg.num_layers))  # refuses a bad prune.depth
     record(config, workdir)
     mesh = _mesh(config)
     t_params = jax.device_put(t_host, sharding.tree_shardings(t_host, mesh, _params_mode(config)))
@@ -229,22 +284,34 @@ def _prune_setup(config, t_cfg: EncoderConfig, t_host, spec) -> dict[str, Any]:
     tx_main = _adamw(p.learning_rate, schedule, c.weight_decay)
     tx_reg = lagrangian.optimizer(p.reg_learning_rate, schedule)
     key = jax.random.key(config.seed)
+    r = layer_copies(config, t_cfg.num_layers)  # 1: the student is the whole teacher
+    s_cfg = t_cfg.replace(num_layers=t_cfg.num_layers // r)
 
     def fresh():
         gates = hardconcrete.init_gates(
             jax.random.fold_in(key, 1),
-            t_cfg.conv_dim,
-            t_cfg.num_layers,
-            t_cfg.num_heads,
-            t_cfg.intermediate_size,
+            s_cfg.conv_dim,
+            s_cfg.num_layers,
+            s_cfg.num_heads,
+            s_cfg.intermediate_size,
             units(config),
         )
         d = t_cfg.hidden_size
         heads = objective.init_heads(jax.random.fold_in(key, 2), spec, d, d)
-        return _copy(objective.init_state(t_host, heads, gates, tx_main, tx_reg))
+        student = every_rth_layer(t_host, r)
+        return _copy(objective.init_state(student, heads, gates, tx_main, tx_reg))
 
     step = objective.make_train_step(
-        t_cfg, t_cfg, spec, tx_main, tx_reg, p.target_sparsity, p.sparsity_warmup, c.clip_norm
+        t_cfg,
+        s_cfg,
+        student_spec(config, r),
+        tx_main,
+        tx_reg,
+        p.target_sparsity,
+        p.sparsity_warmup,
+        c.clip_norm,
+        target_spec=spec,
+        layer_copies=r,
     )
     lr = lambda s: p.learning_rate * float(schedule(s))  # noqa: E731
     return dict(fresh=fresh, step=step, steps=p.steps, key=jax.random.fold_in(key, 10), lr=lr)
@@ -403,20 +470,27 @@ def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec)
     """prune.py on the pruning stage's last state: pruned/ (config, params, heads, sizes)."""
     start = time.monotonic()
     trainable = _restore(config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec))
+    r = layer_copies(config, t_cfg.num_layers)
+    s_cfg = t_cfg.replace(num_layers=t_cfg.num_layers // r)
     det = hardconcrete.deterministic_gates(trainable["gates"])
-    kept = prune.kept_units(t_cfg, det)
-    cfg, student = prune.prune(t_cfg, trainable["student"], trainable["gates"], config.prune.conv)
+    kept = prune.kept_units(s_cfg, det)
+    cfg, student = prune.prune(s_cfg, trainable["student"], trainable["gates"], config.prune.conv)
     cfg, student = prune.shrink_ffn(cfg, student)
+    if r > 1:  # pruning with stacking: each pruned layer grows into r adjacent copies
+        student, cfg = grow_back(student, r), cfg.replace(num_layers=t_cfg.num_layers)
+        kept = {k: v if k == "conv_channels" else np.repeat(v, r) for k, v in kept.items()}
     folder = workdir / "pruned"
     store.save_model(folder, cfg, {"student": student, "heads": trainable["heads"]})
-    before, total = float(params.count(t_cfg)), params.teacher_num_params(t_cfg)
+    before, total = float(params.count(s_cfg)), params.teacher_num_params(t_cfg)
     after = float(params.count(t_cfg, **kept))
+    expected = params.expected_sparsity(s_cfg, trainable["gates"], r)
     record = {
         "params_before": int(round(before)),
         "params_after": int(round(after)),
         "teacher_num_params": total,
         "sparsity": 1.0 - after / total,
-        "expected_sparsity": float(params.expected_sparsity(t_cfg, trainable["gates"])),
+        "expected_sparsity": float(expected),
+        "depth": {"pruned": s_cfg.num_layers, "final": cfg.num_layers},
         "array_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(student))),
         "kept": {k: np.asarray(v).astype(int).tolist() for k, v in kept.items()},
         "seconds": time.monotonic() - start,
@@ -447,6 +521,7 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
             for k in ("teacher_num_params", "params_before", "params_after", "sparsity")
         },
         "target_sparsity": config.prune.target_sparsity,
+        "depth": pruned.get("depth"),  # the pruning stage's student and the final model
         "seconds": {s: done[s].get("seconds") for s in STAGES},
         "compile_seconds": {s: done[s].get("compile_seconds") for s in ("prune", "final")},
         "steps": {s: done[s].get("steps") for s in ("prune", "final")},

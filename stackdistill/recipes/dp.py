@@ -40,6 +40,10 @@ def dp_config() -> tuple[ml_collections.ConfigDict, ...]:
     prune.target_sparsity = 0.75  # run.sh L34
     prune.sparsity_warmup = 5_000  # run.sh L35
     prune.conv = "remove"  # prune.py L32 (their model.prune() removes channels)
+    # Ours, not theirs: d > 0 prunes a student of every (L/d)-th teacher layer and grows it
+    # back to L by interleaved stacking after the prune step (pipeline.py); 0 = run.sh's
+    # student, the whole teacher.
+    prune.depth = 0
 
     final = ml_collections.ConfigDict()
     final.steps = 25_000  # run.sh L41 final_max
