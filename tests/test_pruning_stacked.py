@@ -157,3 +157,11 @@ def test_pipeline_at_half_depth_grows_the_pruned_student_back(tmp_path):
     assert fcfg.num_layers == 12
     pairs = zip(*(jax.tree_util.tree_leaves(t["student"]) for t in (final, tree)))
     assert max(float(np.abs(a - b).max()) for a, b in pairs) > 0  # the final stage trained
+    # their format holds the grown model (one width per layer); the card says how it was made
+    from stackdistill import export
+    from stackdistill.pruning import checkpoint
+
+    c.export.format = "dphubert"
+    out = export.run(c, str(tmp_path))
+    assert "grown to 12 by interleaved stacking" in (out / "README.md").read_text()
+    assert checkpoint.read(out / "pruned_hubert_base.pth")[0] == fcfg

@@ -111,47 +111,42 @@ def _write_manifest(out: pathlib.Path, identity: Mapping[str, Any], fmt: str) ->
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "export") -> pathlib.Path:
-    """--mode=export: the run's checkpoint at config.export.step (or latest) -> export dir."""
+    """--mode=export: the run's checkpoint at config.export.step (or latest) -> export dir;
+    a DP pipeline's final model (`dp.py`)."""
     from stackdistill import checkpoint
 
     del mode
     c = config.get("export") or default_config()
     fmt = c.get("format", "transformers")
-    if config.get("recipe", "") == "dp":
-        return _run_dp(config, workdir, c)
-    if fmt not in FORMATS:
-        raise ValueError(f"config.export.format must be one of {FORMATS}, got {fmt!r}")
     repo_id = c.get("push_to_hub", "")
     if repo_id and fmt != "transformers":
         raise ValueError("config.export.push_to_hub uploads the transformers format only")
-    cfg, params, meta = checkpoint.load_student(workdir, step=c.step)
+    if config.get("recipe", "") == "dp":
+        final = dp.load_final(workdir)
+        identity = dp.identity(config, workdir, fmt, final)
+
+        def write(out: pathlib.Path) -> None:
+            dp.write(config, final, out, fmt)
+
+    else:
+        if fmt not in FORMATS:
+            raise ValueError(f"config.export.format must be one of {FORMATS}, got {fmt!r}")
+        cfg, params, meta = checkpoint.load_student(workdir, step=c.step)
+        identity = {
+            "workdir": str(pathlib.Path(workdir).resolve()),
+            "step": int(meta["step"]),
+            "depth": int(meta["depth"]),
+            "teacher": config.teacher.name,
+        }
+
+        def write(out: pathlib.Path) -> None:
+            WRITERS[fmt].write(config, workdir, cfg, params, meta, out, identity)
+
     out = pathlib.Path(c.out_dir or pathlib.Path(workdir) / "export")
-    identity = {
-        "workdir": str(pathlib.Path(workdir).resolve()),
-        "step": int(meta["step"]),
-        "depth": int(meta["depth"]),
-        "teacher": config.teacher.name,
-    }
     if jax.process_index() == 0:
         check_out_dir(out, identity, bool(c.get("overwrite", False)))
-        WRITERS[fmt].write(config, workdir, cfg, params, meta, out, identity)
+        write(out)
         _write_manifest(out, identity, fmt)
         if repo_id:
             log.info("pushed %s to the hub: %s", out, push_to_hub(out, repo_id))
-    return out
-
-
-def _run_dp(config: ml_collections.ConfigDict, workdir: str, c) -> pathlib.Path:
-    """--mode=export of a DP pipeline: its final model (dp.py) -> export dir."""
-    fmt = c.get("format", "transformers")
-    if c.get("push_to_hub", "") and fmt != "transformers":
-        raise ValueError("config.export.push_to_hub uploads the transformers format only")
-    out = pathlib.Path(c.out_dir or pathlib.Path(workdir) / "export")
-    identity = dp.identity(config, workdir, fmt)
-    if jax.process_index() == 0:
-        check_out_dir(out, identity, bool(c.get("overwrite", False)))
-        dp.write(config, workdir, out, fmt)
-        _write_manifest(out, identity, fmt)
-        if c.get("push_to_hub", ""):
-            log.info("pushed %s to the hub: %s", out, push_to_hub(out, c.push_to_hub))
     return out

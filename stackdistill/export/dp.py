@@ -107,8 +107,15 @@ def card(config: ml_collections.ConfigDict, cfg: EncoderConfig, summary: Mapping
         f"| stages (steps) | prune {summary['steps'].get('prune')}, "
         f"final distillation {summary['steps'].get('final')} |",
         f"| stage seconds | {summary.get('seconds')} |",
-        "",
     ]
+    depth = summary.get("depth") or {}
+    if depth.get("pruned") not in (None, depth.get("final")):  # pruning with stacking
+        lines.append(
+            f"| depth | pruned at {depth['pruned']} layers (one in "
+            f"{depth['final'] // depth['pruned']} of the teacher's), grown to "
+            f"{depth['final']} by interleaved stacking before the final distillation |"
+        )
+    lines.append("")
     if fmt == "transformers":
         lines += [
             f"`{arch}.from_pretrained(THIS_DIR)` loads it. transformers holds one width per "
@@ -126,12 +133,17 @@ def card(config: ml_collections.ConfigDict, cfg: EncoderConfig, summary: Mapping
     return "\n".join(lines) + "\n"
 
 
-def identity(config: ml_collections.ConfigDict, workdir: str, fmt: str) -> dict[str, Any]:
+Final = tuple[EncoderConfig, dict, dict[str, Any]]  # load_final's
+
+
+def identity(
+    config: ml_collections.ConfigDict, workdir: str, fmt: str, final: Final
+) -> dict[str, Any]:
     """What the export directory records (`export.check_out_dir`): run, step, depth, teacher.
     Refuses (ValueError) an unknown format, or a model the format cannot hold, first."""
     if fmt not in FORMATS:
         raise ValueError(f"config.export.format={fmt!r}: a DP pipeline exports as one of {FORMATS}")
-    cfg, _, summary = load_final(workdir)
+    cfg, _, summary = final
     if fmt == "transformers":
         hf_config(cfg)  # refuses before the directory is touched
     return {
@@ -142,11 +154,11 @@ def identity(config: ml_collections.ConfigDict, workdir: str, fmt: str) -> dict[
     }
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, out: pathlib.Path, fmt: str) -> None:
+def write(config: ml_collections.ConfigDict, final: Final, out: pathlib.Path, fmt: str) -> None:
     """Exports the finished pipeline's final model in `fmt` (identity checked it) into `out`."""
     from stackdistill.pruning import pipeline, their_format
 
-    cfg, tree, summary = load_final(workdir)
+    cfg, tree, summary = final
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "transformers":
         write_transformers(cfg, tree["student"], out)

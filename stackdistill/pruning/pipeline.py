@@ -179,8 +179,10 @@ def _mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return sharding.make_mesh(config.get("mesh") or sharding.default_config())
 
 
-def _params_mode(config: ml_collections.ConfigDict) -> str:
-    return (config.get("mesh") or sharding.default_config()).params
+def _shardings(config: ml_collections.ConfigDict, tree: Any) -> Any:
+    """Each leaf's sharding on `config.mesh`: replicated or FSDP (mesh.params)."""
+    mesh_cfg = config.get("mesh") or sharding.default_config()
+    return sharding.tree_shardings(tree, sharding.make_mesh(mesh_cfg), mesh_cfg.params)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -256,8 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
         )
     student_spec(config, layer_copies(config, t_cfg.num_layers))  # refuses a bad prune.depth
     record(config, workdir)
-    mesh = _mesh(config)
-    t_params = jax.device_put(t_host, sharding.tree_shardings(t_host, mesh, _params_mode(config)))
+    t_params = jax.device_put(t_host, _shardings(config, t_host))
     if not done["prune"] and _train_stage(
         config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec), t_params
     ):
@@ -358,7 +359,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     ckpt = checkpoint.Checkpointer(folder, config.checkpoint_every, config.keep_checkpoints)
     try:
         state = setup["fresh"]()
-        st_sh = sharding.tree_shardings(state, mesh, _params_mode(config))
+        st_sh = _shardings(config, state)
         state = jax.device_put(state, st_sh)
         past, past_compile = 0.0, 0.0
         latest = ckpt.latest_step()
@@ -373,7 +374,8 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
         batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         step_fn = jax.jit(
             setup["step"],
-            in_shardings=(st_sh, t_params_sharding(t_params), batch_sh, batch_sh, rep),
+            in_shardings=(st_sh, jax.tree_util.tree_map(lambda x: x.sharding, t_params))
+            + (batch_sh, batch_sh, rep),
             out_shardings=(st_sh, rep),
             donate_argnums=0,
         )
@@ -437,11 +439,6 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict) -
     log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
 
 
-def t_params_sharding(t_params: Any) -> Any:
-    """The teacher's shardings, as placed by `run` (on the stage's mesh)."""
-    return jax.tree_util.tree_map(lambda x: x.sharding, t_params)
-
-
 def _abstract(state: Any, shardings: Any) -> Any:
     """Shapes, dtypes and shardings of `state` (an orbax restore target)."""
     return jax.tree_util.tree_map(
@@ -455,8 +452,7 @@ def _restore(config, workdir: epath.Path, name: str, setup: dict) -> Any:
     try:
         step = ckpt.latest_step()
         fresh = setup["fresh"]()
-        shardings = sharding.tree_shardings(fresh, _mesh(config), _params_mode(config))
-        target = _abstract(fresh, shardings)
+        target = _abstract(fresh, _shardings(config, fresh))
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
         return ckpt.manager.restore(step, args=args)["state"].trainable
     finally:
