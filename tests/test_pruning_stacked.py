@@ -5,6 +5,8 @@ stacking; its Lagrangian constrains the size of the grown model.
 References: the pruned model of pyf98/DPHuBERT's fixture (tests/data/dphubert_tiny), its
 units read off its non-zero structure, and hand identities of the count."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,3 +167,31 @@ def test_pipeline_at_half_depth_grows_the_pruned_student_back(tmp_path):
     out = export.run(c, str(tmp_path))
     assert "grown to 12 by interleaved stacking" in (out / "README.md").read_text()
     assert checkpoint.read(out / "pruned_hubert_base.pth")[0] == fcfg
+    # what a person watches: TensorBoard events per stage, the numbers of metrics.jsonl
+    for stage in ("prune", "final"):
+        logged = {
+            (r["step"], k): v
+            for r in map(json.loads, (tmp_path / stage / "metrics.jsonl").read_text().splitlines())
+            for k, v in r.items()
+            if k != "step"
+        }
+        events = _scalars(next((tmp_path / stage / "tensorboard").iterdir()))
+        assert events.keys() == logged.keys()
+        for key, v in events.items():
+            assert v == pytest.approx(logged[key], rel=1e-6, abs=1e-7), (stage, key)
+
+
+def _scalars(path):
+    """{(step, tag): value} of a TensorBoard event file (TFRecord: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, i, out = path.read_bytes(), 0, {}
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+        for value in event.summary.value:
+            out[(event.step, value.tag)] = value.simple_value
+        i += 12 + n + 4
+    return out

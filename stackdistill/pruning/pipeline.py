@@ -357,6 +357,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     data_cfg.batch_size = config.batch_size
     data_iter = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
     ckpt = checkpoint.Checkpointer(folder, config.checkpoint_every, config.keep_checkpoints)
+    view = _View(folder, name, setup["steps"])
     try:
         state = setup["fresh"]()
         st_sh = _shardings(config, state)
@@ -371,6 +372,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
             log.info("%s: resumed from step %d", name, latest)
         step_no = int(state.step)
         store.truncate_metrics(folder / "metrics.jsonl", step_no)
+        view.start(step_no)
         batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         step_fn = jax.jit(
             setup["step"],
@@ -398,8 +400,9 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
                     log.info("%s: step compiled in %.1fs", name, compile_s)
                 state, metrics = (compiled if args[2].shape == shape else step_fn)(*args)
                 step_no += 1
+                view.bar.update(1)
                 if step_no % config.log_every == 0 or step_no == setup["steps"]:
-                    _log(folder, name, step_no, setup, metrics)
+                    _log(folder, name, step_no, setup, metrics, view)
                 seconds = past + time.monotonic() - start
                 meta = {"step": step_no, "stage": STAGES.index(name), "seconds": seconds}
                 meta["compile_seconds"] = past_compile + compile_s
@@ -411,6 +414,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
                 ckpt.save(step_no, state, data_iter, meta, config.to_dict(), force=True)
     finally:
         ckpt.close()
+        view.close()
     if preempted:
         log.warning("%s: preempted at step %d, checkpoint saved; rerun to resume", name, step_no)
         return True
@@ -426,8 +430,33 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     return False
 
 
-def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict) -> None:
-    """One metrics line (host floats) to <stage>/metrics.jsonl and the console; NaN raises."""
+class _View:
+    """What a person watches: a progress bar on a terminal (a log file gets the lines) and
+    TensorBoard events in <stage>/tensorboard, as a distillation run's (`writers.RunWriter`)."""
+
+    def __init__(self, folder: epath.Path, name: str, steps: int):
+        self.folder, self.name, self.steps = folder, name, steps
+        self.bar = self.tb = None
+
+    def start(self, step: int) -> None:
+        from tensorboardX import SummaryWriter
+        from tqdm import tqdm
+
+        self.tb = SummaryWriter(str(self.folder / "tensorboard"))
+        self.bar = tqdm(
+            total=self.steps, initial=step, unit="step", desc=self.name, disable=None,
+            dynamic_ncols=True,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        for handle in (self.bar, self.tb):
+            if handle is not None:
+                handle.close()
+
+
+def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict, view: _View) -> None:
+    """One metrics line (host floats) to <stage>/metrics.jsonl, TensorBoard and the console
+    (and the bar's loss); a non-finite loss raises."""
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     bad = sorted(k for k, v in host.items() if k.startswith("loss") and not np.isfinite(v))
     if bad:
@@ -435,6 +464,10 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict) -
     host["lr"] = setup["lr"](step - 1)
     with (folder / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": step, **host}) + "\n")
+    for k, v in host.items():
+        view.tb.add_scalar(k, v, step)
+    view.tb.flush()
+    view.bar.set_postfix({"loss": f"{host['loss']:.4g}"}, refresh=False)
     extra = f" sparsity {host['sparsity_expected']:.3f}" if "sparsity_expected" in host else ""
     log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
 
