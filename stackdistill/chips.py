@@ -33,8 +33,9 @@ GIB = 2**30
 CHIPS = {
     "v4": Chip(
         "v4", 32 * GIB, 275e12, 1200 * GB, 4, True, 3,
-        "https://cloud.google.com/tpu/docs/v4 (32 GiB HBM2, 1200 GBps, 275 TFLOPs bf16, 4 chips "
-        "per host; not re-checked this session: the docs search returned no v4 page)",
+        "https://cloud.google.com/tpu/docs/v4 (32 GiB HBM2, 1200 GBps, 275 TFLOPs bf16 "
+        "per chip, two TensorCores a chip: checked 2026-12-03; 4 chips per host: not on that "
+        "page's key-specifications table, not re-checked)",
     ),
     "v5e": Chip(
         "v5e", 16 * GB, 197e12, 819 * GB, 8, False, 2,

@@ -50,7 +50,7 @@ def test_topology_refusals_name_the_field(name, says):
 
 
 def test_chip_table_matches_the_cloud_docs():
-    # Google Cloud TPU docs (v5e, v5p-training, v6e pages; v4 page not re-checked).
+    # Google Cloud TPU docs (v5e, v5p-training, v6e and v4 pages).
     expected = {  # peak bf16 TFLOP/s, HBM GB, HBM GB/s
         "v4": (275, 32 * 2**30 / 1e9, 1200),
         "v5e": (197, 16, 819),
