@@ -18,3 +18,13 @@ def synthetic_corpus(tmp_path_factory) -> str:
     from stackdistill.data import synth
 
     return synth.generate(str(tmp_path_factory.mktemp("synth")), 48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_shared(tmp_path_factory):
+    """Demo teacher, corpus and XLA compilation cache (`xla_cache`) shared by a session's runs.
+
+    Runs of the same config load each stage's compiled step from the cache instead of
+    compiling it again (about 1 s instead of 10 s on 2 cores).
+    """
+    return tmp_path_factory.mktemp("demo_shared")

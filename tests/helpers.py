@@ -1,7 +1,9 @@
 """Helpers the tests share: config files loaded by path, the small demo run, its checkpoints."""
 
+import contextlib
 import pathlib
 import sys
+from collections.abc import Iterator
 
 import ml_collections
 import orbax.checkpoint as ocp
@@ -29,6 +31,42 @@ def demo_config(shared: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.checkpoint_every = 2
     return stackdistill.config.apply_overrides(c, overrides)
+
+
+def make_shared(shared: pathlib.Path) -> None:
+    """Writes the demo teacher and corpus of `demo_config(shared)` as a run would (once).
+
+    For tests that start several runs at once: the runs' own make-once is not safe between
+    processes that are not one `jax.distributed` job.
+    """
+    from stackdistill import teacher
+    from stackdistill.data import synth
+
+    c = demo_config(shared)
+    teacher.prepare(c.teacher, shared)
+    synth.ensure_corpus(c.data.path, c.data.synth_num, c.data.synth_seed)
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str | pathlib.Path) -> Iterator[None]:
+    """In-process runs use XLA's persistent cache in `path`, as the command line's do.
+
+    JAX decides once per process whether it uses the cache and where (a compile while it was
+    off, e.g. after `aot.target`, turns it off for good): reset that decision on entry and exit.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    before = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+    cc.reset_cache()
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    try:
+        yield
+    finally:
+        cc.reset_cache()
+        jax.config.update("jax_enable_compilation_cache", before[0])
+        jax.config.update("jax_compilation_cache_dir", before[1])
 
 
 def cli_args(c: ml_collections.ConfigDict, workdir) -> list[str]:

@@ -26,21 +26,21 @@ def _max_rel_err(ours, ref, mask):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(demo_shared, tmp_path_factory):
     """A demo run of 3 steps (depths 3, 6, 12), checkpoints at steps 2 (depth 6) and 3."""
-    shared = tmp_path_factory.mktemp("shared")
     workdir = tmp_path_factory.mktemp("run")
-    config = demo_config(shared, total_steps=3, checkpoint_every=2, **{"stacking.num_new": (3, 6)})
+    config = demo_config(
+        demo_shared, total_steps=3, checkpoint_every=2, **{"stacking.num_new": (3, 6)}
+    )
     train.train_and_evaluate(config, str(workdir))
     return config, workdir
 
 
 @pytest.fixture(scope="module")
-def distil_run(tmp_path_factory):
+def distil_run(demo_shared, tmp_path_factory):
     """A DistilHuBERT-shaped demo run (configs/distilhubert.py's student and optimizer), 2 steps."""
-    shared = tmp_path_factory.mktemp("shared_dh")
     workdir = tmp_path_factory.mktemp("run_dh")
-    config = demo_config(shared, total_steps=2, checkpoint_every=2)
+    config = demo_config(demo_shared, total_steps=2, checkpoint_every=2)
     dh = student.distilhubert_config()
     dh.update(num_layers=2, hidden_size=48, intermediate_size=96, num_heads=4)
     config.student = dh

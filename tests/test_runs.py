@@ -9,12 +9,11 @@ import logging
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from helpers import cli_args, demo_config
+from helpers import cli_args, compilation_cache, demo_config
 
-from stackdistill import distributed, main, resume, train, writers
+from stackdistill import distributed, resume, train, writers
 from stackdistill import stage as stage_lib
 
 # Console lines of a run on a non-terminal: one per log window and per stage, and at most
@@ -23,8 +22,8 @@ OTHER_LINES = 6
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return tmp_path_factory.mktemp("shared")
+def shared(demo_shared):
+    return demo_shared
 
 
 def _config(shared, **overrides):
@@ -146,11 +145,8 @@ class _Killed(Exception):
 def test_run_killed_twice_reports_all_its_steps(shared, reference, tmp_path, monkeypatch, caplog):
     workdir, _ = reference
     expected = json.loads((workdir / "summary.json").read_text())["loss_history"]
-    main._use_compilation_cache(_config(shared))  # the reference's compiled steps
-    try:
+    with compilation_cache(_config(shared).compilation_cache_dir):  # the reference's steps
         _kill_twice_and_resume(shared, expected, tmp_path, monkeypatch, caplog)
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
 
 
 def _kill_twice_and_resume(shared, expected, tmp_path, monkeypatch, caplog):

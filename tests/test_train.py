@@ -9,20 +9,34 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, cli_args, demo_config, final_params
+from helpers import ROOT, cli_args, compilation_cache, demo_config, final_params, make_shared
 
 from stackdistill import checkpoint, models, stage, train
 from stackdistill import config as config_lib
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return tmp_path_factory.mktemp("shared")
+def shared(demo_shared):
+    return demo_shared
 
 
-def test_demo_runs_and_loss_falls(shared, tmp_path):
-    summary = train.train_and_evaluate(demo_config(shared, total_steps=24), str(tmp_path))
-    assert summary["status"] == "completed" and summary["steps"] == 24
+@pytest.fixture(scope="module", autouse=True)
+def _cached(shared):
+    """In-process runs share the compilation cache of the command-line ones (cli_args)."""
+    with compilation_cache(shared / "xla_cache"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def demo_run(shared, tmp_path_factory):
+    """(workdir, summary) of one uninterrupted 16-step demo run: stages of 4 at 3, 6, 9, 12."""
+    workdir = tmp_path_factory.mktemp("demo_run")
+    return workdir, train.train_and_evaluate(demo_config(shared), str(workdir))
+
+
+def test_demo_runs_and_loss_falls(demo_run):
+    tmp_path, summary = demo_run
+    assert summary["status"] == "completed" and summary["steps"] == 16
     assert summary["final_depth"] == 12
     losses = [loss for _, loss in summary["loss_history"]]
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
@@ -37,9 +51,8 @@ def test_demo_runs_and_loss_falls(shared, tmp_path):
     assert out.hidden_states.shape[:2] == (13, 1)
 
 
-def test_exact_resume_after_sigkill_across_a_stage_transition(shared, tmp_path):
-    c = demo_config(shared)  # 16 steps: stages of 4 at depths 3, 6, 9, 12
-    train.train_and_evaluate(c, str(tmp_path / "a"))
+def test_exact_resume_after_sigkill_across_a_stage_transition(shared, demo_run, tmp_path):
+    c = demo_config(shared)  # demo_run's config: 16 steps, stages of 4 at depths 3, 6, 9, 12
     proc = subprocess.Popen(
         cli_args(c, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -53,7 +66,7 @@ def test_exact_resume_after_sigkill_across_a_stage_transition(shared, tmp_path):
     steps_at_kill = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     assert steps_at_kill[-1] < 16
     train.train_and_evaluate(c, str(tmp_path / "b"))
-    step_a, params_a = final_params(tmp_path / "a")
+    step_a, params_a = final_params(demo_run[0])
     step_b, params_b = final_params(tmp_path / "b")
     assert step_a == step_b == 16
     import jax
@@ -78,7 +91,8 @@ def test_sigterm_saves_and_exits_zero(shared, tmp_path):
     assert final_params(tmp_path)[0] == summary["steps"]
 
 
-def _losses_with_devices(shared, tmp_path, num_devices, mesh):
+def _start_with_devices(shared, tmp_path, num_devices, mesh) -> subprocess.Popen:
+    """A 2-step run in its own process with `num_devices` host devices; prints its losses."""
     # Two stages, one step each (6 -> 12 layers): the growth of a sharded state, two compiles.
     grow = {"stacking.start_depth": 6, "stacking.num_new": 6}
     script = (
@@ -90,21 +104,37 @@ def _losses_with_devices(shared, tmp_path, num_devices, mesh):
         "print(json.dumps(s['loss_history']))"
     )
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT / "tests"), str(shared), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [loss for _, loss in json.loads(out.stdout.strip().splitlines()[-1])]
+    out_path, err_path = tmp_path.with_suffix(".stdout"), tmp_path.with_suffix(".stderr")
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", script, str(ROOT / "tests"), str(shared), str(tmp_path)],
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
+
+
+def _losses(proc: subprocess.Popen, tmp_path) -> list[float]:
+    assert proc.wait(timeout=600) == 0, tmp_path.with_suffix(".stderr").read_text()[-3000:]
+    out = tmp_path.with_suffix(".stdout").read_text()
+    return [loss for _, loss in json.loads(out.strip().splitlines()[-1])]
 
 
 def test_sharded_run_matches_single_device(shared, tmp_path):
-    one = _losses_with_devices(shared, tmp_path / "one", 1, {})
-    eight = _losses_with_devices(
-        shared, tmp_path / "eight", 8, {"mesh.data": 4, "mesh.fsdp": 2, "mesh.params": "fsdp"}
-    )
+    make_shared(shared)  # before the two runs start, so that neither writes it
+    # Both at once: each compile uses about one core.
+    procs = [
+        _start_with_devices(shared, tmp_path / "one", 1, {}),
+        _start_with_devices(
+            shared, tmp_path / "eight", 8, {"mesh.data": 4, "mesh.fsdp": 2, "mesh.params": "fsdp"}
+        ),
+    ]
+    try:
+        one, eight = _losses(procs[0], tmp_path / "one"), _losses(procs[1], tmp_path / "eight")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     assert len(one) == len(eight) == 2  # one step per stage: one growth
     np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-6)
 
