@@ -30,10 +30,13 @@ last copy again sits at the teacher layer it learned; the final distillation tra
 grown model at depth L with their loss. The pruning stage, the costly one, runs a student
 of 1/r of the teacher's layers.
 
-One process, every local device: `config.mesh` (as a distillation run's, `sharding.py`) lays
+Every device of every process: `config.mesh` (as a distillation run's, `sharding.py`) lays
 the batch over ('data', 'fsdp') and the student, gates, heads and optimizer states (and the
-teacher) replicated or FSDP-sharded; the batch size must divide over the devices. Several
-hosts (jax.distributed) are not supported: run.sh is one node too.
+teacher) replicated or FSDP-sharded; the batch size must divide over the devices. With
+several processes (jax.distributed: TPU pod slices, multi-host GPUs) each reads its own
+shard of the data (batch_size / processes rows) and checkpoints its own data iterator;
+process 0 writes the logs, the stages' files and summary.json, and the others wait for them
+at a barrier (a process whose host does not see them writes its own, identical copy).
 """
 
 from __future__ import annotations
@@ -221,7 +224,33 @@ def guard(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> l
 def record(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> None:
     """Records the config the run goes on with (once the teacher loaded: a typo fixed in the
     teacher's name is not a change of run)."""
-    store.write_json(epath.Path(workdir) / CONFIG_FILE, _as_json(config))
+    if jax.process_index() == 0:
+        store.write_json(epath.Path(workdir) / CONFIG_FILE, _as_json(config))
+
+
+def _written(tag: str, path: epath.Path, write) -> None:
+    """`write()` by process 0, then a barrier; a process that still does not see `path` (its
+    host does not share the folder) writes its own, identical copy."""
+    if jax.process_index() == 0:
+        write()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"stackdistill:dp:{tag}")
+        if not path.exists():
+            write()
+
+
+def _host(tree: Any) -> Any:
+    """Numpy copies of global arrays (gathered across processes where sharded): collective."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -235,8 +264,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
     """Runs (or resumes) the three stages in `workdir`; returns the summary (summary.json)."""
     del mode
     validate(config)
-    if jax.process_count() > 1:
-        raise ValueError("the DP pipeline runs in one process: start it without jax.distributed")
     workdir = epath.Path(workdir)
     guard(config, workdir)
     done = plan(workdir)
@@ -269,12 +296,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "distill") 
         setup = _final_setup(config, workdir, t_cfg, spec)
         if _train_stage(config, workdir, "final", setup, t_params):
             return _summary(config, workdir, "preempted")
-        trainable = _restore(config, workdir, "final", setup)
-        store.save_model(workdir / "final", setup["cfg"], trainable)
-        store.save_theirs(workdir / "final", setup["cfg"], trainable, spec)
-        store.write_json(
-            workdir / "final" / DONE, store.read_json(workdir / "final" / "progress.json")
-        )
+        trainable = _host(_restore(config, workdir, "final", setup))
+        final = workdir / "final"
+
+        def write_final():
+            store.save_model(final, setup["cfg"], trainable)
+            store.save_theirs(final, setup["cfg"], trainable, spec)
+            store.write_json(final / DONE, store.read_json(final / "progress.json"))
+
+        _written("final", final / DONE, write_final)
     return _summary(config, workdir, "completed")
 
 
@@ -354,8 +384,13 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     folder.mkdir(parents=True, exist_ok=True)
     mesh = _mesh(config)
     data_cfg = data_config.for_run(config.data, workdir)
-    data_cfg.batch_size = config.batch_size
-    data_iter = data_lib.make_loader(data_cfg, seed=config.seed, process_index=0, process_count=1)
+    data_cfg.batch_size = config.batch_size // jax.process_count()  # this process's rows
+    data_iter = data_lib.make_loader(
+        data_cfg,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     ckpt = checkpoint.Checkpointer(folder, config.checkpoint_every, config.keep_checkpoints)
     view = _View(folder, name, setup["steps"])
     try:
@@ -371,7 +406,8 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
             past_compile = meta.get("compile_seconds", 0.0)
             log.info("%s: resumed from step %d", name, latest)
         step_no = int(state.step)
-        store.truncate_metrics(folder / "metrics.jsonl", step_no)
+        if jax.process_index() == 0:
+            store.truncate_metrics(folder / "metrics.jsonl", step_no)
         view.start(step_no)
         batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         step_fn = jax.jit(
@@ -388,11 +424,10 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
                 if preemption.stop_before(step_no):
                     preempted = True
                     break
-                batch = next(data_iter)
+                local = next(data_iter)
                 key = jax.random.fold_in(setup["key"], step_no)
-                audio = jax.device_put(np.asarray(batch["audio"]), batch_sh)
-                args = (state, t_params, audio)
-                args += (jax.device_put(np.asarray(batch["lengths"]), batch_sh), key)
+                batch = data_lib.to_global({k: local[k] for k in ("audio", "lengths")}, batch_sh)
+                args = (state, t_params, batch["audio"], batch["lengths"], key)
                 if compiled is None:
                     clock, shape = time.monotonic(), args[2].shape
                     compiled = step_fn.lower(*args).compile()
@@ -400,7 +435,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
                     log.info("%s: step compiled in %.1fs", name, compile_s)
                 state, metrics = (compiled if args[2].shape == shape else step_fn)(*args)
                 step_no += 1
-                view.bar.update(1)
+                view.step()
                 if step_no % config.log_every == 0 or step_no == setup["steps"]:
                     _log(folder, name, step_no, setup, metrics, view)
                 seconds = past + time.monotonic() - start
@@ -423,10 +458,9 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
     # compiling the step ahead (one compile per run: a resumed stage compiles again)
     record = {"steps": step_no, "seconds": seconds, "compile_seconds": meta["compile_seconds"]}
     record["metrics"] = last
-    if name == "prune":
-        store.write_json(folder / DONE, record)
-    else:  # final: DONE once its params are written (run)
-        store.write_json(folder / "progress.json", record)
+    # final: DONE once its params are written (run)
+    path = folder / (DONE if name == "prune" else "progress.json")
+    _written(f"{name}-done", path, lambda: store.write_json(path, record))
     return False
 
 
@@ -439,6 +473,8 @@ class _View:
         self.bar = self.tb = None
 
     def start(self, step: int) -> None:
+        if jax.process_index() != 0:
+            return
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
@@ -447,6 +483,10 @@ class _View:
             total=self.steps, initial=step, unit="step", desc=self.name, disable=None,
             dynamic_ncols=True,
         )  # fmt: skip
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
 
     def close(self) -> None:
         for handle in (self.bar, self.tb):
@@ -462,6 +502,8 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict, v
     if bad:
         raise FloatingPointError(f"{name}: non-finite {', '.join(bad)} at step {step}")
     host["lr"] = setup["lr"](step - 1)
+    if view.tb is None:  # not process 0
+        return
     with (folder / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": step, **host}) + "\n")
     for k, v in host.items():
@@ -498,7 +540,7 @@ def _restore(config, workdir: epath.Path, name: str, setup: dict) -> Any:
 def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec) -> None:
     """prune.py on the pruning stage's last state: pruned/ (config, params, heads, sizes)."""
     start = time.monotonic()
-    trainable = _restore(config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec))
+    trainable = _host(_restore(config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec)))
     r = layer_copies(config, t_cfg.num_layers)
     s_cfg = t_cfg.replace(num_layers=t_cfg.num_layers // r)
     det = hardconcrete.deterministic_gates(trainable["gates"])
@@ -509,7 +551,6 @@ def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec)
         student, cfg = grow_back(student, r), cfg.replace(num_layers=t_cfg.num_layers)
         kept = {k: v if k == "conv_channels" else np.repeat(v, r) for k, v in kept.items()}
     folder = workdir / "pruned"
-    store.save_model(folder, cfg, {"student": student, "heads": trainable["heads"]})
     before, total = float(params.count(s_cfg)), params.teacher_num_params(t_cfg)
     after = float(params.count(t_cfg, **kept))
     expected = params.expected_sparsity(s_cfg, trainable["gates"], r)
@@ -531,7 +572,12 @@ def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec)
         record["sparsity"],
         total,
     )
-    store.write_json(folder / DONE, record)
+
+    def write():
+        store.save_model(folder, cfg, {"student": student, "heads": trainable["heads"]})
+        store.write_json(folder / DONE, record)
+
+    _written("pruned", folder / DONE, write)
 
 
 # ---------------------------------------------------------------------- summary
@@ -556,5 +602,6 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
         "steps": {s: done[s].get("steps") for s in ("prune", "final")},
         "final_metrics": done["final"].get("metrics", {}),
     }
-    store.write_json(workdir / "summary.json", summary)
+    if jax.process_index() == 0:
+        store.write_json(workdir / "summary.json", summary)
     return summary
