@@ -121,6 +121,19 @@ _LOCAL_KINDS = (  # device_kind -> chip (most specific first)
 
 def teacher_shapes(config: ml_collections.ConfigDict) -> tuple[EncoderConfig, Any]:
     """The run's teacher config and its params as ShapeDtypeStructs (no weights read)."""
+    cfg = teacher_config(config)
+    if max(config.distill.teacher_layers) > cfg.num_layers:
+        raise ValueError(
+            f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
+            f"layers beyond the teacher's {cfg.num_layers}"
+        )
+    params = jax.eval_shape(lambda: models_lib.init_params(cfg, jax.random.key(0)))
+    return cfg, params
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> EncoderConfig:
+    """The run's teacher architecture (random_arch, config.json or KNOWN_TEACHERS), with the
+    run's dtype and fast-path options for the target's platform."""
     t = config.teacher
     if t.random_arch:
         cfg = EncoderConfig(**dict(t.random_arch))
@@ -137,14 +150,7 @@ def teacher_shapes(config: ml_collections.ConfigDict) -> tuple[EncoderConfig, An
             )
         cfg = EncoderConfig.from_hf(hf)
     platform = "tpu" if (config.get("compile") or default_config()).topology else None
-    cfg = cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config, platform))
-    if max(config.distill.teacher_layers) > cfg.num_layers:
-        raise ValueError(
-            f"config.distill.teacher_layers={tuple(config.distill.teacher_layers)} asks for "
-            f"layers beyond the teacher's {cfg.num_layers}"
-        )
-    params = jax.eval_shape(lambda: models_lib.init_params(cfg, jax.random.key(0)))
-    return cfg, params
+    return cfg.replace(dtype=config.dtype, **fastpath.encoder_options(config, platform))
 
 
 def _setup(config, tgt: Target, t_cfg: EncoderConfig) -> stage_lib.Setup:
@@ -172,11 +178,33 @@ def compile_stage(setup: stage_lib.Setup, stage: stacking.Stage, t_params, tgt: 
     finally:
         log.setLevel(quiet)
     seconds = time.perf_counter() - start
-    return _report(setup, record, compiled, tgt, seconds)
-
-
-def _report(setup, record, compiled, tgt: Target, compile_seconds: float) -> dict:
     c, stage = setup.config, record.stage
+    return report(
+        compiled,
+        tgt,
+        c,
+        stage=stage.index,
+        depth=stage.depth,
+        steps=stage.end_step - stage.start_step,
+        flops=record.flops,
+        compile_seconds=seconds,
+    )
+
+
+def report(
+    compiled: Any,
+    tgt: Target,
+    c: ml_collections.ConfigDict,
+    *,
+    stage: int,
+    depth: int,
+    steps: int,
+    flops: float,
+    compile_seconds: float,
+) -> dict:
+    """compile.json's entry of one compiled train step: HBM against the target's, and the cost
+    model's estimates for `steps` steps of global batch `c.batch_size` x `c.data.max_samples`;
+    `flops` is the step's analytic count (MFU's numerator)."""
     m = compiled.memory_analysis()
     hbm = {
         "arguments": int(m.argument_size_in_bytes),
@@ -190,9 +218,9 @@ def _report(setup, record, compiled, tgt: Target, compile_seconds: float) -> dic
     cost = costmodel.estimate(compiled)
     devices = len(tgt.devices)
     out: dict[str, Any] = {
-        "stage": stage.index,
-        "depth": stage.depth,
-        "steps": stage.end_step - stage.start_step,
+        "stage": stage,
+        "depth": depth,
+        "steps": steps,
         "batch_per_device": c.batch_size // devices,
         "compile_seconds": round(compile_seconds, 1),
         "hbm_per_device_bytes": hbm,
@@ -201,7 +229,7 @@ def _report(setup, record, compiled, tgt: Target, compile_seconds: float) -> dic
         "estimate": {
             "flops_per_device": cost.flops,
             "bytes_accessed_per_device": cost.bytes_accessed,
-            "analytic_flops_per_device": record.flops / devices,
+            "analytic_flops_per_device": flops / devices,
             "xla_flops_loops_once": cost.xla_flops,
             "xla_optimal_seconds_loops_once": cost.xla_optimal_seconds,
             "loops": [list(x) for x in cost.loops],
@@ -213,7 +241,7 @@ def _report(setup, record, compiled, tgt: Target, compile_seconds: float) -> dic
         audio = c.batch_size * c.data.max_samples / SAMPLE_RATE
         e["step_seconds"] = step
         e["bound"] = "compute" if cost.flops / tgt.peak_flops >= step else "memory"
-        e["mfu"] = record.flops / devices / step / tgt.peak_flops
+        e["mfu"] = flops / devices / step / tgt.peak_flops
         e["audio_s_per_s_per_chip"] = audio / step / tgt.num_chips
         e["chip_hours"] = out["steps"] * step * tgt.num_chips / 3600
     top_ops = int((c.get("compile") or {}).get("top_ops", 0) or 0)
@@ -316,6 +344,13 @@ def compile_run(config: ml_collections.ConfigDict) -> dict:
     tgt = target(cc)
     if tgt.hbm_bytes is None:
         log.warning("compile: %s reports no memory limit: fit not checked", tgt.name)
+    if config.get("recipe", "") == "dp":  # DPHuBERT's pipeline: its two training steps
+        from stackdistill.pruning import pipeline
+
+        reports = pipeline.compile_stages(config, tgt, teacher_config(config), report)
+        for r in reports:
+            log.info("%s (%s)", stage_line(r, tgt), r["name"])
+        return _summary(config, tgt, reports, None)
     t_cfg, t_params = teacher_shapes(config)
     setup = _setup(config, tgt, t_cfg)
     reports = []
@@ -323,6 +358,15 @@ def compile_run(config: ml_collections.ConfigDict) -> dict:
         r = compile_stage(setup, stage, t_params, tgt)
         log.info("%s", stage_line(r, tgt))
         reports.append(r)
+    out = _summary(config, tgt, reports, len(setup.stages))
+    if cc.find_batch:
+        out["find_batch"] = _find_batch(config, tgt, t_cfg, t_params, reports[-1]["stage"])
+    return out
+
+
+def _summary(config, tgt: Target, reports: list[dict], num_stages: int | None) -> dict:
+    """compile.json: the target, the run's batch, each compiled stage, the run's chip-hours
+    when every stage was compiled (`num_stages` None: `reports` is the whole run)."""
     out: dict[str, Any] = {
         "note": DISCLAIMER,
         "topology": tgt.name,
@@ -337,10 +381,9 @@ def compile_run(config: ml_collections.ConfigDict) -> dict:
         "stages": reports,
         "fits": all(r["fits"] is not False for r in reports),
     }
-    if len(reports) == len(setup.stages) and all("chip_hours" in r["estimate"] for r in reports):
+    whole = num_stages is None or len(reports) == num_stages
+    if whole and all("chip_hours" in r["estimate"] for r in reports):
         out["run_chip_hours"] = sum(r["estimate"]["chip_hours"] for r in reports)
-    if cc.find_batch:
-        out["find_batch"] = _find_batch(config, tgt, t_cfg, t_params, reports[-1]["stage"])
     return out
 
 
@@ -368,7 +411,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "compile") 
     if "run_chip_hours" in out:
         log.info(
             "compile: the whole run (%d steps) est. %.3g %s chip-hours (%s); wrote %s",
-            config.total_steps,
+            sum(r["steps"] for r in out["stages"]),
             out["run_chip_hours"],
             out["chip"],
             DISCLAIMER,

@@ -25,6 +25,7 @@ MODES = {
     "cache": "stackdistill.targets",
     "compile": "stackdistill.aot",
 }
+DP_MODES = ("distill", "export", "compile")  # what a DPHuBERT config (recipe "dp") can do
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
@@ -108,11 +109,12 @@ def main(argv: list[str]) -> None:
     if not primary:
         console.setup(_third_party_level(), primary=False)
     _use_compilation_cache(_CONFIG.value)
-    if _CONFIG.value.get("recipe", "") == "dp" and _MODE.value not in ("distill", "export"):
+    if _CONFIG.value.get("recipe", "") == "dp" and _MODE.value not in DP_MODES:
         _fail(
             f"--mode={_MODE.value}: a DPHuBERT config (config.recipe='dp') runs with "
-            "--mode=distill and --mode=export only (its models: WORKDIR/pruned, WORKDIR/final; "
-            "evaluate WORKDIR/final/pruned_hubert_base.pth as the upstream 'dp:FILE')."
+            "--mode=distill, --mode=export and --mode=compile only (its models: WORKDIR/pruned, "
+            "WORKDIR/final; evaluate WORKDIR/final/pruned_hubert_base.pth as the upstream "
+            "'dp:FILE')."
         )
     module = importlib.import_module(MODES[_MODE.value])
     workdir = _WORKDIR.value

@@ -197,7 +197,7 @@ def record(setup: Setup, stage: stacking.Stage) -> StageRecord:
     return StageRecord(stage, tuple(int(x) for x in lineage), sources, student_cfg, flops)
 
 
-def _under_mesh(step, mesh: jax.sharding.Mesh):
+def under_mesh(step, mesh: jax.sharding.Mesh):
     """`step` traced with `mesh` as the abstract mesh: Pallas kernels then run per device."""
 
     @functools.wraps(step)
@@ -224,7 +224,7 @@ def compile_step(setup: Setup, rec: StageRecord, state, t_params):
         cached=setup.use_targets,
     )
     if "flash" in (setup.teacher_cfg.attention, setup.student_cfg.attention):
-        train_step = _under_mesh(train_step, setup.mesh)
+        train_step = under_mesh(train_step, setup.mesh)
     st_sh = setup.shardings(state)
     jitted = jax.jit(
         train_step,

@@ -142,3 +142,32 @@ def test_flash_attention_compiles_for_v5e_per_device():
     hlo = step.lower(*qkv, mask).compile().as_text()
     assert hlo.count("tpu_custom_call") >= 3  # forward, dK/dV and dQ kernels
     assert "all-gather" not in hlo
+
+
+@needs_libtpu
+def test_dp_pipeline_compiles_for_v5e(tmp_path):
+    """A DPHuBERT config: its pruning step (here at half depth, prune.depth) and its final
+    step (at the unpruned widths: the bound before pruning has run) compiled for v5e-4, the
+    run's chip-hours the sum of the two stages'."""
+    c = config.load_file("configs/dphubert.py", "runlocal")
+    c.teacher.random_arch.update(num_layers=4, conv_dim=(16,) * 7)
+    c.dp.layers = "0.2,4"
+    c.prune.depth = 2
+    c.data.max_samples = 4000
+    c.compile.topology = "v5e-4"
+    out = aot.run(c, str(tmp_path))
+    assert json.loads((tmp_path / "compile.json").read_text()) == json.loads(json.dumps(out))
+    assert [(s["name"], s["depth"], s["steps"]) for s in out["stages"]] == [
+        ("prune", 2, c.prune.steps),
+        ("final", 4, c.final.steps),
+    ]
+    assert out["fits"] is True and out["num_devices"] == 4
+    hours = [s["estimate"]["chip_hours"] for s in out["stages"]]
+    assert out["run_chip_hours"] == pytest.approx(sum(hours)) and min(hours) > 0
+    prune, final = (s["estimate"] for s in out["stages"])
+    # the final student runs all 4 layers forward and backward, the pruning one 2
+    assert prune["analytic_flops_per_device"] < final["analytic_flops_per_device"]
+    assert prune["flops_per_device"] < final["flops_per_device"]
+    c.batch_size = 6
+    with pytest.raises(ValueError, match="config.batch_size=6 does not split over the 4"):
+        aot.run(c, str(tmp_path))

@@ -121,7 +121,10 @@ def test_cli_refuses_a_bad_field_with_one_line(tmp_path):
     assert not (tmp_path / "run" / "prune").exists()
     args[-1] = "--mode=eval"  # the other modes do not know the pipeline's config
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and "--mode=distill and --mode=export only" in out.stderr
+    assert (
+        out.returncode == 1
+        and "--mode=distill, --mode=export and --mode=compile only" in out.stderr
+    )
     assert "Traceback" not in out.stderr
     args[-1] = "--mode=export"  # before the pipeline has finished: says so, writes nothing
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)

@@ -57,6 +57,8 @@ from etils import epath
 
 from stackdistill import checkpoint, distributed, fastpath, resume, sharding, stacking, teacher
 from stackdistill import data as data_lib
+from stackdistill import models as models_lib
+from stackdistill import stage as stage_lib
 from stackdistill.data import config as data_config
 from stackdistill.models.config import EncoderConfig
 from stackdistill.pruning import hardconcrete, lagrangian, objective, params, prune, store
@@ -318,7 +320,7 @@ def _prune_setup(config, t_cfg: EncoderConfig, t_host, spec) -> dict[str, Any]:
     r = layer_copies(config, t_cfg.num_layers)  # 1: the student is the whole teacher
     s_cfg = t_cfg.replace(num_layers=t_cfg.num_layers // r)
 
-    def fresh():
+    def init(t_params):
         gates = hardconcrete.init_gates(
             jax.random.fold_in(key, 1),
             s_cfg.conv_dim,
@@ -329,8 +331,8 @@ def _prune_setup(config, t_cfg: EncoderConfig, t_host, spec) -> dict[str, Any]:
         )
         d = t_cfg.hidden_size
         heads = objective.init_heads(jax.random.fold_in(key, 2), spec, d, d)
-        student = every_rth_layer(t_host, r)
-        return _copy(objective.init_state(student, heads, gates, tx_main, tx_reg))
+        student = every_rth_layer(t_params, r)
+        return objective.init_state(student, heads, gates, tx_main, tx_reg)
 
     step = objective.make_train_step(
         t_cfg,
@@ -345,24 +347,37 @@ def _prune_setup(config, t_cfg: EncoderConfig, t_host, spec) -> dict[str, Any]:
         layer_copies=r,
     )
     lr = lambda s: p.learning_rate * float(schedule(s))  # noqa: E731
-    return dict(fresh=fresh, step=step, steps=p.steps, key=jax.random.fold_in(key, 10), lr=lr)
+    return dict(
+        fresh=lambda: _copy(init(t_host)),
+        init=init,
+        step=step,
+        steps=p.steps,
+        key=jax.random.fold_in(key, 10),
+        lr=lr,
+        cfg=s_cfg,
+        teacher_cfg=t_cfg,
+    )
 
 
 def _final_setup(config, workdir: epath.Path, t_cfg: EncoderConfig, spec) -> dict[str, Any]:
     """Fresh state and step of the final distillation (final_distill.py L61-128)."""
-    f = config.final
     cfg, tree = store.load_model(workdir / "pruned")
+    mask = prune.removed_blocks_mask(cfg, tree["student"])  # removed blocks stay removed
+    setup = _final_step(config, t_cfg, cfg, spec, mask)
+    setup["fresh"] = lambda: _copy(setup["init"](tree["student"], tree["heads"]))
+    return setup
+
+
+def _final_step(config, t_cfg: EncoderConfig, cfg: EncoderConfig, spec, mask=None) -> dict:
+    """The final distillation's step and optimizer for a pruned model of config `cfg`."""
+    f = config.final
     schedule = objective.linear_decay_schedule(f.warmup, f.steps)
     tx = _adamw(f.learning_rate, schedule, config.dp.weight_decay)
-
-    def fresh():
-        return _copy(objective.init_distill_state(tree["student"], tree["heads"], tx))
-
-    mask = prune.removed_blocks_mask(cfg, tree["student"])  # removed blocks stay removed
     step = objective.make_distill_step(t_cfg, cfg, spec, tx, config.dp.clip_norm, mask)
     lr = lambda s: f.learning_rate * float(schedule(s))  # noqa: E731
     key = jax.random.fold_in(jax.random.key(config.seed), 20)
-    return dict(fresh=fresh, step=step, steps=f.steps, key=key, lr=lr, cfg=cfg)
+    init = lambda student, heads: objective.init_distill_state(student, heads, tx)  # noqa: E731
+    return dict(init=init, step=step, steps=f.steps, key=key, lr=lr, cfg=cfg, teacher_cfg=t_cfg)
 
 
 def _adamw(lr: float, schedule, weight_decay: float) -> optax.GradientTransformation:
@@ -411,7 +426,7 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
         view.start(step_no)
         batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         step_fn = jax.jit(
-            setup["step"],
+            _on_mesh(setup, mesh),
             in_shardings=(st_sh, jax.tree_util.tree_map(lambda x: x.sharding, t_params))
             + (batch_sh, batch_sh, rep),
             out_shardings=(st_sh, rep),
@@ -514,6 +529,14 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict, v
     log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
 
 
+def _on_mesh(setup: dict, mesh: jax.sharding.Mesh):
+    """The stage's step, traced under `mesh` when an encoder runs Pallas's flash attention
+    (its kernels then run per device, as a distillation run's: `stage.under_mesh`)."""
+    if "flash" in (setup["cfg"].attention, setup["teacher_cfg"].attention):
+        return stage_lib.under_mesh(setup["step"], mesh)
+    return setup["step"]
+
+
 def _abstract(state: Any, shardings: Any) -> Any:
     """Shapes, dtypes and shardings of `state` (an orbax restore target)."""
     return jax.tree_util.tree_map(
@@ -605,3 +628,72 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
     if jax.process_index() == 0:
         store.write_json(workdir / "summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------------- --mode=compile
+
+
+def compile_stages(
+    config: ml_collections.ConfigDict, tgt: Any, t_cfg: EncoderConfig, report
+) -> list[dict[str, Any]]:
+    """--mode=compile of the pipeline (`aot.py`): its two training steps compiled for `tgt`'s
+    devices (a TPU topology without a TPU, or the local ones) as `run` would compile them,
+    for the teacher `t_cfg`; each `report(compiled, tgt, config, stage=, depth=, steps=,
+    flops=, compile_seconds=)` (`aot.report`: HBM, the cost model's estimates).
+
+    The pruning step is the run's (the gated teacher-sized student, or `prune.depth`'s). The
+    final step's widths come from the pruning, which has not run: it is compiled at the
+    unpruned widths, the largest the pruned model can have (an upper bound on its memory
+    and time).
+    """
+    from stackdistill import flops
+
+    validate(config)
+    devices = len(tgt.devices)
+    if config.batch_size % devices:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} does not split over the {devices} devices "
+            f"of {tgt.name}: make it a multiple of them"
+        )
+    spec = distill_spec(config)
+    student_spec(config, layer_copies(config, t_cfg.num_layers))  # refuses a bad prune.depth
+    mesh_cfg = config.get("mesh") or sharding.default_config()
+    mesh = sharding.make_mesh(mesh_cfg, tgt.devices)
+    t_params = jax.eval_shape(lambda: models_lib.init_params(t_cfg, jax.random.key(0)))
+    d = t_cfg.hidden_size
+    heads = jax.eval_shape(lambda: objective.init_heads(jax.random.key(0), spec, d, d))
+    prune_setup = _prune_setup(config, t_cfg, t_params, spec)
+    final_setup = _final_step(config, t_cfg, t_cfg, spec)
+    stages = (
+        ("prune", prune_setup, jax.eval_shape(prune_setup["init"], t_params)),
+        ("final", final_setup, jax.eval_shape(final_setup["init"], t_params, heads)),
+    )
+    reports = []
+    for index, (name, setup, state) in enumerate(stages):
+        st_sh = sharding.tree_shardings(state, mesh, mesh_cfg.params)
+        t_sh = sharding.tree_shardings(t_params, mesh, mesh_cfg.params)
+        batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        b, n = config.batch_size, config.data.max_samples
+        args = (
+            _abstract(state, st_sh),
+            _abstract(t_params, t_sh),
+            jax.ShapeDtypeStruct((b, n), np.float32, sharding=batch_sh),
+            jax.ShapeDtypeStruct((b,), np.int32, sharding=batch_sh),
+            jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep),
+        )
+        jitted = jax.jit(
+            _on_mesh(setup, mesh),
+            in_shardings=(st_sh, t_sh, batch_sh, batch_sh, rep),
+            out_shardings=(st_sh, rep),
+            donate_argnums=0,
+        )
+        start = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        seconds = time.perf_counter() - start
+        step_flops = flops.step_flops(t_cfg, setup["cfg"], b, n, len(spec.layer_groups))
+        r = report(
+            compiled, tgt, config, stage=index, depth=setup["cfg"].num_layers,
+            steps=setup["steps"], flops=step_flops, compile_seconds=seconds,
+        )  # fmt: skip
+        reports.append({"name": name, **r})
+    return reports

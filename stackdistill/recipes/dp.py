@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from stackdistill import export, fastpath, paths, sharding, teacher
+from stackdistill import aot, export, fastpath, paths, sharding, teacher
 from stackdistill.config import apply_overrides
 from stackdistill.data import config as data_config
 
@@ -71,6 +71,7 @@ def get_config(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict
     c.fastpath = fastpath.default_config()
     c.dp, c.prune, c.final = dp_config()
     c.export = export.default_config()  # --mode=export: final/ (export/dp.py)
+    c.compile = aot.default_config()  # --mode=compile: both training steps (pipeline.py)
     c.mesh = sharding.default_config()  # the local devices: batch over ('data', 'fsdp')
     c.log_every = 50  # run.sh L54 log_interval
     c.checkpoint_every = 1_000
