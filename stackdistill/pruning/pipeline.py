@@ -184,10 +184,11 @@ def _mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return sharding.make_mesh(config.get("mesh") or sharding.default_config())
 
 
-def _shardings(config: ml_collections.ConfigDict, tree: Any) -> Any:
-    """Each leaf's sharding on `config.mesh`: replicated or FSDP (mesh.params)."""
+def _shardings(config: ml_collections.ConfigDict, tree: Any, mesh=None) -> Any:
+    """Each leaf's sharding on `mesh` (default `config.mesh` of the local devices):
+    replicated or FSDP (mesh.params)."""
     mesh_cfg = config.get("mesh") or sharding.default_config()
-    return sharding.tree_shardings(tree, sharding.make_mesh(mesh_cfg), mesh_cfg.params)
+    return sharding.tree_shardings(tree, mesh or _mesh(config), mesh_cfg.params)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -424,14 +425,9 @@ def _train_stage(config, workdir: epath.Path, name: str, setup: dict, t_params) 
         if jax.process_index() == 0:
             store.truncate_metrics(folder / "metrics.jsonl", step_no)
         view.start(step_no)
-        batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        step_fn = jax.jit(
-            _on_mesh(setup, mesh),
-            in_shardings=(st_sh, jax.tree_util.tree_map(lambda x: x.sharding, t_params))
-            + (batch_sh, batch_sh, rep),
-            out_shardings=(st_sh, rep),
-            donate_argnums=0,
-        )
+        t_sh = jax.tree_util.tree_map(lambda x: x.sharding, t_params)
+        step_fn = _jit(setup, mesh, st_sh, t_sh)
+        batch_sh = sharding.batch_sharding(mesh)
         compiled, shape, compile_s = None, None, 0.0  # ahead for the first batch's shape
         start, preempted = time.monotonic(), False
         with distributed.Preemption() as preemption:
@@ -529,12 +525,20 @@ def _log(folder: epath.Path, name: str, step: int, setup: dict, metrics: dict, v
     log.info("%s step %d/%d: loss %.4f%s", name, step, setup["steps"], host["loss"], extra)
 
 
-def _on_mesh(setup: dict, mesh: jax.sharding.Mesh):
-    """The stage's step, traced under `mesh` when an encoder runs Pallas's flash attention
-    (its kernels then run per device, as a distillation run's: `stage.under_mesh`)."""
+def _jit(setup: dict, mesh: jax.sharding.Mesh, st_sh: Any, t_sh: Any):
+    """The stage's step jitted for `mesh` (state donated, batch split, key and metrics
+    replicated); traced under the mesh when an encoder runs Pallas's flash attention (its
+    kernels then run per device, as a distillation run's: `stage.under_mesh`)."""
+    step = setup["step"]
     if "flash" in (setup["cfg"].attention, setup["teacher_cfg"].attention):
-        return stage_lib.under_mesh(setup["step"], mesh)
-    return setup["step"]
+        step = stage_lib.under_mesh(step, mesh)
+    batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(st_sh, t_sh, batch_sh, batch_sh, rep),
+        out_shardings=(st_sh, rep),
+        donate_argnums=0,
+    )
 
 
 def _abstract(state: Any, shardings: Any) -> Any:
@@ -563,9 +567,10 @@ def _restore(config, workdir: epath.Path, name: str, setup: dict) -> Any:
 def _prune_step(config, workdir: epath.Path, t_cfg: EncoderConfig, t_host, spec) -> None:
     """prune.py on the pruning stage's last state: pruned/ (config, params, heads, sizes)."""
     start = time.monotonic()
-    trainable = _host(_restore(config, workdir, "prune", _prune_setup(config, t_cfg, t_host, spec)))
-    r = layer_copies(config, t_cfg.num_layers)
-    s_cfg = t_cfg.replace(num_layers=t_cfg.num_layers // r)
+    setup = _prune_setup(config, t_cfg, t_host, spec)
+    trainable = _host(_restore(config, workdir, "prune", setup))
+    s_cfg = setup["cfg"]  # the pruning stage's student: every r-th teacher layer
+    r = t_cfg.num_layers // s_cfg.num_layers
     det = hardconcrete.deterministic_gates(trainable["gates"])
     kept = prune.kept_units(s_cfg, det)
     cfg, student = prune.prune(s_cfg, trainable["student"], trainable["gates"], config.prune.conv)
@@ -657,8 +662,7 @@ def compile_stages(
         )
     spec = distill_spec(config)
     student_spec(config, layer_copies(config, t_cfg.num_layers))  # refuses a bad prune.depth
-    mesh_cfg = config.get("mesh") or sharding.default_config()
-    mesh = sharding.make_mesh(mesh_cfg, tgt.devices)
+    mesh = sharding.make_mesh(config.get("mesh") or sharding.default_config(), tgt.devices)
     t_params = jax.eval_shape(lambda: models_lib.init_params(t_cfg, jax.random.key(0)))
     d = t_cfg.hidden_size
     heads = jax.eval_shape(lambda: objective.init_heads(jax.random.key(0), spec, d, d))
@@ -668,27 +672,20 @@ def compile_stages(
         ("prune", prune_setup, jax.eval_shape(prune_setup["init"], t_params)),
         ("final", final_setup, jax.eval_shape(final_setup["init"], t_params, heads)),
     )
+    t_sh = _shardings(config, t_params, mesh)
+    batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    b, n = config.batch_size, config.data.max_samples
+    inputs = (
+        _abstract(t_params, t_sh),
+        jax.ShapeDtypeStruct((b, n), np.float32, sharding=batch_sh),
+        jax.ShapeDtypeStruct((b,), np.int32, sharding=batch_sh),
+        jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep),
+    )
     reports = []
     for index, (name, setup, state) in enumerate(stages):
-        st_sh = sharding.tree_shardings(state, mesh, mesh_cfg.params)
-        t_sh = sharding.tree_shardings(t_params, mesh, mesh_cfg.params)
-        batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        b, n = config.batch_size, config.data.max_samples
-        args = (
-            _abstract(state, st_sh),
-            _abstract(t_params, t_sh),
-            jax.ShapeDtypeStruct((b, n), np.float32, sharding=batch_sh),
-            jax.ShapeDtypeStruct((b,), np.int32, sharding=batch_sh),
-            jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep),
-        )
-        jitted = jax.jit(
-            _on_mesh(setup, mesh),
-            in_shardings=(st_sh, t_sh, batch_sh, batch_sh, rep),
-            out_shardings=(st_sh, rep),
-            donate_argnums=0,
-        )
+        st_sh = _shardings(config, state, mesh)
         start = time.perf_counter()
-        compiled = jitted.lower(*args).compile()
+        compiled = _jit(setup, mesh, st_sh, t_sh).lower(_abstract(state, st_sh), *inputs).compile()
         seconds = time.perf_counter() - start
         step_flops = flops.step_flops(t_cfg, setup["cfg"], b, n, len(spec.layer_groups))
         r = report(
