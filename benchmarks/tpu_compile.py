@@ -61,6 +61,8 @@ def cell(name: str, overrides: dict, topology: str) -> dict:
         "hbm_gb_per_device": stage["hbm_per_device_bytes"]["total"] / 1e9,
         "fits": stage["fits"],
         "step_ms": e["step_seconds"] * 1e3,
+        "step_ms_all_bytes": e["step_seconds_all_bytes"] * 1e3,
+        "hbm_traffic_gb": e["hbm_bytes_per_device"] / 1e9,
         "bound": e["bound"],
         "mfu": e["mfu"],
         "audio_s_per_s_per_chip": e["audio_s_per_s_per_chip"],
@@ -92,17 +94,18 @@ def main() -> None:
         rows.append(row)
         with open(out / "tpu_compile.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    print("| config | topology | depth | HBM GB/device (fits) | est. step ms (bound) | est. MFU | "
+    print("| config | topology | depth | HBM GB/device (fits) | est. HBM traffic GB/device | "
+          "est. step ms (bound) | VMEM as HBM: est. step ms | est. MFU | "
           "est. audio-s/s/chip | 200k steps, est. chip-h |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['config']} | {r['topology']} | {r['error']} | | | | | |")
+            print(f"| {r['config']} | {r['topology']} | {r['error']} | | | | | | | |")
             continue
         print(
             f"| {r['config']} | {r['topology']} | {r['depth']} | {r['hbm_gb_per_device']:.2f} "
-            f"({'yes' if r['fits'] else 'NO'}) | "
-            f"{r['step_ms']:.2f} ({r['bound']}) | {r['mfu']:.1%} | "
+            f"({'yes' if r['fits'] else 'NO'}) | {r['hbm_traffic_gb']:.1f} | "
+            f"{r['step_ms']:.2f} ({r['bound']}) | {r['step_ms_all_bytes']:.2f} | {r['mfu']:.1%} | "
             f"{r['audio_s_per_s_per_chip']:.0f} | {r['paper_chip_hours']:.2f} |"
         )
 

@@ -37,7 +37,12 @@ from stackdistill.models.config import EncoderConfig
 log = logging.getLogger("stackdistill")
 SAMPLE_RATE = 16_000
 MAX_BATCH, MAX_BATCH_PROBES = 4096, 8  # find_batch's range and compiles
-DISCLAIMER = "estimates of XLA's TPU cost model for the compiled step, not measurements"
+DISCLAIMER = (
+    "estimates of XLA's TPU cost model for the compiled step, not measurements: the step time is "
+    "a roofline (its flops at the chip's peak or its HBM traffic at full bandwidth, whichever is "
+    "longer; a lower bound), the HBM traffic read off the compiled program's buffers (VMEM ones "
+    "excluded); step_seconds_all_bytes counts every buffer as HBM, as XLA's bytes accessed does"
+)
 
 _BASE = dict(
     hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -228,7 +233,8 @@ def report(
         "fits": None if tgt.hbm_bytes is None else hbm["total"] <= tgt.hbm_bytes,
         "estimate": {
             "flops_per_device": cost.flops,
-            "bytes_accessed_per_device": cost.bytes_accessed,
+            "hbm_bytes_per_device": cost.hbm_bytes,  # the HBM traffic (costmodel._hbm_bytes)
+            "bytes_accessed_per_device": cost.bytes_accessed,  # XLA's: VMEM counted as HBM
             "analytic_flops_per_device": flops / devices,
             "xla_flops_loops_once": cost.xla_flops,
             "xla_optimal_seconds_loops_once": cost.xla_optimal_seconds,
@@ -239,8 +245,9 @@ def report(
         e = out["estimate"]
         step = cost.roofline_seconds(tgt.peak_flops, tgt.hbm_bytes_per_s)
         audio = c.batch_size * c.data.max_samples / SAMPLE_RATE
-        e["step_seconds"] = step
+        e["step_seconds"] = step  # the roofline of the HBM traffic: a lower bound
         e["bound"] = "compute" if cost.flops / tgt.peak_flops >= step else "memory"
+        e["step_seconds_all_bytes"] = cost.all_bytes_seconds(tgt.peak_flops, tgt.hbm_bytes_per_s)
         e["mfu"] = flops / devices / step / tgt.peak_flops
         e["audio_s_per_s_per_chip"] = audio / step / tgt.num_chips
         e["chip_hours"] = out["steps"] * step * tgt.num_chips / 3600
@@ -274,7 +281,9 @@ def stage_line(r: dict, tgt: Target) -> str:
     if "step_seconds" in e:
         speed = (
             f"est. (XLA cost model) {e['step_seconds'] * 1e3:.1f} ms/step {e['bound']}-bound, "
-            f"MFU {e['mfu']:.1%}, {e['audio_s_per_s_per_chip']:.0f} audio-s/s/chip, {speed}"
+            f"MFU {e['mfu']:.1%}, {e['audio_s_per_s_per_chip']:.0f} audio-s/s/chip, {speed}, "
+            f"{_gb(e['hbm_bytes_per_device'])} HBM traffic (VMEM as HBM: "
+            f"{e['step_seconds_all_bytes'] * 1e3:.1f} ms)"
         )
     return (
         f"compile {tgt.name}: stage {r['stage']} depth {r['depth']} batch "

@@ -40,7 +40,8 @@ _NO_BYTES = {
     "parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "conditional",
     "call", "after-all", "partition-id", "replica-id", "opt-barrier",
 }  # fmt: skip
-_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")  # a layout's memory space: none or 0 is HBM
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 
@@ -60,25 +61,41 @@ class Cost:
     """One step as XLA's cost model counts it, with every loop counted its trip count."""
 
     flops: float
-    bytes_accessed: float
+    bytes_accessed: float  # XLA's bytes (every buffer as if in HBM), loops x trips
+    hbm_bytes: float  # the HBM traffic of the compiled program (`_Counter._hbm_bytes`)
     xla_flops: float  # cost_analysis() as XLA reports it (loop bodies once)
     xla_bytes_accessed: float
     xla_optimal_seconds: float | None  # None where XLA gave a negative (no-estimate) value
     loops: tuple[tuple[str, int], ...]  # (while body, trip count) of the loops corrected
 
     def roofline_seconds(self, peak_flops: float, hbm_bytes_per_s: float) -> float:
-        """Step time if the chip ran at its peak FLOP/s or its HBM bandwidth, whichever binds."""
+        """Step time if the chip ran at its peak FLOP/s or moved its HBM traffic at full
+        bandwidth, whichever binds: a lower bound on the time, not a prediction."""
+        return max(self.flops / peak_flops, self.hbm_bytes / hbm_bytes_per_s)
+
+    def all_bytes_seconds(self, peak_flops: float, hbm_bytes_per_s: float) -> float:
+        """The same with XLA's byte count (every buffer, VMEM included, as if in HBM): the
+        estimate before memory spaces were read (issue 25's first tables)."""
         return max(self.flops / peak_flops, self.bytes_accessed / hbm_bytes_per_s)
 
 
-def _shape_elems_bytes(shape: str) -> tuple[int, int]:
-    """(elements, bytes) of a printed HLO type (tuples: summed)."""
+def _shape_elems_bytes(shape: str, hbm: bool = False) -> tuple[int, int]:
+    """(elements, bytes) of a printed HLO type (tuples: summed); `hbm`: only the buffers in HBM
+    (a layout without a memory space, or `S(0)`; the TPU's VMEM is `S(1)`)."""
     elems = nbytes = 0
-    for dtype, dims in _SHAPE.findall(shape):
+    for dtype, dims, layout in _SHAPE.findall(shape):
+        space = _MEMORY_SPACE.search(layout)
+        if hbm and space and space.group(1) != "0":
+            continue
         n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
         elems += n
         nbytes += n * _DTYPE_BYTES.get(dtype, 4)
     return elems, nbytes
+
+
+def _elements(shape: str) -> list[str]:
+    """The array types of a printed HLO type, one per tuple element (one for an array)."""
+    return [m.group(0) for m in _SHAPE.finditer(shape)]
 
 
 def _dims(shape: str) -> list[int]:
@@ -158,8 +175,9 @@ def _trip_count(cond: list[_Instr]) -> int | None:
 class _Counter:
     """Flops and bytes of computations by XLA's per-instruction rules; loops times trip count."""
 
-    def __init__(self, comps: dict[str, list[_Instr]]):
+    def __init__(self, comps: dict[str, list[_Instr]], hbm: bool = False):
         self.comps = comps
+        self.hbm = hbm  # bytes: HBM traffic only (`_hbm_bytes`), else XLA's rules (`_bytes`)
         self.loops: list[tuple[str, int]] = []
         self._memo: dict[tuple[str, bool, bool], tuple[float, float]] = {}
 
@@ -198,8 +216,82 @@ class _Counter:
                 f, b = self.cost(sub, loops=loops)
                 flops, nbytes = flops + f, nbytes + b
             if not fused and ins.opcode not in _NO_BYTES:
-                nbytes += self._bytes(ins, shapes)
+                nbytes += (self._hbm_bytes if self.hbm else self._bytes)(ins, shapes)
         return flops, nbytes
+
+    def _hbm_bytes(self, ins: _Instr, shapes: dict[str, str]) -> float:
+        """What a top-level instruction reads from and writes to HBM, by where the compiler put
+        its buffers (memory-space assignment keeps many in the TPU's VMEM, `S(1)`, at no HBM
+        cost). A slice reads its slice; an in-place dynamic-update-slice writes its update; an
+        async copy or slice moves its data once (at its start: the done only waits); a fusion
+        reads, of each operand in HBM, what its computation uses (slices, nothing of a buffer
+        it updates in place) and writes, of each output in HBM, its update or all of it.
+        """
+        op = ins.opcode
+        if op in ("async-start", "async-done", "copy-done"):
+            return 0.0  # an async-start's own computation is counted where `_cost` recurses
+        size = lambda name: _shape_elems_bytes(shapes.get(name, ""), hbm=True)[1]  # noqa: E731
+        whole = lambda shape: _shape_elems_bytes(shape)[1]  # noqa: E731
+        out = _shape_elems_bytes(ins.shape, hbm=True)[1]
+        if op == "copy-start":  # -> (destination, source, context): read once, write once
+            return size(ins.operands[0]) + _shape_elems_bytes(_elements(ins.shape)[0], hbm=True)[1]
+        if op in ("slice", "dynamic-slice"):
+            return (whole(ins.shape) if size(ins.operands[0]) else 0) + out
+        if op == "dynamic-update-slice":
+            update = whole(shapes.get(ins.operands[1], ""))
+            return size(ins.operands[1]) + (update if out else 0)
+        sub = _attr_comp(ins.attrs, "calls") if op == "fusion" else None
+        if sub is None:
+            return float(sum(size(o) for o in ins.operands) + out)
+        reads = sum(self._read(sub, k) if size(o) else 0 for k, o in enumerate(ins.operands))
+        return reads + self._written(sub, ins.shape)
+
+    def _read(self, comp: str, k: int) -> float:
+        """Bytes a fused computation reads of its parameter k (nested fusions followed)."""
+        instrs = self.comps.get(comp, [])
+        param = next(
+            (i for i in instrs if i.opcode == "parameter" and i.args.strip() == str(k)), None
+        )
+        if param is None:
+            return 0.0
+        full = _shape_elems_bytes(param.shape)[1]
+        total = 0.0
+        for u in (i for i in instrs if param.name in i.operands):
+            if u.opcode in ("slice", "dynamic-slice") and u.operands[0] == param.name:
+                total += _shape_elems_bytes(u.shape)[1]
+            elif u.opcode == "dynamic-update-slice" and u.operands[0] == param.name:
+                pass  # updated in place: the write is counted as the output's
+            elif u.opcode == "fusion" and u.operands.count(param.name) == 1:
+                total += self._read(
+                    _attr_comp(u.attrs, "calls") or "", u.operands.index(param.name)
+                )
+            else:
+                return full
+        return min(total, full)
+
+    def _written(self, comp: str, shape: str) -> float:
+        """HBM bytes a fusion writes: per output in HBM, its update (in place) or all of it."""
+        instrs = self.comps.get(comp, [])
+        if not instrs:
+            return _shape_elems_bytes(shape, hbm=True)[1]
+        by_name = {i.name: i for i in instrs}
+        root, elements = instrs[-1], _elements(shape)
+        roots = [by_name.get(o) for o in root.operands] if root.opcode == "tuple" else [root]
+        if len(roots) != len(elements):
+            return _shape_elems_bytes(shape, hbm=True)[1]
+        total = 0.0
+        for r, element in zip(roots, elements, strict=True):
+            if not _shape_elems_bytes(element, hbm=True)[1]:
+                continue
+            if r is not None and r.opcode == "dynamic-update-slice" and len(r.operands) > 1:
+                total += (
+                    _shape_elems_bytes(by_name[r.operands[1]].shape)[1]
+                    if r.operands[1] in by_name
+                    else 0
+                )
+            else:
+                total += _shape_elems_bytes(element)[1]
+        return total
 
     def _bytes(self, ins: _Instr, shapes: dict[str, str]) -> float:
         """Operand and result bytes of a top-level instruction, slices as XLA counts them.
@@ -256,6 +348,11 @@ def hlo_cost(text: str) -> tuple[float, float, float, float, list[tuple[str, int
     return once[0], once[1], full[0], full[1], counter.loops
 
 
+def hbm_bytes(text: str) -> float:
+    """The HBM traffic of one run of an optimized HLO module, loops x trips (`_hbm_bytes`)."""
+    return _Counter(parse_hlo(text), hbm=True).cost(_entry_name(text))[1]
+
+
 def _first(analysis: Any) -> dict[str, float]:
     return (analysis[0] if isinstance(analysis, list | tuple) else analysis) or {}
 
@@ -268,13 +365,15 @@ def estimate(compiled: Any) -> Cost:
     but over-count bytes (fusion operand reuse), so the ratio, not the difference, is used.
     """
     xla = _first(compiled.cost_analysis())
-    once_f, once_b, full_f, full_b, loops = hlo_cost(compiled.as_text())
+    text = compiled.as_text()
+    once_f, once_b, full_f, full_b, loops = hlo_cost(text)
     xla_flops = float(xla.get("flops", 0.0))
     xla_bytes = float(xla.get("bytes accessed", 0.0))
     seconds = xla.get("optimal_seconds")
     return Cost(
         flops=xla_flops * (full_f / once_f if once_f else 1.0),
         bytes_accessed=xla_bytes * (full_b / once_b if once_b else 1.0),
+        hbm_bytes=hbm_bytes(text),
         xla_flops=xla_flops,
         xla_bytes_accessed=xla_bytes,
         xla_optimal_seconds=float(seconds) if seconds is not None and seconds >= 0 else None,
@@ -283,15 +382,16 @@ def estimate(compiled: Any) -> Cost:
 
 
 def top(text: str, n: int = 15, depth: int = 9) -> list[dict[str, Any]]:
-    """The largest costs of an optimized HLO module: where the step's bytes and flops go.
+    """The largest costs of an optimized HLO module: where the step's HBM traffic goes.
 
     Every top-level instruction (a fusion counted whole, loops times their trip count) is
     charged to its source op: the first `depth` parts of its `op_name` metadata (the jax
     name stack, e.g. `jit(train_step)/.../conv_general_dilated`). Returns the `n` largest by
-    bytes, each with its share of all bytes and flops under the same rules as `hlo_cost`.
+    HBM bytes (`hbm_bytes`), each with its share of all HBM bytes and flops, and its bytes by
+    XLA's rules (`bytes`, every buffer as if in HBM) and their share.
     """
     comps, entry = parse_hlo(text), _entry_name(text)
-    counter = _Counter(comps)
+    counter, hbm = _Counter(comps), _Counter(comps, hbm=True)
     rows: dict[str, list[float]] = {}
 
     def walk(name: str, times: float) -> None:
@@ -305,7 +405,7 @@ def top(text: str, n: int = 15, depth: int = 9) -> list[dict[str, Any]]:
                 walk(_attr_comp(ins.attrs, "body") or "", times * k)
                 continue
             if ins.opcode in ("call", "async-start") and (sub := _attr_comp(ins.attrs, "calls")):
-                walk(sub, times)
+                walk(sub, times)  # an async-start's own HBM bytes are its computation's
                 continue
             if ins.opcode in _NO_BYTES:
                 continue
@@ -319,17 +419,19 @@ def top(text: str, n: int = 15, depth: int = 9) -> list[dict[str, Any]]:
                 flops = 0.0
             m = re.search(r'op_name="([^"]*)"', ins.attrs)
             key = "/".join((m.group(1) if m else f"<{ins.opcode}>").split("/")[:depth])
-            row = rows.setdefault(key, [0.0, 0.0, 0.0])
-            row[0] += times * counter._bytes(ins, shapes)
-            row[1] += times * flops
-            row[2] += times
+            row = rows.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+            row[0] += times * hbm._hbm_bytes(ins, shapes)
+            row[1] += times * counter._bytes(ins, shapes)
+            row[2] += times * flops
+            row[3] += times
 
     walk(entry, 1.0)
-    total_b = sum(r[0] for r in rows.values()) or 1.0
-    total_f = sum(r[1] for r in rows.values()) or 1.0
-    ranked = sorted(rows.items(), key=lambda kv: -kv[1][0])[:n]
+    total_h = sum(r[0] for r in rows.values()) or 1.0
+    total_b = sum(r[1] for r in rows.values()) or 1.0
+    total_f = sum(r[2] for r in rows.values()) or 1.0
+    ranked = sorted(rows.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:n]
     return [
-        {"op": k, "bytes": b, "bytes_share": b / total_b, "flops": f, "flops_share": f / total_f,
-         "count": int(c)}
-        for k, (b, f, c) in ranked
+        {"op": k, "hbm_bytes": h, "hbm_share": h / total_h, "bytes": b, "bytes_share": b / total_b,
+         "flops": f, "flops_share": f / total_f, "count": int(c)}
+        for k, (h, b, f, c) in ranked
     ]  # fmt: skip

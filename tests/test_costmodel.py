@@ -114,4 +114,121 @@ def test_top_charges_each_cost_to_its_source_op(mesh):
     assert sum(r["flops"] for r in layers) == pytest.approx(n * 2 * B * D * D, rel=0.01)
     assert sum(r["flops"] for r in head) == pytest.approx(2 * B * D * D, rel=0.05)
     assert sum(r["bytes_share"] for r in rows) == pytest.approx(1.0)
-    assert [r["bytes"] for r in rows] == sorted((r["bytes"] for r in rows), reverse=True)
+    assert sum(r["hbm_share"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["hbm_bytes"] for r in rows) == pytest.approx(costmodel.hbm_bytes(text))
+    assert [r["hbm_bytes"] for r in rows] == sorted((r["hbm_bytes"] for r in rows), reverse=True)
+
+
+# A while loop (3 trips) over a stack of 4 layers kept in HBM, written as the TPU compiler
+# writes them: an async slice of one layer into VMEM (`S(1)`), a multi-output fusion that
+# updates two stacked buffers in place (one in HBM, one in VMEM), an async copy into VMEM.
+_TYPES = {  # the HLO below with its long types spelt out: `$S` a stack in HBM, `$SV` in VMEM
+    "$W": "(s32[]{:T(128)}, $S, $SV, $RV)",
+    "$w": "(s32[], bf16[4,256,128], bf16[4,256,128], bf16[256,128])",
+    "$pair": "(bf16[4,256,128], bf16[4,256,128])",
+    "$SV": "bf16[4,256,128]{2,1,0:T(8,128)(2,1)S(1)}",
+    "$S": "bf16[4,256,128]{2,1,0:T(8,128)(2,1)}",
+    "$LV": "bf16[1,256,128]{2,1,0:T(8,128)(2,1)S(1)}",
+    "$L1": "bf16[1,256,128]{2,1,0:T(8,128)(2,1)}",
+    "$RV": "bf16[256,128]{1,0:T(8,128)(2,1)S(1)}",
+    "$R": "bf16[256,128]{1,0:T(8,128)(2,1)}",
+    "$I": "s32[]{:T(128)}",
+}
+
+
+def _spelt(text: str) -> str:
+    for key, value in _TYPES.items():  # $W before the types it is made of; $SV before $S
+        text = text.replace(key, value)
+    return text
+
+
+_HLO = _spelt("""HloModule m, entry_computation_layout={()->()}
+
+%slice_comp (p0: bf16[4,256,128]) -> bf16[1,256,128] {
+  %p0 = $S parameter(0)
+  ROOT %s = $LV slice(%p0), slice={[0:1], [0:256], [0:128]}
+}
+
+%dus_comp (a: bf16[4,256,128], b: bf16[4,256,128], u: bf16[256,128], i: s32[]) -> $pair {
+  %a = $S parameter(0)
+  %b = $SV parameter(1)
+  %u = $RV parameter(2)
+  %i = $I parameter(3)
+  %z = $I constant(0)
+  %t = $L1 bitcast(%u)
+  %d1 = $S dynamic-update-slice(%a, %t, %i, %z, %z)
+  %d2 = $SV dynamic-update-slice(%b, %t, %i, %z, %z)
+  ROOT %r = ($S, $SV) tuple(%d1, %d2)
+}
+
+%body (w: $w) -> $w {
+  %w = $W parameter(0)
+  %n = $I get-tuple-element(%w), index=0
+  %a = $S get-tuple-element(%w), index=1
+  %b = $SV get-tuple-element(%w), index=2
+  %u = $RV get-tuple-element(%w), index=3
+  %slice-start = (($S), $LV, s32[]{:S(2)}) async-start(%a), calls=%slice_comp
+  %slice-done = $LV async-done(%slice-start)
+  %f = ($S, $SV) fusion(%a, %b, %u, %n), kind=kLoop, calls=%dus_comp
+  %a2 = $S get-tuple-element(%f), index=0
+  %b2 = $SV get-tuple-element(%f), index=1
+  %one = $I constant(1)
+  %n2 = $I add(%n, %one)
+  ROOT %o = $W tuple(%n2, %a2, %b2, %u)
+}
+
+%cond (c: $w) -> pred[] {
+  %c = $W parameter(0)
+  %k = $I get-tuple-element(%c), index=0
+  %lim = $I constant(3)
+  ROOT %lt = pred[]{:T(512)} compare(%k, %lim), direction=LT
+}
+
+ENTRY %main (x: bf16[256,128], a: bf16[4,256,128], b: bf16[4,256,128]) -> bf16[4,256,128] {
+  %x = $R parameter(0)
+  %a = $S parameter(1)
+  %b = $SV parameter(2)
+  %copy-start = ($RV, $R, u32[]{:S(2)}) copy-start(%x)
+  %copy-done = $RV copy-done(%copy-start)
+  %zero = $I constant(0)
+  %init = $W tuple(%zero, %a, %b, %copy-done)
+  %loop = $W while(%init), condition=%cond, body=%body
+  ROOT %out = $S get-tuple-element(%loop), index=1
+}
+""")
+
+
+def test_hbm_bytes_by_memory_space_by_hand():
+    """HBM traffic by hand: the copy into VMEM reads x once (64 KiB); each of the 3 trips
+    slices one layer out of HBM (64 KiB, into VMEM) and writes one layer in place into the
+    HBM stack (64 KiB; the VMEM stack's update and the VMEM operands cost no HBM bytes), and
+    the loop counter's scalars are in HBM (the add's 3 and the fusion's index: 16 bytes)."""
+    layer = 256 * 128 * 2
+    assert costmodel.hbm_bytes(_HLO) == layer + 3 * (layer + layer + 16)
+    # XLA's rules count every buffer, VMEM included, as HBM: more than the HBM traffic
+    assert costmodel.hlo_cost(_HLO)[3] > 2 * costmodel.hbm_bytes(_HLO)
+
+
+def test_hbm_bytes_of_compiled_programs_by_hand(mesh):
+    """Programs compiled for v5e whose HBM traffic is known by hand: a matmul chain reads its
+    input and three weights once and writes its output (the intermediates stay in VMEM); an
+    elementwise op on an array too large for VMEM reads and writes it once; a forward scan
+    of n layers keeps its activations in VMEM and reads each layer's weights once."""
+    x, w = 4 * B * D * 2 // 4, D * D * 2  # per device, bf16
+    chain = jax.jit(lambda x, a, b, c: x @ a @ b @ c)
+    args = _args(mesh, ((4 * B, D), ("data",)), *[((D, D), ())] * 3)
+    assert costmodel.estimate(chain.lower(*args).compile()).hbm_bytes == x + 3 * w + x
+
+    big = _args(mesh, ((4 * 4096, 4096), ("data",)))
+    cost = costmodel.estimate(jax.jit(jnp.tanh).lower(*big).compile())
+    assert cost.hbm_bytes == 2 * 4096 * 4096 * 2 == cost.bytes_accessed
+
+    def layers(h, ws):
+        y, _ = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), h, ws)
+        return y.astype(jnp.float32).sum()
+
+    for n in (1, 6):
+        args = _args(mesh, ((4 * 8192, D), ("data",)), ((n, D, D), ()))
+        cost = costmodel.estimate(jax.jit(layers).lower(*args).compile())
+        assert cost.hbm_bytes == pytest.approx(8192 * D * 2 + n * w, abs=4096)
+        assert cost.bytes_accessed > 3 * cost.hbm_bytes  # XLA's count: VMEM as if HBM
