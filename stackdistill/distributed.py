@@ -35,19 +35,25 @@ def initialize() -> None:
 def make_once(exists: Callable[[], bool], make: Callable[[], Any], tag: str) -> None:
     """Makes a deterministic on-disk artefact (random teacher, synthetic corpus) exactly once.
 
-    Process 0 makes it while the others wait at a barrier; a process that still does not see
-    it afterwards (its host does not share the folder) makes its own, identical copy.
+    Process 0 makes it unless it `exists()`, while the others wait at a barrier; a process
+    that still does not see it afterwards (its host does not share the folder) makes its own,
+    identical copy. Every process reaches the barrier, whatever it sees on disk: one that
+    returned early because the artefact was already there would leave the others waiting.
     """
-    if exists():
-        return
+    write_once(lambda: exists() or make(), exists, tag)
+
+
+def write_once(write: Callable[[], Any], written: Callable[[], bool], tag: str) -> None:
+    """`write()` on process 0, then a barrier (every process); a process that does not see the
+    result afterwards (`written()` false: a folder its host does not share) writes its own."""
     if jax.process_index() == 0:
-        make()
+        write()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"stackdistill:{tag}")
-        if not exists():
-            make()
+        if not written():
+            write()
 
 
 class Preemption:

@@ -49,6 +49,31 @@ def test_make_once_makes_only_what_is_missing(tmp_path):
     assert made == [1] and marker.exists()
 
 
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_make_once_meets_the_barrier_whatever_it_sees(monkeypatch, tmp_path, index, on_disk):
+    """With several processes every one reaches the barrier once, whether or not it sees the
+    artefact: one that returned early (it saw process 0's copy already there) would leave
+    process 0 waiting forever. Process 0 makes what is missing; another makes its own copy
+    only if it still does not see one after the barrier (a folder its host does not share)."""
+    from jax.experimental import multihost_utils
+
+    marker, made, barriers = tmp_path / "made", [], []
+    if on_disk:
+        marker.write_text("x")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+
+    def make():
+        made.append(index)
+        marker.write_text("x")
+
+    distributed.make_once(marker.exists, make, "test")
+    assert barriers == ["stackdistill:test"]
+    assert made == ([] if on_disk else [index]) and marker.exists()
+
+
 def test_sigterm_is_a_preemption_inside_the_block_only():
     before = signal.getsignal(signal.SIGTERM)
     with distributed.Preemption() as preemption:

@@ -234,14 +234,7 @@ def record(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> 
 def _written(tag: str, path: epath.Path, write) -> None:
     """`write()` by process 0, then a barrier; a process that still does not see `path` (its
     host does not share the folder) writes its own, identical copy."""
-    if jax.process_index() == 0:
-        write()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"stackdistill:dp:{tag}")
-        if not path.exists():
-            write()
+    distributed.write_once(write, path.exists, f"dp:{tag}")
 
 
 def _host(tree: Any) -> Any:
