@@ -14,6 +14,8 @@ against the default on a GPU (benchmarks/RESULTS.md):
 - `fastpath.first_conv="matmul"`: conv 0 (one input channel) as a matmul over strided
   windows, its GroupNorm folded into the matmul (models/encoder.py `first_conv_matmul`);
   "auto" on a TPU;
+- `fastpath.strided_conv="matmul"`: the strided convs after conv 0 as matmuls over groups of
+  stride frames (models/first_conv.py `strided_conv_matmul`);
 - `fastpath.xla_gpu_flags=True`: the XLA flags MaxText sets on GPUs (`GPU_FLAGS`), put in
   XLA_FLAGS by main.py before the backend starts, only where a GPU is present;
 - `config.remat="auto"`: per model size, the cheapest policy whose saved activations fit in
@@ -58,12 +60,13 @@ CHOICES = {
     "attention": ("auto", "xla", "cudnn", "flash"),
     "frontend_norm": ("float32", "compute"),
     "first_conv": ("auto", "conv", "matmul"),
+    "strided_conv": ("auto", "conv", "matmul"),
 }
 # What "auto" means on a TPU: the levers that win by XLA's TPU cost model (benchmarks/RESULTS.md,
 # "TPU by XLA's own cost model"); elsewhere (CPU, GPU) today's path.
 AUTO = {
-    "tpu": {"attention": "flash", "first_conv": "matmul"},
-    "other": {"attention": "xla", "first_conv": "conv"},
+    "tpu": {"attention": "flash", "first_conv": "matmul", "strided_conv": "conv"},
+    "other": {"attention": "xla", "first_conv": "conv", "strided_conv": "conv"},
 }
 
 
@@ -73,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.attention = "auto"  # "xla"; "cudnn": by key lengths, cuDNN on GPUs; "flash": Pallas on TPU
     c.frontend_norm = "float32"  # "compute": CNN norms in the compute dtype, f32 statistics
     c.first_conv = "auto"  # "conv"; "matmul": conv 0 over strided windows, GroupNorm folded in
+    c.strided_conv = "auto"  # "conv"; "matmul": convs 1.. as matmuls over frame groups
     c.xla_gpu_flags = False  # MaxText's XLA GPU flags (GPU_FLAGS), set by main.py
     c.remat_memory_fraction = 0.5  # config.remat="auto": activations' share of device memory
     return c

@@ -17,9 +17,11 @@ def test_defaults_are_todays_path():
         "attention": "xla",
         "frontend_norm": "float32",
         "first_conv": "conv",
+        "strided_conv": "conv",
     }
     fields = EncoderConfig()
     assert (fields.attention, fields.frontend_norm, fields.first_conv) == ("xla", "float32", "conv")
+    assert fields.strided_conv == "conv"
     assert c.remat == "none" and not c.fastpath.xla_gpu_flags
     assert fastpath.remat_policy(c, fields, 24, device_bytes=10**15) == "none"
 
@@ -99,6 +101,7 @@ def test_auto_is_todays_path_except_on_a_tpu():
             "attention": "xla",
             "frontend_norm": "float32",
             "first_conv": "conv",
+            "strided_conv": "conv",
         }
     tpu = fastpath.encoder_options(c, "tpu")
     assert (tpu["attention"], tpu["first_conv"]) == ("flash", "matmul")

@@ -372,3 +372,57 @@ def test_flash_attention_kernel_in_interpret_mode():
     expected = jax.grad(functools.partial(loss, default), argnums=(0, 1, 2))(q, k, v)
     for a, e in zip(grads, expected):
         np.testing.assert_allclose(a, e, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,stride,length", [(3, 2, 41), (3, 2, 40), (2, 2, 41), (7, 3, 50)])
+def test_strided_conv_matmul_is_the_conv(kernel, stride, length):
+    """strided_conv_matmul against lax's VALID conv (float64 numpy by hand as the reference):
+    odd and even lengths (a group completed with zeros), kernels over one and several groups."""
+    from stackdistill.models.first_conv import strided_conv_matmul
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, length, 5))
+    w = rng.standard_normal((kernel, 5, 4))
+    bias = rng.standard_normal(4)
+    frames = (length - kernel) // stride + 1
+    ref = np.stack(
+        [np.einsum("kc,kco->o", x[b, t * stride : t * stride + kernel], w)
+         for b in range(2) for t in range(frames)]
+    ).reshape(2, frames, 4) + bias  # fmt: skip
+    got = strided_conv_matmul(
+        jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(bias, jnp.float32),
+        stride, "float32",
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_strided_conv_matmul_follows_transformers(tmp_path, stable):
+    """strided_conv="matmul" (with first_conv="matmul" too, as on a TPU) with conv biases:
+    transformers' hidden states to 1e-4, the default path's features to 1e-5 and its
+    front-end gradients to 1e-4 (float32), the same params at init."""
+    model = make_hf_model("hubert", stable, conv_bias=True)
+    cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
+    fast = cfg.replace(strided_conv="matmul", first_conv="matmul")
+    init = [models.init_params(c, jax.random.key(1)) for c in (cfg, fast)]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, *init)
+    wav, lengths = padded_batch(4000)
+    out = models.encode(fast, params, wav, lengths)
+    mask = np.asarray(out.mask)
+    for ours, theirs in zip(out.hidden_states, hf_hidden_states(model, wav, lengths)):
+        np.testing.assert_allclose(np.asarray(ours)[mask], theirs[mask], atol=1e-4)
+
+    def features(p, c):
+        return models.encode(c, p, wav, lengths).features
+
+    np.testing.assert_allclose(features(params, fast), features(params, cfg), rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda p, c=c: jnp.sum(features(p, c) ** 3))(params)["feature_extractor"]
+        for c in (fast, cfg)
+    ]
+    if not stable:  # conv 0's bias under a GroupNorm: see test_first_conv_matmul_...
+        for g in grads:
+            g["conv_layers_0"]["conv"].pop("bias")
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads
+    )

@@ -16,6 +16,7 @@ REMAT_POLICIES = ("none", "dots_saveable", "nothing_saveable")
 ATTENTION = ("xla", "cudnn", "flash")  # by key lengths: cuDNN's kernel on a GPU, Pallas' on TPU
 FRONTEND_NORMS = ("float32", "compute")  # the CNN norms' elementwise math (stats: float32)
 FIRST_CONV = ("conv", "matmul")  # "matmul": conv 0 over strided windows, its GroupNorm folded in
+STRIDED_CONV = ("conv", "matmul")  # "matmul": convs 1.. as matmuls over stride-long frame groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class EncoderConfig:
     mask_emb: bool = False
     dropout_input: float = 0.0  # fairseq `dropout_input`: after the projection, before masking
     first_conv: str = "conv"  # "matmul": conv 0 as a matmul over strided windows (fastpath)
+    strided_conv: str = "conv"  # "matmul": convs 1.. as matmuls over frame groups (fastpath)
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -94,6 +96,8 @@ class EncoderConfig:
             )
         if self.first_conv not in FIRST_CONV:
             raise ValueError(f"first_conv {self.first_conv!r} is not one of {FIRST_CONV}")
+        if self.strided_conv not in STRIDED_CONV:
+            raise ValueError(f"strided_conv {self.strided_conv!r} is not one of {STRIDED_CONV}")
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""

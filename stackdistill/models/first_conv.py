@@ -1,4 +1,5 @@
-"""fastpath.first_conv="matmul": the front-end's first conv as a matmul over strided windows."""
+"""The front-end's convs as matmuls: conv 0 over strided windows (fastpath.first_conv="matmul"),
+the strided convs after it over groups of frames (fastpath.strided_conv="matmul")."""
 
 from __future__ import annotations
 
@@ -69,3 +70,39 @@ def first_conv_matmul(cfg: EncoderConfig, wav_bs: Array, conv: dict, norm: dict 
     w_bkc = (w_kc[None] * gain_bc[:, None, :]).astype(cfg.dtype)
     y_btc = jnp.einsum("btk,bkc->btc", xc_btk.astype(cfg.dtype), w_bkc)
     return y_btc + norm["bias"].astype(cfg.dtype)[None, None]
+
+
+def strided_conv_matmul(x_btc: Array, kernel_kio: Array, bias: Array | None, stride: int, dtype):
+    """A VALID 1-D conv (kernel k, stride s, any channels) as matmuls over s-frame groups.
+
+    `fastpath.strided_conv="matmul"`. The frames are grouped s at a time, (B, L, C) ->
+    (B, G, s C) (a reshape); output frame t reads groups t, t + 1, ..., so the conv is
+    ceil(k / s) matmuls (B, T, rows C) x (rows C, O) on shifted views of the groups, the last
+    reading the first k - (ceil(k / s) - 1) s frames of its group: the conv's own flops,
+    accumulated in float32. Frames past L that complete the last group (zeros) are never
+    read by a kernel tap. Same params as nn.Conv: `kernel_kio` (k, C, O), `bias` (O,).
+    """
+    b, length, c = x_btc.shape
+    k, _, o = kernel_kio.shape
+    t = (length - k) // stride + 1
+    if t < 1:
+        raise ValueError(f"{length} frames are fewer than the conv's kernel ({k})")
+    span = -(-k // stride)
+    need = stride * (t + span - 1)
+    if length >= need:
+        x_btc = x_btc[:, :need]
+    else:
+        x_btc = jnp.pad(x_btc, ((0, 0), (0, need - length), (0, 0)))
+    groups = x_btc.astype(dtype).reshape(b, t + span - 1, stride * c)
+    w = kernel_kio.astype(dtype)
+    y = None
+    for j in range(span):
+        rows = min(stride, k - j * stride)
+        w_j = w[j * stride : j * stride + rows].reshape(rows * c, o)
+        part = jnp.einsum(
+            "btc,co->bto", groups[:, j : j + t, : rows * c], w_j,
+            preferred_element_type=jnp.float32,
+        )  # fmt: skip
+        y = part if y is None else y + part
+    y = y.astype(dtype)
+    return y if bias is None else y + bias.astype(dtype)

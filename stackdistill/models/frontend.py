@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from stackdistill.models.config import EncoderConfig
-from stackdistill.models.first_conv import Params, first_conv_matmul
+from stackdistill.models.first_conv import Params, first_conv_matmul, strided_conv_matmul
 
 Array = jax.Array
 
@@ -82,6 +82,15 @@ class ConvLayer(nn.Module):
             x_btc = first_conv_matmul(cfg, x_btc[..., 0], conv, norm)
             if group:  # the norm is folded into the matmul
                 return _gelu(x_btc)
+        elif i > 0 and cfg.strided_conv == "matmul":
+            k, c_in, c = cfg.conv_kernel[i], x_btc.shape[-1], cfg.conv_dim[i]
+            specs = (("kernel", (k, c_in, c), "lecun"),) + cfg.conv_bias * (
+                ("bias", (c,), "zeros"),
+            )
+            conv = Params(specs, name="conv")()  # nn.Conv's names, shapes and inits
+            x_btc = strided_conv_matmul(
+                x_btc, conv["kernel"], conv.get("bias"), cfg.conv_stride[i], cfg.dtype
+            )
         else:
             x_btc = nn.Conv(
                 cfg.conv_dim[i],
