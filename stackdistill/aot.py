@@ -291,7 +291,7 @@ def stage_line(r: dict, tgt: Target) -> str:
     )
 
 
-def _selected(stages: list[stacking.Stage], picks) -> list[stacking.Stage]:
+def _selected(stages: list, picks) -> list:
     if not picks:
         return stages
     try:
@@ -302,8 +302,9 @@ def _selected(stages: list[stacking.Stage], picks) -> list[stacking.Stage]:
         ) from None
 
 
-def _find_batch(config, tgt: Target, t_cfg, t_params, stage_index: int) -> dict:
-    """The largest per-device batch whose step fits, in a few compiles.
+def _find_batch(config, tgt: Target, stage_total, stage_index: int) -> dict:
+    """The largest per-device batch whose step fits, in a few compiles (`stage_total(c)`:
+    the per-device HBM of the stage compiled for config `c`).
 
     Two compiles (the run's batch and twice it) give memory as a line in the batch; its
     crossing with the HBM limit is checked (then doubled while it fits: memory often grows
@@ -318,9 +319,7 @@ def _find_batch(config, tgt: Target, t_cfg, t_params, stage_index: int) -> dict:
         if per_device not in totals:
             c = config.copy_and_resolve_references()
             c.batch_size = per_device * len(tgt.devices)
-            setup = _setup(c, tgt, t_cfg)
-            r = compile_stage(setup, setup.stages[stage_index], t_params, tgt)
-            totals[per_device] = r["hbm_per_device_bytes"]["total"]
+            totals[per_device] = stage_total(c)
             log.info("find_batch: %d per device: %s", per_device, _gb(totals[per_device]))
         return totals[per_device]
 
@@ -356,10 +355,21 @@ def compile_run(config: ml_collections.ConfigDict) -> dict:
     if config.get("recipe", "") == "dp":  # DPHuBERT's pipeline: its two training steps
         from stackdistill.pruning import pipeline
 
-        reports = pipeline.compile_stages(config, tgt, teacher_config(config), report)
+        t_cfg = teacher_config(config)
+        picks = _selected(list(range(len(pipeline.STAGES))), tuple(cc.stages))
+        reports = pipeline.compile_stages(config, tgt, t_cfg, report, picks)
         for r in reports:
             log.info("%s (%s)", stage_line(r, tgt), r["name"])
-        return _summary(config, tgt, reports, None)
+        out = _summary(config, tgt, reports, len(pipeline.STAGES))
+        if cc.find_batch:
+            last = reports[-1]["stage"]
+
+            def dp_total(c):
+                r = pipeline.compile_stages(c, tgt, t_cfg, report, [last])[0]
+                return r["hbm_per_device_bytes"]["total"]
+
+            out["find_batch"] = _find_batch(config, tgt, dp_total, last)
+        return out
     t_cfg, t_params = teacher_shapes(config)
     setup = _setup(config, tgt, t_cfg)
     reports = []
@@ -369,7 +379,14 @@ def compile_run(config: ml_collections.ConfigDict) -> dict:
         reports.append(r)
     out = _summary(config, tgt, reports, len(setup.stages))
     if cc.find_batch:
-        out["find_batch"] = _find_batch(config, tgt, t_cfg, t_params, reports[-1]["stage"])
+        last = reports[-1]["stage"]
+
+        def total(c):
+            s = _setup(c, tgt, t_cfg)
+            r = compile_stage(s, s.stages[last], t_params, tgt)
+            return r["hbm_per_device_bytes"]["total"]
+
+        out["find_batch"] = _find_batch(config, tgt, total, last)
     return out
 
 

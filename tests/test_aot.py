@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import jax
 import pytest
 
 from stackdistill import aot, config
@@ -174,3 +175,23 @@ def test_dp_pipeline_compiles_for_v5e(tmp_path):
     c.batch_size = 6
     with pytest.raises(ValueError, match="config.batch_size=6 does not split over the 4"):
         aot.run(c, str(tmp_path))
+
+
+@pytest.mark.slow  # ~6 compiles of the DP final step on the CPU
+def test_dp_compile_picks_stages_and_finds_the_batch(tmp_path):
+    """config.compile.stages and find_batch on a DP config: (-1,) compiles the final step
+    alone (no run total from a part of the run); find_batch brackets the memory limit."""
+    c = config.load_file("configs/dphubert.py", "runlocal")
+    c.teacher.random_arch.update(num_layers=2, conv_dim=(16,) * 7)
+    c.dp.layers = "0.2,2"
+    c.data.max_samples = 4000
+    c.batch_size = len(jax.devices())
+    c.compile.stages = (-1,)
+    c.compile.find_batch = True
+    c.compile.hbm_bytes = 60_000_000
+    out = aot.run(c, str(tmp_path))
+    assert [s["name"] for s in out["stages"]] == ["final"] and "run_chip_hours" not in out
+    fb = out["find_batch"]
+    by_batch = {int(k): v for k, v in fb["hbm_per_device_bytes_by_batch"].items()}
+    assert fb["stage"] == 1 and by_batch[fb["largest_batch_per_device"]] <= 60_000_000
+    assert fb["smallest_not_fitting"] and by_batch[fb["smallest_not_fitting"]] > 60_000_000

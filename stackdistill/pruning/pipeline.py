@@ -631,8 +631,15 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- --mode=compile
 
 
+STAGES = ("prune", "final")  # the pipeline's two training steps (--mode=compile's stages)
+
+
 def compile_stages(
-    config: ml_collections.ConfigDict, tgt: Any, t_cfg: EncoderConfig, report
+    config: ml_collections.ConfigDict,
+    tgt: Any,
+    t_cfg: EncoderConfig,
+    report,
+    picks: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """--mode=compile of the pipeline (`aot.py`): its two training steps compiled for `tgt`'s
     devices (a TPU topology without a TPU, or the local ones) as `run` would compile them,
@@ -642,7 +649,7 @@ def compile_stages(
     The pruning step is the run's (the gated teacher-sized student, or `prune.depth`'s). The
     final step's widths come from the pruning, which has not run: it is compiled at the
     unpruned widths, the largest the pruned model can have (an upper bound on its memory
-    and time).
+    and time). `picks`: the indices into STAGES to compile (default both).
     """
     from stackdistill import flops
 
@@ -662,8 +669,8 @@ def compile_stages(
     prune_setup = _prune_setup(config, t_cfg, t_params, spec)
     final_setup = _final_step(config, t_cfg, t_cfg, spec)
     stages = (
-        ("prune", prune_setup, jax.eval_shape(prune_setup["init"], t_params)),
-        ("final", final_setup, jax.eval_shape(final_setup["init"], t_params, heads)),
+        (STAGES[0], prune_setup, lambda: jax.eval_shape(prune_setup["init"], t_params)),
+        (STAGES[1], final_setup, lambda: jax.eval_shape(final_setup["init"], t_params, heads)),
     )
     t_sh = _shardings(config, t_params, mesh)
     batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -675,7 +682,10 @@ def compile_stages(
         jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep),
     )
     reports = []
-    for index, (name, setup, state) in enumerate(stages):
+    for index, (name, setup, init) in enumerate(stages):
+        if picks is not None and index not in picks:
+            continue
+        state = init()
         st_sh = _shardings(config, state, mesh)
         start = time.perf_counter()
         compiled = _jit(setup, mesh, st_sh, t_sh).lower(_abstract(state, st_sh), *inputs).compile()
