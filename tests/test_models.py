@@ -344,19 +344,20 @@ def test_first_conv_matmul_follows_transformers(tmp_path, stable):
     )
 
 
-def test_flash_attention_kernel_in_interpret_mode():
+@pytest.mark.parametrize("t", [130, 1030])  # one block; 512-frame blocks (3 x 3)
+def test_flash_attention_kernel_in_interpret_mode(t):
     """attention="flash"'s Pallas TPU kernel, interpreted on the CPU: softmax over the valid
-    keys (padded queries too; frames padded to its 128-frame blocks), forward against numpy
-    in float64 and gradients against the default path."""
+    keys (padded queries too; frames padded to whole blocks, one up to 1024 frames, 512-frame
+    ones above), forward against numpy in float64 and gradients against the default path."""
     import jax.experimental.pallas.tpu as pltpu
 
     from stackdistill.models import flash_attention
     from stackdistill.models.layers import attention
 
     rng = np.random.default_rng(0)
-    b, t, n, h = 2, 130, 2, 16
+    b, n, h = 2, 2, 16
     q, k, v = (rng.standard_normal((b, t, n, h)).astype(np.float32) for _ in range(3))
-    lengths = np.array([130, 37])
+    lengths = np.array([t, 37])
     mask = jnp.arange(t)[None] < jnp.asarray(lengths)[:, None]
     cotangent = rng.standard_normal((b, t, n, h)).astype(np.float32)
 
