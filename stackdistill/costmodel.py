@@ -14,6 +14,17 @@ as XLA reports it. Why not compile the step with its scans unrolled instead: tha
 the compiles of a run whose one full-size compile already takes ~17 minutes here, and the
 unrolled program is not the one that runs.
 
+XLA's "bytes accessed" counts every operand and result of every instruction as if it were in
+HBM. On a TPU the compiler's memory-space assignment keeps many of them in the chip's VMEM
+(layouts marked `S(1)` in the optimized HLO): a forward scan whose activations fit there
+moves its input and each layer's weights through HBM, and nothing else (hand-checked in
+tests/test_costmodel.py, where XLA's count is 6x that). `hbm_bytes` reads the HBM traffic off
+the compiled program instead: per top-level instruction (loops times their trips) the bytes of
+its operands and results that live in HBM, a slice reading its slice, an in-place update
+writing its update, an async copy or slice moving its data once. The step-time estimate is the
+roofline of those bytes and XLA's flops: a lower bound on the time, since VMEM traffic, the
+vector units and imperfect overlap are not counted.
+
 Everything here is an estimate of the compiler's cost model, not a measurement.
 """
 
@@ -228,13 +239,23 @@ class _Counter:
         it updates in place) and writes, of each output in HBM, its update or all of it.
         """
         op = ins.opcode
-        if op in ("async-start", "async-done", "copy-done"):
-            return 0.0  # an async-start's own computation is counted where `_cost` recurses
+        if op == "async-start" or op.endswith("-done"):
+            return 0.0  # the start moves the data (an async-start's computation: `_cost`)
         size = lambda name: _shape_elems_bytes(shapes.get(name, ""), hbm=True)[1]  # noqa: E731
         whole = lambda shape: _shape_elems_bytes(shape)[1]  # noqa: E731
         out = _shape_elems_bytes(ins.shape, hbm=True)[1]
         if op == "copy-start":  # -> (destination, source, context): read once, write once
             return size(ins.operands[0]) + _shape_elems_bytes(_elements(ins.shape)[0], hbm=True)[1]
+        if op.endswith("-start") and ins.shape.startswith("(("):
+            # an async op as XLA prints it short, `slice-start(x)`: -> ((operands), outputs,
+            # context); a slice reads its slice, anything else its operands
+            n = sum(len(_elements(shapes.get(o, ""))) for o in ins.operands)
+            outs = _elements(ins.shape)[n:]
+            if op in ("slice-start", "dynamic-slice-start"):
+                reads = whole(outs[0]) if outs and size(ins.operands[0]) else 0
+            else:
+                reads = sum(size(o) for o in ins.operands)
+            return reads + sum(_shape_elems_bytes(o, hbm=True)[1] for o in outs)
         if op in ("slice", "dynamic-slice"):
             return (whole(ins.shape) if size(ins.operands[0]) else 0) + out
         if op == "dynamic-update-slice":
