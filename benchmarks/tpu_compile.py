@@ -41,11 +41,13 @@ FULL_CELLS = [("hubert_base.py", {}, topo) for topo in ("v5e-8", "v4-8", "v5p-8"
 ]
 
 
-def cell(name: str, overrides: dict, topology: str) -> dict:
-    """configs/NAME's deepest stage compiled for `topology`: the table row."""
+def cell(name: str, overrides: dict, topology: str, hlo_dir: str = "") -> dict:
+    """configs/NAME's deepest stage compiled for `topology`: the table row (its optimized HLO
+    in `hlo_dir`, when given: costmodel reads it again without a compile)."""
     c = config.apply_overrides(harness.config_file(name), overrides)
     c.compile.topology = topology
     c.compile.stages = (-1,)
+    c.compile.hlo_dir = hlo_dir
     if c.batch_size % 8:  # split over the 8 chips of the cells (v4-8: 8 compile-only devices)
         c.batch_size = 8 * max(1, c.batch_size // 8)
     start = time.perf_counter()
@@ -68,6 +70,7 @@ def cell(name: str, overrides: dict, topology: str) -> dict:
         "audio_s_per_s_per_chip": e["audio_s_per_s_per_chip"],
         "paper_chip_hours": PAPER_STEPS * e["step_seconds"] * out["num_chips"] / 3600,
         "seconds": time.perf_counter() - start,
+        "hlo_file": stage.get("hlo_file"),
     }
 
 
@@ -84,9 +87,9 @@ def main() -> None:
     cells = ([] if args.only_full else DEMO_CELLS) + (
         FULL_CELLS if args.full or args.only_full else []
     )
-    for name, overrides, topology in cells:
+    for n, (name, overrides, topology) in enumerate(cells):
         try:
-            row = cell(name, overrides, topology)
+            row = cell(name, overrides, topology, str(out / "hlo" / f"cell{n}"))
         except Exception as e:  # noqa: BLE001 - one cell's failure is a row, the rest still run
             row = {"config": f"configs/{name} {overrides or ''}", "topology": topology}
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"

@@ -73,6 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.find_batch = False  # also report the largest per-chip batch that fits (more compiles)
     c.hbm_bytes = 0  # per-device memory to fit in (0: the chip's HBM)
     c.top_ops = 0  # > 0: compile.json lists the N source ops with the most bytes (costmodel.top)
+    c.hlo_dir = ""  # a folder: each compiled step's optimized HLO text (costmodel reads it again)
     return c
 
 
@@ -251,9 +252,16 @@ def report(
         e["mfu"] = flops / devices / step / tgt.peak_flops
         e["audio_s_per_s_per_chip"] = audio / step / tgt.num_chips
         e["chip_hours"] = out["steps"] * step * tgt.num_chips / 3600
-    top_ops = int((c.get("compile") or {}).get("top_ops", 0) or 0)
+    cc = c.get("compile") or {}
+    top_ops = int(cc.get("top_ops", 0) or 0)
     if top_ops:  # where the bytes and flops go: the optimisation loop's map
         out["top_ops"] = costmodel.top(compiled.as_text(), top_ops)
+    if cc.get("hlo_dir"):  # for costmodel.hbm_bytes / top without compiling again
+        path = pathlib.Path(cc.hlo_dir).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        name = path / f"stage{stage}_batch{out['batch_per_device']}.hlo.txt"
+        name.write_text(compiled.as_text())
+        out["hlo_file"] = str(name)
     return out
 
 

@@ -2,11 +2,12 @@
 
 import importlib.util
 import json
+import pathlib
 
 import jax
 import pytest
 
-from stackdistill import aot, config
+from stackdistill import aot, config, costmodel
 from stackdistill.models.config import EncoderConfig
 
 needs_libtpu = pytest.mark.skipif(
@@ -55,7 +56,12 @@ def test_top_ops_lists_where_the_bytes_go(tmp_path):
     c = tiny_config()  # local CPU devices
     c.compile.stages = (-1,)
     c.compile.top_ops = 5
-    rows = aot.run(c, str(tmp_path))["stages"][0]["top_ops"]
+    c.compile.hlo_dir = str(tmp_path / "hlo")
+    stage = aot.run(c, str(tmp_path))["stages"][0]
+    rows = stage["top_ops"]
+    # the written HLO gives the same HBM traffic again, without a compile
+    text = pathlib.Path(stage["hlo_file"]).read_text()
+    assert costmodel.hbm_bytes(text) == stage["estimate"]["hbm_bytes_per_device"]
     assert len(rows) == 5 and any(r["op"].startswith("jit(train_step)/") for r in rows)
     assert [r["hbm_bytes"] for r in rows] == sorted((r["hbm_bytes"] for r in rows), reverse=True)
     assert 0 < sum(r["hbm_share"] for r in rows) <= 1 and 0 < sum(r["bytes_share"] for r in rows)
