@@ -15,7 +15,7 @@ against the default on a GPU (benchmarks/RESULTS.md):
   windows, its GroupNorm folded into the matmul (models/encoder.py `first_conv_matmul`);
   "auto" on a TPU;
 - `fastpath.strided_conv="matmul"`: the strided convs after conv 0 as matmuls over groups of
-  stride frames (models/first_conv.py `strided_conv_matmul`);
+  stride frames (models/first_conv.py `strided_conv_matmul`); "auto" on a TPU;
 - `fastpath.xla_gpu_flags=True`: the XLA flags MaxText sets on GPUs (`GPU_FLAGS`), put in
   XLA_FLAGS by main.py before the backend starts, only where a GPU is present;
 - `config.remat="auto"`: per model size, the cheapest policy whose saved activations fit in
@@ -65,7 +65,7 @@ CHOICES = {
 # What "auto" means on a TPU: the levers that win by XLA's TPU cost model (benchmarks/RESULTS.md,
 # "TPU by XLA's own cost model"); elsewhere (CPU, GPU) today's path.
 AUTO = {
-    "tpu": {"attention": "flash", "first_conv": "matmul", "strided_conv": "conv"},
+    "tpu": {"attention": "flash", "first_conv": "matmul", "strided_conv": "matmul"},
     "other": {"attention": "xla", "first_conv": "conv", "strided_conv": "conv"},
 }
 

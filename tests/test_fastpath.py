@@ -104,7 +104,11 @@ def test_auto_is_todays_path_except_on_a_tpu():
             "strided_conv": "conv",
         }
     tpu = fastpath.encoder_options(c, "tpu")
-    assert (tpu["attention"], tpu["first_conv"]) == ("flash", "matmul")
+    assert (tpu["attention"], tpu["first_conv"], tpu["strided_conv"]) == (
+        "flash",
+        "matmul",
+        "matmul",
+    )
     c.fastpath.attention = "xla"
     assert fastpath.encoder_options(c, "tpu")["attention"] == "xla"
     EncoderConfig(**fastpath.encoder_options(c, "tpu"))  # every resolved value is valid
@@ -124,4 +128,4 @@ def test_compile_for_a_tpu_topology_resolves_auto_for_the_tpu():
     assert aot.teacher_shapes(c)[0].attention == "xla"  # local devices: CPU here
     c.compile.topology = "v5e-8"
     cfg = aot.teacher_shapes(c)[0]
-    assert (cfg.attention, cfg.first_conv) == ("flash", "matmul")
+    assert (cfg.attention, cfg.first_conv, cfg.strided_conv) == ("flash", "matmul", "matmul")
