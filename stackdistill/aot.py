@@ -364,11 +364,11 @@ def compile_run(config: ml_collections.ConfigDict) -> dict:
         from stackdistill.pruning import pipeline
 
         t_cfg = teacher_config(config)
-        picks = _selected(list(range(len(pipeline.STAGES))), tuple(cc.stages))
+        picks = _selected(list(range(len(pipeline.TRAINED))), tuple(cc.stages))
         reports = pipeline.compile_stages(config, tgt, t_cfg, report, picks)
         for r in reports:
             log.info("%s (%s)", stage_line(r, tgt), r["name"])
-        out = _summary(config, tgt, reports, len(pipeline.STAGES))
+        out = _summary(config, tgt, reports, len(pipeline.TRAINED))
         if cc.find_batch:
             last = reports[-1]["stage"]
 

@@ -631,7 +631,7 @@ def _summary(config, workdir: epath.Path, status: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- --mode=compile
 
 
-STAGES = ("prune", "final")  # the pipeline's two training steps (--mode=compile's stages)
+TRAINED = ("prune", "final")  # the stages that train: --mode=compile's two steps
 
 
 def compile_stages(
@@ -649,7 +649,7 @@ def compile_stages(
     The pruning step is the run's (the gated teacher-sized student, or `prune.depth`'s). The
     final step's widths come from the pruning, which has not run: it is compiled at the
     unpruned widths, the largest the pruned model can have (an upper bound on its memory
-    and time). `picks`: the indices into STAGES to compile (default both).
+    and time). `picks`: the indices into TRAINED to compile (default both).
     """
     from stackdistill import flops
 
@@ -669,8 +669,8 @@ def compile_stages(
     prune_setup = _prune_setup(config, t_cfg, t_params, spec)
     final_setup = _final_step(config, t_cfg, t_cfg, spec)
     stages = (
-        (STAGES[0], prune_setup, lambda: jax.eval_shape(prune_setup["init"], t_params)),
-        (STAGES[1], final_setup, lambda: jax.eval_shape(final_setup["init"], t_params, heads)),
+        (TRAINED[0], prune_setup, lambda: jax.eval_shape(prune_setup["init"], t_params)),
+        (TRAINED[1], final_setup, lambda: jax.eval_shape(final_setup["init"], t_params, heads)),
     )
     t_sh = _shardings(config, t_params, mesh)
     batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
