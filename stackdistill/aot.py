@@ -270,6 +270,12 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds, one decimal from 1 ms up, three significant digits below."""
+    ms = seconds * 1e3
+    return f"{ms:.1f} ms" if ms >= 1 else f"{ms:.3g} ms"
+
+
 def _flop(n: float) -> str:
     return f"{n / 1e12:.2f} TFLOP" if n >= 1e12 else f"{n / 1e9:.3g} GFLOP"
 
@@ -288,10 +294,10 @@ def stage_line(r: dict, tgt: Target) -> str:
     speed = f"{_flop(e['flops_per_device'])}/device"
     if "step_seconds" in e:
         speed = (
-            f"est. (XLA cost model) {e['step_seconds'] * 1e3:.1f} ms/step {e['bound']}-bound, "
+            f"est. (XLA cost model) {_ms(e['step_seconds'])}/step {e['bound']}-bound, "
             f"MFU {e['mfu']:.1%}, {e['audio_s_per_s_per_chip']:.0f} audio-s/s/chip, {speed}, "
             f"{_gb(e['hbm_bytes_per_device'])} HBM traffic (VMEM as HBM: "
-            f"{e['step_seconds_all_bytes'] * 1e3:.1f} ms)"
+            f"{_ms(e['step_seconds_all_bytes'])})"
         )
     return (
         f"compile {tgt.name}: stage {r['stage']} depth {r['depth']} batch "
