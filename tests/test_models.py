@@ -305,15 +305,17 @@ def test_strided_windows_are_the_conv_windows(kernel, stride):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("strided", ["conv", "matmul"])
 @pytest.mark.parametrize("stable", [False, True])
-def test_first_conv_matmul_follows_transformers(tmp_path, stable):
-    """first_conv="matmul" (GroupNorm folded in; or LayerNorm after it) with a conv bias and a
-    DC offset: transformers' hidden states to 1e-4, the default path's features to 1e-5 and
-    its front-end gradients to 1e-4 (float32), and the same params."""
+def test_first_conv_matmul_follows_transformers(tmp_path, stable, strided):
+    """first_conv="matmul" (GroupNorm folded in; or LayerNorm after it), alone and with
+    strided_conv="matmul" (the TPU's defaults), with conv biases and a DC offset:
+    transformers' hidden states to 1e-4, the default path's features to 1e-5 and its
+    front-end gradients to 1e-4 (float32), and the same params."""
     model = make_hf_model("hubert", stable, conv_bias=True)
     cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
     assert cfg.conv_bias and cfg.feat_extract_norm == ("layer" if stable else "group")
-    matmul_cfg = cfg.replace(first_conv="matmul")
+    matmul_cfg = cfg.replace(first_conv="matmul", strided_conv=strided)
     init = [models.init_params(c, jax.random.key(1)) for c in (cfg, matmul_cfg)]
     jax.tree_util.tree_map(np.testing.assert_array_equal, *init)
     wav, lengths = padded_batch(4000)
@@ -395,35 +397,3 @@ def test_strided_conv_matmul_is_the_conv(kernel, stride, length):
         stride, "float32",
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("stable", [False, True])
-def test_strided_conv_matmul_follows_transformers(tmp_path, stable):
-    """strided_conv="matmul" (with first_conv="matmul" too, as on a TPU) with conv biases:
-    transformers' hidden states to 1e-4, the default path's features to 1e-5 and its
-    front-end gradients to 1e-4 (float32), the same params at init."""
-    model = make_hf_model("hubert", stable, conv_bias=True)
-    cfg, params = teacher.load(str(save_hf_model(model, tmp_path / "m")), use_cache=False)
-    fast = cfg.replace(strided_conv="matmul", first_conv="matmul")
-    init = [models.init_params(c, jax.random.key(1)) for c in (cfg, fast)]
-    jax.tree_util.tree_map(np.testing.assert_array_equal, *init)
-    wav, lengths = padded_batch(4000)
-    out = models.encode(fast, params, wav, lengths)
-    mask = np.asarray(out.mask)
-    for ours, theirs in zip(out.hidden_states, hf_hidden_states(model, wav, lengths)):
-        np.testing.assert_allclose(np.asarray(ours)[mask], theirs[mask], atol=1e-4)
-
-    def features(p, c):
-        return models.encode(c, p, wav, lengths).features
-
-    np.testing.assert_allclose(features(params, fast), features(params, cfg), rtol=1e-5, atol=1e-5)
-    grads = [
-        jax.grad(lambda p, c=c: jnp.sum(features(p, c) ** 3))(params)["feature_extractor"]
-        for c in (fast, cfg)
-    ]
-    if not stable:  # conv 0's bias under a GroupNorm: see test_first_conv_matmul_...
-        for g in grads:
-            g["conv_layers_0"]["conv"].pop("bias")
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads
-    )
