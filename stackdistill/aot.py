@@ -221,7 +221,8 @@ def report(
     }
     hbm["total"] = hbm["arguments"] + hbm["outputs"] + hbm["temporaries"] + hbm["code"]
     hbm["total"] -= hbm["aliased"]
-    cost = costmodel.estimate(compiled)
+    text = compiled.as_text()  # read once: the estimate, top_ops, hlo_dir
+    cost = costmodel.estimate(compiled, text)
     devices = len(tgt.devices)
     out: dict[str, Any] = {
         "stage": stage,
@@ -255,12 +256,12 @@ def report(
     cc = c.get("compile") or {}
     top_ops = int(cc.get("top_ops", 0) or 0)
     if top_ops:  # where the bytes and flops go: the optimisation loop's map
-        out["top_ops"] = costmodel.top(compiled.as_text(), top_ops)
+        out["top_ops"] = costmodel.top(text, top_ops)
     if cc.get("hlo_dir"):  # for costmodel.hbm_bytes / top without compiling again
         path = pathlib.Path(cc.hlo_dir).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         name = path / f"stage{stage}_batch{out['batch_per_device']}.hlo.txt"
-        name.write_text(compiled.as_text())
+        name.write_text(text)
         out["hlo_file"] = str(name)
     return out
 

@@ -173,6 +173,14 @@ def _conv_flops(ins: _Instr, shapes: dict[str, str]) -> float:
     return 2.0 * out * macs / holes
 
 
+def _while_trips(ins: _Instr, comps: dict[str, list[_Instr]]) -> int | None:
+    """A while loop's trip count: XLA's `known_trip_count`, or its `lax.scan` condition's."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins.attrs)
+    if known:
+        return int(known.group(1))
+    return _trip_count(comps.get(_attr_comp(ins.attrs, "condition") or "", []))
+
+
 def _trip_count(cond: list[_Instr]) -> int | None:
     """The trip count of a `lax.scan`-style condition: counter < constant (counter from 0)."""
     root = cond[-1] if cond else None
@@ -213,11 +221,8 @@ class _Counter:
             elif ins.opcode == "fusion" and (sub := _attr_comp(ins.attrs, "calls")):
                 flops += self.cost(sub, fused=True)[0]
             elif ins.opcode == "while":
-                body, cond = _attr_comp(ins.attrs, "body"), _attr_comp(ins.attrs, "condition")
-                trip = None
-                if loops:
-                    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins.attrs)
-                    trip = int(known.group(1)) if known else _trip_count(self.comps.get(cond, []))
+                body = _attr_comp(ins.attrs, "body")
+                trip = _while_trips(ins, self.comps) if loops else None
                 f, b = self.cost(body, loops=loops)
                 n = trip if trip is not None else 1
                 if trip is not None:
@@ -362,7 +367,10 @@ def _entry_name(text: str) -> str:
 
 def hlo_cost(text: str) -> tuple[float, float, float, float, list[tuple[str, int]]]:
     """(flops, bytes) of an optimized HLO module by XLA's rules, loops once and loops x trips."""
-    comps, entry = parse_hlo(text), _entry_name(text)
+    return _loop_costs(parse_hlo(text), _entry_name(text))
+
+
+def _loop_costs(comps: dict[str, list[_Instr]], entry: str):
     once = _Counter(comps).cost(entry, loops=False)
     counter = _Counter(comps)
     full = counter.cost(entry)
@@ -378,23 +386,25 @@ def _first(analysis: Any) -> dict[str, float]:
     return (analysis[0] if isinstance(analysis, list | tuple) else analysis) or {}
 
 
-def estimate(compiled: Any) -> Cost:
-    """The per-step cost of a compiled executable, loops counted their trip counts.
+def estimate(compiled: Any, text: str | None = None) -> Cost:
+    """The per-step cost of a compiled executable, loops counted their trip counts (`text`:
+    its `as_text()`, when the caller has it already).
 
     XLA's totals, scaled by how much counting every loop `trip` times (instead of once) adds
     under the per-instruction rules here: those rules give XLA's flops to within a percent
     but over-count bytes (fusion operand reuse), so the ratio, not the difference, is used.
     """
     xla = _first(compiled.cost_analysis())
-    text = compiled.as_text()
-    once_f, once_b, full_f, full_b, loops = hlo_cost(text)
+    text = compiled.as_text() if text is None else text
+    comps, entry = parse_hlo(text), _entry_name(text)
+    once_f, once_b, full_f, full_b, loops = _loop_costs(comps, entry)
     xla_flops = float(xla.get("flops", 0.0))
     xla_bytes = float(xla.get("bytes accessed", 0.0))
     seconds = xla.get("optimal_seconds")
     return Cost(
         flops=xla_flops * (full_f / once_f if once_f else 1.0),
         bytes_accessed=xla_bytes * (full_b / once_b if once_b else 1.0),
-        hbm_bytes=hbm_bytes(text),
+        hbm_bytes=_Counter(comps, hbm=True).cost(entry)[1],
         xla_flops=xla_flops,
         xla_bytes_accessed=xla_bytes,
         xla_optimal_seconds=float(seconds) if seconds is not None and seconds >= 0 else None,
@@ -420,9 +430,7 @@ def top(text: str, n: int = 15, depth: int = 9) -> list[dict[str, Any]]:
         shapes = {i.name: i.shape for i in instrs}
         for ins in instrs:
             if ins.opcode == "while":
-                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins.attrs)
-                cond = _attr_comp(ins.attrs, "condition")
-                k = int(trip.group(1)) if trip else _trip_count(comps.get(cond, [])) or 1
+                k = _while_trips(ins, comps) or 1
                 walk(_attr_comp(ins.attrs, "body") or "", times * k)
                 continue
             if ins.opcode in ("call", "async-start") and (sub := _attr_comp(ins.attrs, "calls")):
