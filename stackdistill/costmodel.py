@@ -239,13 +239,18 @@ class _Counter:
         """What a top-level instruction reads from and writes to HBM, by where the compiler put
         its buffers (memory-space assignment keeps many in the TPU's VMEM, `S(1)`, at no HBM
         cost). A slice reads its slice; an in-place dynamic-update-slice writes its update; an
-        async copy or slice moves its data once (at its start: the done only waits); a fusion
-        reads, of each operand in HBM, what its computation uses (slices, nothing of a buffer
-        it updates in place) and writes, of each output in HBM, its update or all of it.
+        async copy or slice moves its data once (at its start: the done only waits); a buffer
+        the compiler only allocates (an AllocateBuffer custom call: what a broadcast of zeros
+        becomes when every element is written later, as a scan's stacked outputs) moves
+        nothing; a fusion reads, of each operand in HBM, what its computation uses (slices,
+        nothing of a buffer it updates in place) and writes, of each output in HBM, its update
+        or all of it.
         """
         op = ins.opcode
         if op == "async-start" or op.endswith("-done"):
             return 0.0  # the start moves the data (an async-start's computation: `_cost`)
+        if op == "custom-call" and 'custom_call_target="AllocateBuffer"' in ins.attrs:
+            return 0.0  # an uninitialised buffer (e.g. a scan's stacked outputs): no data moved
         size = lambda name: _shape_elems_bytes(shapes.get(name, ""), hbm=True)[1]  # noqa: E731
         whole = lambda shape: _shape_elems_bytes(shape)[1]  # noqa: E731
         out = _shape_elems_bytes(ins.shape, hbm=True)[1]
