@@ -16,6 +16,10 @@ against the default on a GPU (benchmarks/RESULTS.md):
   "auto" on a TPU;
 - `fastpath.strided_conv="matmul"`: the strided convs after conv 0 as matmuls over groups of
   stride frames (models/first_conv.py `strided_conv_matmul`); "auto" on a TPU;
+- `fastpath.layer_norm="recompute"`: the transformer's LayerNorms (flax's forward) with a
+  backward that recomputes the normalised input from the saved input and per-frame statistics
+  instead of keeping three float32 copies of it (models/frontend.py `layer_norm`); "auto"
+  on a TPU;
 - `fastpath.xla_gpu_flags=True`: the XLA flags MaxText sets on GPUs (`GPU_FLAGS`), put in
   XLA_FLAGS by main.py before the backend starts, only where a GPU is present;
 - `config.remat="auto"`: per model size, the cheapest policy whose saved activations fit in
@@ -61,12 +65,23 @@ CHOICES = {
     "frontend_norm": ("float32", "compute"),
     "first_conv": ("auto", "conv", "matmul"),
     "strided_conv": ("auto", "conv", "matmul"),
+    "layer_norm": ("auto", "flax", "recompute"),
 }
 # What "auto" means on a TPU: the levers that win by XLA's TPU cost model (benchmarks/RESULTS.md,
 # "TPU by XLA's own cost model"); elsewhere (CPU, GPU) today's path.
 AUTO = {
-    "tpu": {"attention": "flash", "first_conv": "matmul", "strided_conv": "matmul"},
-    "other": {"attention": "xla", "first_conv": "conv", "strided_conv": "conv"},
+    "tpu": {
+        "attention": "flash",
+        "first_conv": "matmul",
+        "strided_conv": "matmul",
+        "layer_norm": "recompute",
+    },
+    "other": {
+        "attention": "xla",
+        "first_conv": "conv",
+        "strided_conv": "conv",
+        "layer_norm": "flax",
+    },
 }
 
 
@@ -77,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.frontend_norm = "float32"  # "compute": CNN norms in the compute dtype, f32 statistics
     c.first_conv = "auto"  # "conv"; "matmul": conv 0 over strided windows, GroupNorm folded in
     c.strided_conv = "auto"  # "conv"; "matmul": convs 1.. as matmuls over frame groups
+    c.layer_norm = "auto"  # "flax"; "recompute": LayerNorms' backward recomputes from the input
     c.xla_gpu_flags = False  # MaxText's XLA GPU flags (GPU_FLAGS), set by main.py
     c.remat_memory_fraction = 0.5  # config.remat="auto": activations' share of device memory
     return c

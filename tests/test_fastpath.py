@@ -18,10 +18,11 @@ def test_defaults_are_todays_path():
         "frontend_norm": "float32",
         "first_conv": "conv",
         "strided_conv": "conv",
+        "layer_norm": "flax",
     }
     fields = EncoderConfig()
     assert (fields.attention, fields.frontend_norm, fields.first_conv) == ("xla", "float32", "conv")
-    assert fields.strided_conv == "conv"
+    assert (fields.strided_conv, fields.layer_norm) == ("conv", "flax")
     assert c.remat == "none" and not c.fastpath.xla_gpu_flags
     assert fastpath.remat_policy(c, fields, 24, device_bytes=10**15) == "none"
 
@@ -102,12 +103,14 @@ def test_auto_is_todays_path_except_on_a_tpu():
             "frontend_norm": "float32",
             "first_conv": "conv",
             "strided_conv": "conv",
+            "layer_norm": "flax",
         }
     tpu = fastpath.encoder_options(c, "tpu")
-    assert (tpu["attention"], tpu["first_conv"], tpu["strided_conv"]) == (
+    assert (tpu["attention"], tpu["first_conv"], tpu["strided_conv"], tpu["layer_norm"]) == (
         "flash",
         "matmul",
         "matmul",
+        "recompute",
     )
     c.fastpath.attention = "xla"
     assert fastpath.encoder_options(c, "tpu")["attention"] == "xla"
@@ -129,3 +132,4 @@ def test_compile_for_a_tpu_topology_resolves_auto_for_the_tpu():
     c.compile.topology = "v5e-8"
     cfg = aot.teacher_shapes(c)[0]
     assert (cfg.attention, cfg.first_conv, cfg.strided_conv) == ("flash", "matmul", "matmul")
+    assert cfg.layer_norm == "recompute"

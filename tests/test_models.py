@@ -1,6 +1,8 @@
 """The shared encoder: HuBERT Base shapes and size, frame arithmetic, bf16, input errors."""
 
 import functools
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -397,3 +399,78 @@ def test_strided_conv_matmul_is_the_conv(kernel, stride, length):
         stride, "float32",
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+
+
+def _layer_norm_reference(x, scale, bias, g, eps=1e-5):
+    """LayerNorm over the last axis and its gradients (x, scale, bias) for cotangent g, by
+    hand in float64."""
+    x, g = x.astype(np.float64), g.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    x_hat = (x - mean) * rstd
+    g_hat = g * scale
+    dx = rstd * (
+        g_hat - g_hat.mean(-1, keepdims=True) - x_hat * (g_hat * x_hat).mean(-1, keepdims=True)
+    )
+    axes = tuple(range(x.ndim - 1))
+    return x_hat * scale + bias, (dx, (g * x_hat).sum(axes), g.sum(axes))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_recompute_is_flax_layer_norm(dtype, capsys):
+    """layer_norm="recompute" (the TPU's default): flax's LayerNorm's params and forward, bit
+    for bit; gradients against float64 by hand (float32: 1e-5; bf16: dx within one bf16
+    rounding, closer than flax's own); and its backward keeps the input and two float32 numbers per
+    frame, where autodiff of flax's keeps three float32 copies of the (B, T, D) input."""
+    import flax.linen as nn
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from stackdistill.models.frontend import LayerNorm
+
+    rng = np.random.default_rng(0)
+    b, t, d = 3, 50, 384
+    x = jnp.asarray(rng.standard_normal((b, t, d)) * 3 + 1, dtype)
+    g = rng.standard_normal((b, t, d)).astype(np.float32)
+    flax_ln = nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False)
+    ours = LayerNorm(epsilon=1e-5, dtype=dtype)
+    params = flax_ln.init(jax.random.key(0), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, ours.init(jax.random.key(0), x))
+    scale, bias = (rng.standard_normal(d).astype(np.float32) for _ in range(2))
+    params = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
+    np.testing.assert_array_equal(ours.apply(params, x), flax_ln.apply(params, x))
+
+    def loss(module, p, x):
+        return jnp.sum(module.apply(p, x).astype(jnp.float32) * g)
+
+    g_in = np.asarray(jnp.asarray(g).astype(dtype), np.float32)  # the cotangent the norm gets
+    _, (dx_ref, dscale_ref, dbias_ref) = _layer_norm_reference(
+        np.asarray(x, np.float32), scale, bias, g_in
+    )
+    dx_tol = 1e-5 if dtype == "float32" else 2**-8  # bf16: one rounding, relative
+    errors = []
+    for module in (ours, flax_ln):
+        dp, dx = jax.grad(functools.partial(loss, module), argnums=(0, 1))(params, x)
+        np.testing.assert_allclose(dp["params"]["scale"], dscale_ref, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(dp["params"]["bias"], dbias_ref, rtol=1e-5, atol=1e-4)
+        errors.append(np.abs(np.asarray(dx, np.float64) - dx_ref).max())
+        if module is ours or dtype == "float32":
+            np.testing.assert_allclose(np.asarray(dx, np.float64), dx_ref, rtol=dx_tol, atol=1e-6)
+    # flax's bf16 dx sums its two paths into x (statistics, normalisation) in bf16: ours is
+    # computed in float32 and rounded once
+    assert errors[0] <= errors[1]
+
+    def saved(module):  # bytes of the residuals that are not the arguments themselves
+        capsys.readouterr()
+        print_saved_residuals(functools.partial(loss, module), params, x)
+        lines = capsys.readouterr().out.splitlines()
+        total = 0
+        for line in lines:
+            kind, dims = re.match(r"(\w+)\[([\d,]*)\]", line).groups()
+            if "from the argument" not in line and "from a constant" not in line:
+                total += {"f32": 4, "bf16": 2}[kind] * math.prod(
+                    int(n) for n in dims.split(",") if n
+                )
+        return total
+
+    assert saved(ours) == 2 * b * t * 4  # the mean and 1/std per frame (x is an argument)
+    assert saved(flax_ln) >= 3 * b * t * d * 4

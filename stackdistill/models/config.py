@@ -17,6 +17,7 @@ ATTENTION = ("xla", "cudnn", "flash")  # by key lengths: cuDNN's kernel on a GPU
 FRONTEND_NORMS = ("float32", "compute")  # the CNN norms' elementwise math (stats: float32)
 FIRST_CONV = ("conv", "matmul")  # "matmul": conv 0 over strided windows, its GroupNorm folded in
 STRIDED_CONV = ("conv", "matmul")  # "matmul": convs 1.. as matmuls over stride-long frame groups
+LAYER_NORMS = ("flax", "recompute")  # "recompute": the backward recomputes from the input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,8 @@ class EncoderConfig:
     dropout_input: float = 0.0  # fairseq `dropout_input`: after the projection, before masking
     first_conv: str = "conv"  # "matmul": conv 0 as a matmul over strided windows (fastpath)
     strided_conv: str = "conv"  # "matmul": convs 1.. as matmuls over frame groups (fastpath)
+    # "recompute": LayerNorms whose backward recomputes from the input (frontend.layer_norm)
+    layer_norm: str = "flax"
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -98,6 +101,8 @@ class EncoderConfig:
             raise ValueError(f"first_conv {self.first_conv!r} is not one of {FIRST_CONV}")
         if self.strided_conv not in STRIDED_CONV:
             raise ValueError(f"strided_conv {self.strided_conv!r} is not one of {STRIDED_CONV}")
+        if self.layer_norm not in LAYER_NORMS:
+            raise ValueError(f"layer_norm {self.layer_norm!r} is not one of {LAYER_NORMS}")
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed."""

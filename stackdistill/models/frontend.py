@@ -23,13 +23,61 @@ def _gelu(x: Array) -> Array:
     return jax.nn.gelu(x, approximate=False)  # transformers' "gelu" is the exact erf form
 
 
-def _layer_norm(cfg: EncoderConfig, name: str, eps: float | None = None) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps if eps is None else eps,
-        dtype=cfg.dtype,
-        use_fast_variance=False,
-        name=name,
+def _layer_norm(cfg: EncoderConfig, name: str, eps: float | None = None) -> nn.Module:
+    eps = cfg.layer_norm_eps if eps is None else eps
+    if cfg.layer_norm == "recompute":
+        return LayerNorm(epsilon=eps, dtype=cfg.dtype, name=name)
+    return nn.LayerNorm(epsilon=eps, dtype=cfg.dtype, use_fast_variance=False, name=name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float, dtype) -> Array:
+    """flax's LayerNorm over the last axis (float32 statistics, two-pass variance, the
+    normalisation in float32, the result in `dtype`), whose backward recomputes the
+    normalised input from `x` and the per-frame statistics: autodiff of flax's saves three
+    float32 (..., D) tensors for its backward, this saves `x` as it came (bf16 in training)
+    and two float32 numbers per frame. Same forward, same gradients up to float32 rounding."""
+    return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps, dtype):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(var + eps)
+    y = (x32 - mean) * (rstd * scale) + bias  # flax's _normalize, in its order
+    return y.astype(dtype), (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(eps, dtype, res, g):
+    del eps, dtype
+    x, mean, rstd, scale = res
+    x_hat = (x.astype(mean.dtype) - mean) * rstd
+    g = g.astype(mean.dtype)
+    axes = tuple(range(g.ndim - 1))
+    g_hat = g * scale
+    dx = rstd * (
+        g_hat - g_hat.mean(-1, keepdims=True) - x_hat * (g_hat * x_hat).mean(-1, keepdims=True)
     )
+    return dx.astype(x.dtype), (g * x_hat).sum(axes), g.sum(axes)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """`fastpath.layer_norm="recompute"`: flax's nn.LayerNorm (same params, same forward) with
+    `layer_norm`'s backward, which keeps the input instead of three float32 copies of it."""
+
+    epsilon: float
+    dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,))
+        bias = self.param("bias", nn.initializers.zeros, (d,))
+        return layer_norm(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
 
 
 def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
