@@ -74,10 +74,14 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        d = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (d,))
-        bias = self.param("bias", nn.initializers.zeros, (d,))
+        scale, bias = _scale_bias(self, x.shape[-1])
         return layer_norm(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
+
+
+def _scale_bias(module: nn.Module, channels: int) -> tuple[Array, Array]:
+    """A norm's params as flax's LayerNorm declares them: "scale" (ones), "bias" (zeros)."""
+    scale = module.param("scale", nn.initializers.ones, (channels,))
+    return scale, module.param("bias", nn.initializers.zeros, (channels,))
 
 
 def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
@@ -97,9 +101,7 @@ class FrontendNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,))
-        bias = self.param("bias", nn.initializers.zeros, (c,))
+        scale, bias = _scale_bias(self, x.shape[-1])
         x32 = x.astype(jnp.float32)
         mean = x32.mean(self.axis, keepdims=True)
         inv = jax.lax.rsqrt(jnp.square(x32 - mean).mean(self.axis, keepdims=True) + self.epsilon)
