@@ -474,3 +474,25 @@ def test_layer_norm_recompute_is_flax_layer_norm(dtype, capsys):
 
     assert saved(ours) == 2 * b * t * 4  # the mean and 1/std per frame (x is an argument)
     assert saved(flax_ln) >= 3 * b * t * d * 4
+
+
+def test_encoder_with_layer_norm_recompute(tiny):
+    """The whole encoder with layer_norm="recompute" (every LayerNorm: projection, encoder,
+    layers): the same hidden states as flax's norms, bit for bit, and the same gradients to
+    float32 rounding (1e-6), scanned and with remat."""
+    _, cfg, params = tiny
+    wav, lengths = padded_batch(4000)
+    ours = cfg.replace(layer_norm="recompute")
+    np.testing.assert_array_equal(
+        models.encode(ours, params, wav, lengths).hidden_states,
+        models.encode(cfg, params, wav, lengths).hidden_states,
+    )
+
+    def loss(p, c):
+        return jnp.mean(models.encode(c, p, wav, lengths).hidden_states ** 3)
+
+    for remat in ("none", "nothing_saveable"):
+        grads = [jax.grad(loss)(params, c.replace(remat=remat)) for c in (ours, cfg)]
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads
+        )
